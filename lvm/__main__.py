@@ -1,0 +1,5 @@
+import sys
+
+from lvm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""The one error type for bad user input, shared by all three packages.
+
+It lives in `tokenizer` because that is the bottom of the import graph (data_builders and lvm import
+tokenizer, never the reverse). The `lvm` CLI turns any `InputError` into a one-line `error: ...` and exit
+code 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class InputError(ValueError):
+    """A user mistake (missing/corrupt file, bad config key or value) with a message fit for one line."""
+
+
+class ImageLoadError(InputError):
+    """An image file that does not exist or that PIL cannot decode; the message names the path."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
