@@ -1,0 +1,180 @@
+"""Shard files: webdataset-compatible tars, written deterministically and atomically.
+
+A shard is a POSIX tar whose members are grouped into samples by key: ``{key}.{ext}``. Keys never contain
+dots (webdataset splits the member name at the first dot). Members are written in sample order, with
+fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples always give byte-identical shards;
+the file appears under its final name only when complete (temp + rename), so a killed build never
+leaves a truncated shard that looks finished.
+
+Token shards (the output of `lvm data tokenize`, the input of `lvm train`): one sample per visual sequence
+with ``tokens.npy`` (integer array, shape (n_images, codes_per_image), saved without pickle) and ``json``
+(the sequence's metadata: at least ``kind``; plus provenance such as source, frames, angles, task).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from tokenizer.errors import InputError
+from tokenizer.files import atomic_path
+
+_KEY_OK = re.compile(r"^[A-Za-z0-9_\-/]+$")
+
+
+def check_key(key: str) -> str:
+    if not key or not _KEY_OK.match(key):
+        raise ValueError(f"shard key {key!r} must be non-empty letters, digits, '_', '-' or '/' (no dots)")
+    return key
+
+
+class TarShardWriter:
+    """Write samples ({"__key__": str, ext: bytes, ...}) into one tar shard, atomically.
+
+        with TarShardWriter("out/shard-000000.tar") as w:
+            w.write({"__key__": "seq_0001", "json": b"{...}", "0.png": png_bytes})
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, sample: dict) -> None:
+        key = check_key(sample["__key__"])
+        for ext, data in sample.items():
+            if ext == "__key__":
+                continue
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            if not isinstance(data, (bytes, bytearray)):
+                raise TypeError(f"sample {key}: field {ext!r} must be bytes, got {type(data).__name__}")
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self, commit: bool = True) -> None:
+        self._tar.close()
+        if commit:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._tar.close()
+        self._ctx.__exit__(exc_type, exc, tb)
+        return False
+
+
+def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
+    """Samples of a shard as {"__key__": key, ext: bytes}, in file order. Never unpickles anything."""
+    path = Path(path)
+    try:
+        tar = tarfile.open(path, "r")
+    except (OSError, tarfile.TarError) as e:
+        raise InputError(f"{path}: not a readable tar shard ({e})") from None
+    with tar:
+        current: dict | None = None
+        try:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name
+                base = name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    continue
+                prefix = name[: len(name) - len(base)]
+                stem, ext = base.split(".", 1)
+                key = prefix + stem
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key}
+                current[ext] = tar.extractfile(member).read()
+        except (OSError, tarfile.TarError, EOFError) as e:
+            raise InputError(f"{path}: corrupt tar shard ({e})") from None
+        if current is not None:
+            yield current
+
+
+# ---- token shards ----
+
+def encode_tokens(codes: np.ndarray) -> bytes:
+    """(n_images, codes_per_image) integer codes -> .npy bytes (uint16 when they fit, else int32)."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"token arrays must be 2-D integer (n_images, codes), got {codes.dtype} {codes.shape}")
+    dtype = np.uint16 if codes.size == 0 or (codes.min() >= 0 and codes.max() < 65536) else np.int32
+    buf = io.BytesIO()
+    np.save(buf, codes.astype(dtype), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_tokens(data: bytes) -> np.ndarray:
+    """.npy bytes -> int64 array (n_images, codes_per_image)."""
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"tokens.npy must be a 2-D integer array, got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def token_sample(key: str, codes: np.ndarray, meta: dict) -> dict:
+    """A token-shard sample: tokens.npy + json."""
+    meta = dict(meta)
+    meta.setdefault("n_images", int(np.asarray(codes).shape[0]))
+    return {"__key__": key, "tokens.npy": encode_tokens(codes),
+            "json": json.dumps(meta, sort_keys=True).encode("utf-8")}
+
+
+def iter_token_shard(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, dict]]:
+    """(key, codes (n_images, codes_per_image) int64, metadata) for each sequence of a token shard."""
+    for sample in iter_tar_samples(path):
+        if "tokens.npy" not in sample:
+            continue
+        try:
+            codes = decode_tokens(sample["tokens.npy"])
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+        except (ValueError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: sample {sample['__key__']}: {e}") from None
+        yield sample["__key__"], codes, meta
+
+
+def write_token_shard(path: str | os.PathLike, items: Iterable[tuple[str, np.ndarray, dict]]) -> int:
+    """Write (key, codes, meta) items as one token shard; returns the number of sequences."""
+    with TarShardWriter(path) as w:
+        for key, codes, meta in items:
+            w.write(token_sample(key, codes, meta))
+        return w.count
+
+
+def list_shards(spec: str | os.PathLike | Iterable) -> list[Path]:
+    """Shard paths from a directory (all *.tar, recursive, sorted), a glob, a file, or a list of those."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return [p for s in spec for p in list_shards(s)]
+    p = Path(spec)
+    if p.is_dir():
+        found = sorted(x for x in p.rglob("*.tar") if not x.name.startswith("."))
+    elif p.is_file():
+        found = [p]
+    else:
+        import glob
+
+        found = sorted(Path(x) for x in glob.glob(str(spec)) if x.endswith(".tar"))
+    if not found:
+        raise InputError(f"{spec}: no .tar shards found")
+    return found
