@@ -34,7 +34,9 @@ def test_console_entry_and_bad_key_is_one_line_exit_2():
     r = _run("train", "bad_key=1")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "valid keys: model, out_dir" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown key 'bad_key'" in lines[0]
+    valid = lines[0].split("valid keys: ", 1)[1].split(", ")
+    assert "model" in valid and "out_dir" in valid
     assert "Traceback" not in r.stderr
 
 
