@@ -305,7 +305,7 @@ class VideoReader:
         try:
             with av.open(str(self.path)) as c:
                 if not c.streams.video:
-                    raise Skip("video_no_stream", self.path)
+                    raise Skip("video_zero_frames", f"{self.path} (no video stream)")
                 s = c.streams.video[0]
                 if s.frames:
                     return int(s.frames)
