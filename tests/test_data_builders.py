@@ -248,10 +248,12 @@ def test_builtin_every_kind_and_split(tmp_path):
     from data_builders import render
 
     src = SourceConfig(type="builtin", count=36, split="train", n_frames=6, pairs_per_sequence=2, views=4,
-                       kinds={"multiview": 1, "video": 1, "pairs": 1, "tuples": 1, "annotated_video": 1, "single": 1})
+                       kinds={"multiview": 1, "video": 1, "pairs": 1, "tuples": 1, "annotated_video": 1, "single": 1,
+                              "class_group": 1}, group_sizes=[8, 16])
     _, samples, _ = run_build(tmp_path, [src], shard_size=4)
     ms = metas(samples)
-    assert {m["kind"] for m in ms} == {"multiview", "video", "pairs", "tuples", "annotated_video", "single"}
+    assert {m["kind"] for m in ms} == {"multiview", "video", "pairs", "tuples", "annotated_video", "single",
+                                       "class_group"}
     train = {o.name for o in render.list_objects("train")}
     held = {o.name for o in render.list_objects("heldout")}
     assert train and held and not train & held
