@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_builders.build import DataConfig, SourceConfig, build, collect_stats
