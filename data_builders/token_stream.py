@@ -31,6 +31,7 @@ packer, so rows are built inside the workers).
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -38,6 +39,23 @@ import torch
 
 from data_builders.shards import iter_token_shard, list_shards
 from tokenizer.errors import InputError
+
+
+@dataclass
+class TokenStreamConfig:
+    """Where training sequences come from (the `data:` section of a train config)."""
+
+    shards: list[str] | str = "data/demo/tokens"  # one shard set (dir/glob/file) or a list of sets
+    weights: list[float] | None = None  # sampling weight per shard set (default: equal)
+    eval_shards: list[str] | str | None = None  # held-out shard set(s); no held-out eval if unset
+    shuffle_buffer: int = 256  # sequences per consumer shuffle buffer
+    num_workers: int = 0  # DataLoader workers per rank
+
+    def source_list(self, eval: bool = False) -> list:
+        spec = self.eval_shards if eval else self.shards
+        if spec is None:
+            return []
+        return [spec] if isinstance(spec, str) else list(spec)
 
 
 def items_before(consumed_batches: int, batch_size: int, worker: int, num_workers: int) -> int:

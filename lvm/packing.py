@@ -11,9 +11,13 @@ A row of `T` tokens holds several visual sequences back to back, then padding:
 cross-entropy of logits[t] vs target[t]; nothing is learned across a boundary or on padding. The padding
 is its own segment (causal inside itself) so no attention row is empty (an all-masked row gives NaN).
 
-The attention mask is a 4-D boolean (B, 1, T, T) block-diagonal causal mask, which HF `LlamaForCausalLM`
-takes as is (SDPA/eager). With flash-attention varlen, the restarting `position_ids` alone carry the
-same information (HF derives cu_seqlens from them).
+Two equivalent ways to keep attention inside each sequence (`model_inputs(batch, mode)`):
+- "mask": a 4-D boolean (B, 1, T, T) block-diagonal causal mask, which HF `LlamaForCausalLM` takes as is
+  (sdpa/eager attention);
+- "varlen" (what `lvm train` uses): rows flattened to one, sequence boundaries as `lvm_cu_seqlens`, and
+  `packed_attention` registered as an HF attention implementation runs causal SDPA per sequence. With
+  flash-attention varlen kernels the restarting `position_ids` alone carry the same information (HF
+  derives cu_seqlens from them).
 """
 
 from __future__ import annotations
@@ -157,7 +161,57 @@ def block_causal_mask(segment_ids):
     return (same & causal)[:, None]
 
 
-def model_inputs(batch: dict) -> dict:
-    """The kwargs for `LlamaForCausalLM(**...)` of a packed batch (no labels: the loss is computed outside)."""
-    return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
-            "attention_mask": block_causal_mask(batch["segment_ids"]), "use_cache": False}
+PACKED_ATTENTION = "lvm_packed"
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     lvm_cu_seqlens=None, **kwargs):
+    """HF attention function for packed rows: causal SDPA on each sequence's slice ("varlen" on any device).
+
+    `lvm_cu_seqlens` (a tuple of ints: 0, end of sequence 1, ..., total) comes through the model's
+    forward kwargs. Each segment runs the dense causal kernel on its own tokens, which is exactly the
+    block-diagonal causal mask but skips the masked-out blocks (on CPU a masked SDPA over the full row
+    costs ~2x the causal kernel, and the per-segment kernels do only the useful part). Without
+    `lvm_cu_seqlens` (e.g. generation) this is plain SDPA.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if lvm_cu_seqlens is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                           is_causal=True, scale=scaling,
+                                           dropout_p=dropout if module.training else 0.0)
+            for s, e in zip(lvm_cu_seqlens[:-1], lvm_cu_seqlens[1:])]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_packed_attention() -> str:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    return PACKED_ATTENTION
+
+
+def model_inputs(batch: dict, mode: str = "varlen") -> dict:
+    """The kwargs for `LlamaForCausalLM(**...)` of a packed batch (no labels: the loss is computed outside).
+
+    mode "mask": the (B, 1, T, T) block-causal boolean mask, for any attention implementation that takes
+    a 4-D mask (sdpa, eager). mode "varlen": the rows are flattened into one (1, B*T) row and the
+    sequence boundaries passed as `lvm_cu_seqlens`, for `packed_attention` (the model must have
+    `set_attn_implementation(register_packed_attention())`). Logits come out (B, T, V) or (1, B*T, V).
+    """
+    if mode == "mask":
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+                "attention_mask": block_causal_mask(batch["segment_ids"]), "use_cache": False}
+    if mode != "varlen":
+        raise ValueError(f"unknown packed attention mode {mode!r}")
+    pos = batch["position_ids"].reshape(1, -1)
+    starts = (pos[0] == 0).nonzero().flatten().tolist()
+    return {"input_ids": batch["input_ids"].reshape(1, -1), "position_ids": pos,
+            "lvm_cu_seqlens": tuple(starts) + (pos.shape[1],), "use_cache": False}

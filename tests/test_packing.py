@@ -2,7 +2,10 @@ import numpy as np
 import torch
 
 from lvm.model import ModelConfig
-from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, pack_sequences, row_arrays
+import pytest
+
+from lvm.packing import (IGNORE, Packer, collate_rows, model_inputs, pack_sequences, register_packed_attention,
+                         row_arrays)
 
 TPI = 16  # tokens per image in these tests (the contract's 256, scaled down to keep them fast)
 
@@ -30,7 +33,8 @@ def test_row_layout_positions_targets_and_segments():
     assert r["last_image"].sum() == TPI and r["last_image"][len(a) - TPI - 1] and not r["last_image"][len(a) - 1]
 
 
-def test_packed_logits_equal_each_sequence_alone_fp32():
+@pytest.mark.parametrize("mode", ["mask", "varlen"])
+def test_packed_logits_equal_each_sequence_alone_fp32(mode):
     model = _tiny_model()
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 64, (n, 256)) for n in (3, 1, 2, 1)]
@@ -38,7 +42,10 @@ def test_packed_logits_equal_each_sequence_alone_fp32():
     assert len(rows) == 1 and abs(frac - 1 / 8) < 1e-9
     batch = collate_rows(rows)
     with torch.no_grad():
-        packed = model(**model_inputs(batch)).logits[0]
+        if mode == "varlen":
+            model.set_attn_implementation(register_packed_attention())
+        packed = model(**model_inputs(batch, mode)).logits[0]
+        model.set_attn_implementation("sdpa")
         at = 0
         for s in seqs:
             toks = torch.from_numpy(s.reshape(-1))
