@@ -231,7 +231,9 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         # Several runs in one process (tests, benchmarks) may differ in precision; accelerate keeps a
         # process-wide singleton, so drop it between single-process runs.
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    # accelerate only forms a multi-process CPU group (gloo) when told cpu=True.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=cpu)
     set_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -36,6 +36,10 @@ def run(args):
     from lvm.trainer import train
 
     summary = train(cfg, resume=args.resume, init_from=args.init_from)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     ev = ", ".join(f"{k} {v:.4f}" for k, v in summary["eval"].items())
     last = summary["losses"][max(summary["losses"])] if summary["losses"] else float("nan")
     print(f"done: step {summary['step']}, loss {last:.4f}{', ' + ev if ev else ''}; run dir {summary['out_dir']}")
