@@ -288,6 +288,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = 
     parser.set_defaults(_config_default=default)
 
 
+def resolve_config(cls: type[T], args: argparse.Namespace) -> T | None:
+    """`config_from_args`, except that with --print-config it prints the config and returns None."""
+    cfg = config_from_args(cls, args)
+    if getattr(args, "print_config", False):
+        print(config_to_yaml(cfg), end="")
+        return None
+    return cfg
+
+
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """Resolve the config of a command from its parsed `CONFIG [key=value ...]` arguments."""
     path, overrides = args.config, list(args.overrides)

@@ -11,7 +11,7 @@ example:
   lvm data build configs/data/demo.yaml out=/tmp/bench limit=400 --workers 2   # ~1-2 min measurement
 """
 
-from lvm.config import add_config_arguments, config_from_args, config_to_yaml
+from lvm.config import add_config_arguments, resolve_config
 
 
 def add_arguments(p):
@@ -29,9 +29,8 @@ def run(args):
     from data_builders.build import DataConfig, build, plan_shards
     from lvm.config import save_config
 
-    cfg = config_from_args(DataConfig, args)
-    if args.print_config:
-        print(config_to_yaml(cfg), end="")
+    cfg = resolve_config(DataConfig, args)
+    if cfg is None:
         return 0
     tasks = plan_shards(cfg)  # checks every source's inputs before anything is written
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ Example:
       out_dir=runs/tok max_minutes=15 --resume
 """
 
-from lvm.config import add_config_arguments, config_from_args, config_to_yaml
+from lvm.config import add_config_arguments, resolve_config
 
 
 def add_arguments(p):
@@ -26,9 +26,8 @@ def add_arguments(p):
 def run(args):
     from tokenizer.train_config import TokenizerTrainConfig
 
-    cfg = config_from_args(TokenizerTrainConfig, args)
-    if args.print_config:
-        print(config_to_yaml(cfg), end="")
+    cfg = resolve_config(TokenizerTrainConfig, args)
+    if cfg is None:
         return 0
     from lvm.config import save_config
     from tokenizer.train import Trainer

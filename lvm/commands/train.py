@@ -15,7 +15,7 @@ examples:
   lvm train configs/train/finetune-7b.yaml --init-from /models/LVM-7B data.shards=my/tokens
 """
 
-from lvm.config import add_config_arguments, config_from_args, config_to_yaml
+from lvm.config import add_config_arguments, resolve_config
 
 
 def add_arguments(p):
@@ -29,9 +29,8 @@ def add_arguments(p):
 def run(args):
     from lvm.train_config import TrainConfig
 
-    cfg = config_from_args(TrainConfig, args)
-    if args.print_config:
-        print(config_to_yaml(cfg), end="")
+    cfg = resolve_config(TrainConfig, args)
+    if cfg is None:
         return 0
     from lvm.trainer import train
 
