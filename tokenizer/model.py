@@ -1,0 +1,330 @@
+"""The VQGAN tokenizer: taming-transformers' Encoder/Decoder around a vector quantizer.
+
+    tok = VQGAN(VQGANConfig(resolution=128, channel_mult=(1, 1, 2, 4), codebook_size=8192))
+    codes = tok.encode(x)          # x: float (B, 3, R, R) in tok.value_range -> long (B, 256)
+    x_hat = tok.decode(codes)      # -> float (B, 3, R, R) in tok.value_range (clamped)
+
+State-dict keys are taming's (`encoder.down.0.block.0.norm1.weight`, `quant_conv`, `quantize.embedding.weight`,
+`post_quant_conv`, `decoder.up.3.upsample.conv`, ...), so taming checkpoints and the released LVM (MUSE
+layout) weights load without renaming. With `mid_attention=False` the middle attention blocks are
+replaced by identities, which is how the released LVM tokenizer is built (it has no `mid.attn_1` keys).
+
+Inference (`encode`/`decode`) is the fast path: inference mode, channels-last memory and bf16 autocast
+for the convolutions (set `precision="fp32"` for exact fp32). The nearest-code search always runs in
+fp32 so bf16 rounding cannot flip codes on near-ties.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import InputError
+from .quantize import build_quantizer
+
+FORMAT = "lvm-vqgan"
+
+
+@dataclass
+class VQGANConfig:
+    resolution: int = 256
+    in_channels: int = 3
+    hidden_channels: int = 128          # taming's `ch`
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2             # the decoder uses num_res_blocks + 1 per level, as taming does
+    attn_resolutions: tuple[int, ...] = (16,)
+    mid_attention: bool = True          # False for the released LVM tokenizer
+    z_channels: int = 256
+    embed_dim: int = 256                # channels after quant_conv = code vector size of the "l2" quantizer
+    codebook_size: int = 1024
+    quantizer: Literal["l2", "normed"] = "l2"
+    code_dim: int = 8                   # lookup space of the "normed" quantizer
+    beta: float = 0.25                  # commitment weight
+    dropout: float = 0.0
+    resamp_with_conv: bool = True
+    value_range: tuple[float, float] = (-1.0, 1.0)   # pixels the network eats and emits
+    resize_mode: Literal["crop", "squash"] = "crop"  # how encode_images makes squares ("squash" = released LVM)
+    precision: Literal["bf16", "fp32"] = "bf16"      # inference autocast dtype
+
+    def __post_init__(self):
+        self.channel_mult = tuple(int(c) for c in self.channel_mult)
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        self.value_range = tuple(float(v) for v in self.value_range)
+        if len(self.value_range) != 2 or self.value_range[0] >= self.value_range[1]:
+            raise ValueError(f"value_range must be (low, high) with low < high, got {self.value_range}")
+        f = 2 ** (len(self.channel_mult) - 1)
+        if self.resolution % f:
+            raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor {f}")
+        if self.hidden_channels % 32:
+            raise ValueError("hidden_channels must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.quantizer not in ("l2", "normed"):
+            raise ValueError(f"quantizer must be 'l2' or 'normed', got {self.quantizer!r}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.downsample
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQGANConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown VQGANConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _ddconfig(cfg: VQGANConfig) -> dict:
+    return dict(ch=cfg.hidden_channels, out_ch=cfg.in_channels, ch_mult=cfg.channel_mult,
+                num_res_blocks=cfg.num_res_blocks, attn_resolutions=list(cfg.attn_resolutions),
+                dropout=cfg.dropout, resamp_with_conv=cfg.resamp_with_conv, in_channels=cfg.in_channels,
+                resolution=cfg.resolution, z_channels=cfg.z_channels, double_z=False)
+
+
+def build_encoder_decoder(cfg: VQGANConfig) -> tuple[nn.Module, nn.Module]:
+    # Only taming's module file is imported: taming.models.* would pull in pytorch_lightning.
+    from taming.modules.diffusionmodules.model import Decoder, Encoder
+
+    dd = _ddconfig(cfg)
+    encoder = Encoder(**dd)
+    with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints the z shape
+        decoder = Decoder(**dd)
+    if not cfg.mid_attention:
+        encoder.mid.attn_1 = nn.Identity()
+        decoder.mid.attn_1 = nn.Identity()
+    return encoder, decoder
+
+
+def _resblock(blk, x):
+    # taming's ResnetBlock.forward (no timestep embedding, eval-mode dropout) with fused SiLU and an
+    # in-place residual add: the elementwise ops, not the convolutions, dominate taming's CPU time.
+    h = blk.conv1(F.silu(blk.norm1(x), inplace=True))
+    h = blk.conv2(F.silu(blk.norm2(h), inplace=True))
+    if blk.in_channels != blk.out_channels:
+        x = blk.conv_shortcut(x) if blk.use_conv_shortcut else blk.nin_shortcut(x)
+    return h.add_(x)
+
+
+def encoder_forward(enc, x):
+    """taming Encoder.forward for inference, same weights and same math."""
+    h = enc.conv_in(x)
+    for i, level in enumerate(enc.down):
+        for j, blk in enumerate(level.block):
+            h = _resblock(blk, h)
+            if len(level.attn) > 0:
+                h = level.attn[j](h)
+        if i != enc.num_resolutions - 1:
+            h = level.downsample(h)
+    h = _resblock(enc.mid.block_2, enc.mid.attn_1(_resblock(enc.mid.block_1, h)))
+    return enc.conv_out(F.silu(enc.norm_out(h), inplace=True))
+
+
+def decoder_forward(dec, z):
+    """taming Decoder.forward for inference, same weights and same math."""
+    h = _resblock(dec.mid.block_2, dec.mid.attn_1(_resblock(dec.mid.block_1, dec.conv_in(z))))
+    for i in reversed(range(dec.num_resolutions)):
+        level = dec.up[i]
+        for j, blk in enumerate(level.block):
+            h = _resblock(blk, h)
+            if len(level.attn) > 0:
+                h = level.attn[j](h)
+        if i != 0:
+            h = level.upsample(h)
+    return dec.conv_out(F.silu(dec.norm_out(h), inplace=True))
+
+
+class VQGAN(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.config = config
+        self.encoder, self.decoder = build_encoder_decoder(config)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.quantize = build_quantizer(config.quantizer, config.codebook_size, config.embed_dim,
+                                        config.code_dim, config.beta)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self._channels_last = False
+
+    # ---- the facts other packages read ----
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def resolution(self) -> int:
+        return self.config.resolution
+
+    @property
+    def grid(self) -> int:
+        return self.config.grid
+
+    @property
+    def codes_per_image(self) -> int:
+        return self.config.grid ** 2
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return self.config.value_range
+
+    @property
+    def resize_mode(self) -> str:
+        return self.config.resize_mode
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- training forward ----
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels -> pre-quantization latent (B, embed_dim, h, w)."""
+        return self.quant_conv(self.encoder(x))
+
+    def decode_latent(self, q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(q))
+
+    def _to_rows(self, z: torch.Tensor) -> torch.Tensor:
+        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+    def _from_rows(self, rows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        return rows.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor):
+        """Training pass: returns (reconstruction, quantizer loss, codes (B, h*w))."""
+        z = self.encode_latent(x)
+        b, _, h, w = z.shape
+        q, qloss, idx = self.quantize(self._to_rows(z))
+        xrec = self.decode_latent(self._from_rows(q, b, h, w).to(z.dtype))
+        return xrec, qloss, idx.view(b, h * w)
+
+    # ---- inference: the fast path ----
+    def _fast_modules(self):
+        """(encoder, quant_conv, post_quant_conv, decoder, dtype) for inference.
+
+        bf16: a cached bf16 channels-last copy of the network (rebuilt when any parameter changes), so no
+        weight is re-cast per call and GroupNorm/SiLU run on half the bytes. fp32: the model itself.
+        """
+        if self.config.precision == "fp32":
+            if not self._channels_last:
+                self.to(memory_format=torch.channels_last)
+                self._channels_last = True
+            return self.encoder, self.quant_conv, self.post_quant_conv, self.decoder, torch.float32
+        key = (str(self.device), tuple(p._version for p in self.parameters()),
+               tuple(p.data_ptr() for p in self.parameters()))
+        cache = self.__dict__.get("_bf16_cache")
+        if cache is None or cache[0] != key:
+            import copy
+
+            mods = tuple(copy.deepcopy(m).to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
+                         for m in (self.encoder, self.quant_conv, self.post_quant_conv, self.decoder))
+            cache = (key, mods)
+            self.__dict__["_bf16_cache"] = cache  # not a submodule: stays out of state_dict/parameters
+        return (*cache[1], torch.bfloat16)
+
+    def _check_pixels(self, x: torch.Tensor):
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels or x.shape[2] != self.resolution \
+                or x.shape[3] != self.resolution:
+            raise InputError(f"encode expects images of shape (B, {self.config.in_channels}, {self.resolution}, "
+                             f"{self.resolution}), got {tuple(x.shape)}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, R, R) in `value_range` -> codes long (B, codes_per_image), row-major over the grid."""
+        self._check_pixels(x)
+        enc, qc, _, _, dtype = self._fast_modules()  # outside inference mode: it may copy parameters
+        with torch.inference_mode():
+            x = x.to(self.device, dtype).contiguous(memory_format=torch.channels_last)
+            z = qc(encoder_forward(enc, x)).float()
+            b, _, h, w = z.shape
+            return self.quantize.codes(self._to_rows(z)).view(b, h * w)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, codes_per_image) -> images float32 (B, 3, R, R) clamped to `value_range`."""
+        codes = torch.as_tensor(codes, device=self.device).long()
+        if codes.ndim == 1:
+            codes = codes[None]
+        n = self.codes_per_image
+        if codes.ndim != 2 or codes.shape[1] != n:
+            raise InputError(f"decode expects codes of shape (B, {n}), got {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise InputError(f"codes must lie in [0, {self.codebook_size - 1}], got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+        _, _, pqc, dec, dtype = self._fast_modules()
+        with torch.inference_mode():
+            b, g = codes.shape[0], self.grid
+            q = self.quantize.lookup(codes.flatten()).float()
+            q = self._from_rows(q, b, g, g).to(dtype).contiguous(memory_format=torch.channels_last)
+            x = decoder_forward(dec, pqc(q))
+            lo, hi = self.value_range
+            return x.float().clamp(lo, hi).contiguous()
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # ---- images in and out ----
+    def encode_images(self, images: Sequence, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+        """Paths or PIL images -> codes long (N, codes_per_image) on the CPU."""
+        from .image_io import load_image, pil_to_tensor, resize_square
+
+        def load(item):
+            img = item if hasattr(item, "convert") else load_image(item)
+            return pil_to_tensor(resize_square(img.convert("RGB"), self.resolution, self.resize_mode),
+                                 self.value_range)
+
+        out = []
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm import tqdm
+            starts = tqdm(starts, desc="encode", unit="batch")
+        for i in starts:
+            x = torch.stack([load(it) for it in images[i:i + batch_size]])
+            out.append(self.encode(x).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.codes_per_image, dtype=torch.long)
+
+    def decode_to_pil(self, codes, batch_size: int = 16) -> list:
+        from .image_io import tensor_to_pil
+
+        codes = torch.as_tensor(codes).long()
+        if codes.ndim == 1:
+            codes = codes[None]
+        out = []
+        for i in range(0, codes.shape[0], batch_size):
+            out.extend(tensor_to_pil(x, self.value_range) for x in self.decode(codes[i:i + batch_size]).cpu())
+        return out
+
+    # ---- our checkpoint format ----
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write `config.json` + `model.safetensors` (atomically) into `directory`."""
+        from safetensors.torch import save_file
+
+        from .files import atomic_path, atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
+        atomic_write_text(directory / "config.json",
+                          json.dumps({"format": FORMAT, **self.config.to_dict()}, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "VQGAN":
+        """Any of the three checkpoint formats (see `tokenizer.loaders.load_tokenizer`)."""
+        from .loaders import load_tokenizer
+
+        return load_tokenizer(path, **overrides)

@@ -1,0 +1,67 @@
+"""Config of `lvm tokenizer train` (and of configs/tokenizer/*.yaml): model + data + loss + schedule.
+
+The `model:` section is a `VQGANConfig`; tools that only need the architecture (the benchmark, tests)
+read that section. Loaded by the CLI with `lvm.config.load_config(TokenizerTrainConfig, path, overrides)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .model import VQGANConfig
+
+
+@dataclass
+class TokenizerDataConfig:
+    # A folder of images (recursive), a text file listing image paths (one per line, relative to the
+    # file), or webdataset image shards ("shards/*.tar", "shards/train-{000..009}.tar").
+    path: str | None = None
+    # Held-out images for periodic evaluation (same kinds as `path`); none = no periodic evaluation.
+    val_path: str | None = None
+    val_images: int = 256          # evaluate on at most this many held-out images
+    random_flip: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class TokenizerLossConfig:
+    recon: Literal["l1", "l2"] = "l1"
+    recon_weight: float = 1.0
+    codebook_weight: float = 1.0
+    # LPIPS needs VGG16 ImageNet weights (torchvision state dict) + LPIPS linear-layer weights, both from
+    # local files. Without them training runs without the perceptual term (logged once, recorded below).
+    perceptual_weight: float = 1.0
+    lpips_vgg_path: str | None = None
+    lpips_lin_path: str | None = None
+    perceptual_used: bool | None = None   # written by the trainer into the saved config
+    # PatchGAN discriminator, hinge loss, adaptive weight (taming's recipe).
+    disc_weight: float = 0.8
+    disc_start: int = 10000
+    disc_layers: int = 3
+    disc_channels: int = 64
+    disc_lr_mult: float = 1.0
+
+
+@dataclass
+class TokenizerTrainConfig:
+    model: VQGANConfig = field(default_factory=VQGANConfig)
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    out_dir: str = "runs/tokenizer"
+    seed: int = 0
+    batch_size: int = 8              # per device, per micro-step
+    grad_accum: int = 1
+    max_steps: int = 10000           # optimizer steps
+    max_minutes: float | None = None # stop (after saving) when this wall time is used up
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 200
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    mixed_precision: Literal["bf16", "no"] = "bf16"
+    dead_code_max_idle: int = 100    # "normed" quantizer: restart codes unused for this many steps (0 = off)
+    log_every: int = 10
+    eval_every: int = 500
+    save_every: int = 200
