@@ -1,0 +1,34 @@
+"""Turn image-sequence shards into token shards with a tokenizer checkpoint (stage 2).
+
+Every image goes through the tokenizer (batched across sequences; bf16 autocast and the GPU when there is
+one); each input shard becomes a token shard of the same name: per sequence `tokens.npy` (n_images, 256)
++ the sequence's JSON (plus tokenizer provenance). Finished token shards are skipped on a rerun. Under
+`accelerate launch` (or torchrun / SLURM) each rank takes shards[rank::world] and its own GPU.
+
+example:
+  lvm data tokenize data/demo/images --tokenizer runs/tok --out data/demo/tokens
+  accelerate launch --num_processes 8 -m lvm data tokenize data/images --tokenizer runs/tok --out data/tokens
+"""
+
+
+def add_arguments(p):
+    p.add_argument("shards", nargs="+", help="image shard folder(s), globs or .tar files")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM dir, taming .ckpt)")
+    p.add_argument("--out", required=True, help="output folder for token shards")
+    p.add_argument("--batch-size", type=int, default=64, help="images per tokenizer batch")
+    p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: this rank's GPU if any, else CPU)")
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--world-size", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args):
+    import json
+
+    from data_builders.tokenize import tokenize
+
+    res = tokenize(args.shards if len(args.shards) > 1 else args.shards[0], args.tokenizer, args.out,
+                   batch_size=args.batch_size, device=args.device, rank=args.rank, world=args.world_size,
+                   progress=not args.no_progress)
+    print(json.dumps(res))
+    return 0

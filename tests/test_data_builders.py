@@ -1,0 +1,419 @@
+"""Data builders: every sequence kind from tiny inputs the tests make, resume, bad input, tokenize, export."""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_builders.build import DataConfig, SourceConfig, build, collect_stats
+from data_builders.sequence import sample_images, sample_meta
+from data_builders.shards import iter_tar_samples, iter_token_shard, list_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def solid(value, size=40, shape=None):
+    arr = np.full((size, shape or size, 3), value, np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def write_video(path, n_frames, size=32):
+    """An mpeg4 video whose frame i is solid gray i // 2, so frame indices can be read back."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=30)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), i // 2, np.uint8), format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def write_cube_obj(path):
+    v = [(x, y, z) for x in (0, 1) for y in (0, 2) for z in (0, 0.5)]
+    faces = [(1, 2, 4, 3), (5, 7, 8, 6), (1, 5, 6, 2), (3, 4, 8, 7), (1, 3, 7, 5), (2, 6, 8, 4)]
+    lines = [f"v {a} {b} {c}" for a, b, c in v] + ["f " + " ".join(map(str, f)) for f in faces]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_build(tmp_path, sources, name="out", **kw):
+    cfg = DataConfig(out=str(tmp_path / name), image_size=SIZE, shard_size=kw.pop("shard_size", 8),
+                     sources=sources, **kw)
+    res = build(cfg, progress=False, log=lambda *a: None)
+    samples = [s for shard in list_shards(cfg.out) for s in iter_tar_samples(shard)]
+    return res, samples, cfg
+
+
+def metas(samples):
+    return [sample_meta(s) for s in samples]
+
+
+# ---------------------------------------------------------------- every kind from local inputs
+
+def test_single_images_folder_list_and_shards(tmp_path):
+    d = tmp_path / "imgs" / "sub"
+    d.mkdir(parents=True)
+    for i in range(5):
+        solid(i * 40).save(d / f"{i}.png")
+    _, samples, cfg = run_build(tmp_path, [SourceConfig(type="images", path=str(tmp_path / "imgs"))])
+    assert [m["kind"] for m in metas(samples)] == ["single"] * 5
+    assert all(len(sample_images(s)) == 1 and sample_images(s)[0].size == (SIZE, SIZE) for s in samples)
+    assert sorted(Path(m["paths"][0]).name for m in metas(samples)) == [f"{i}.png" for i in range(5)]
+    (tmp_path / "list.txt").write_text("imgs/sub/1.png\nimgs/sub/3.png\n")
+    _, s2, _ = run_build(tmp_path, [SourceConfig(type="images", path=str(tmp_path / "list.txt"))], name="o2")
+    assert [Path(m["paths"][0]).name for m in metas(s2)] == ["1.png", "3.png"]
+    # image shards as input (the stage-1 output itself): every frame becomes a single image
+    _, s3, _ = run_build(tmp_path, [SourceConfig(type="images", path=cfg.out)], name="o3")
+    assert len(s3) == 5
+
+
+def test_class_groups(tmp_path):
+    for c in ("cat", "dog", "eel"):
+        (tmp_path / "cls" / c).mkdir(parents=True)
+        for i in range(6):
+            solid({"cat": 10, "dog": 120, "eel": 240}[c]).save(tmp_path / "cls" / c / f"{i}.png")
+    src = SourceConfig(type="class_groups", path=str(tmp_path / "cls"), count=12)
+    _, samples, _ = run_build(tmp_path, [src])
+    assert len(samples) == 12
+    sizes = set()
+    for s in samples:
+        m = sample_meta(s)
+        g = m["group_size"]
+        sizes.add(g)
+        assert m["kind"] == "class_group" and m["n_images"] == 16 and len(m["groups"]) == 16 // g
+        ims = sample_images(s)
+        for j, grp in enumerate(m["groups"]):  # each run of g images comes from its group's class
+            assert all(Path(p).parent.name == grp["class"] for p in grp["paths"])
+            vals = {int(np.asarray(im).mean()) for im in ims[j * g:(j + 1) * g]}
+            assert len(vals) == 1
+    assert sizes <= {2, 4, 8, 16} and len(sizes) >= 2
+
+
+def test_videos_strides_order_and_short_policy(tmp_path):
+    vd = tmp_path / "vids"
+    vd.mkdir()
+    write_video(vd / "long.mp4", 470)
+    write_video(vd / "short.mp4", 200)  # fits stride 10 (151 frames) only
+    frames = vd / "clip_frames"
+    frames.mkdir()
+    for i in range(160):
+        solid(i).save(frames / f"{i:04d}.png")
+    _, samples, _ = run_build(tmp_path, [SourceConfig(type="videos", path=str(vd))])
+    ms = {(Path(m["paths"][0]).name, m["stride"]): (m, s) for s, m in zip(samples, metas(samples))}
+    assert set(ms) == {("long.mp4", 10), ("long.mp4", 20), ("long.mp4", 30), ("short.mp4", 10),
+                       ("clip_frames", 10)}
+    for (name, stride), (m, s) in ms.items():
+        idx = m["frames"]
+        assert len(idx) == 16 and m["kind"] == "video"
+        assert np.all(np.diff(idx) == stride) and idx[0] >= 0 and idx[-1] < m["total_frames"]
+        means = [np.asarray(im).mean() for im in sample_images(s)]
+        expect = [i // 2 for i in idx] if name.endswith(".mp4") else idx
+        assert np.allclose(means, expect, atol=3), (name, stride)  # right frames, in order
+    st = collect_stats(tmp_path / "out")
+    assert st["failures"] == {"video_too_short": 4}  # short.mp4 and the 160-frame clip at strides 20 and 30
+    # shrink policy: the short video gets the largest stride that fits instead
+    _, s2, _ = run_build(tmp_path, [SourceConfig(type="videos", path=str(vd), short_video="shrink")], name="o2")
+    short = [m for m in metas(s2) if m["paths"][0].endswith("short.mp4")]
+    assert sorted((m["requested_stride"], m["stride"]) for m in short) == [(10, 10), (20, 13), (30, 13)]
+
+
+def test_multiview_mesh_and_folder(tmp_path):
+    md = tmp_path / "meshes"
+    md.mkdir()
+    write_cube_obj(md / "box.obj")
+    src = SourceConfig(type="multiview_mesh", path=str(md), orbits_per_object=2)
+    _, samples, _ = run_build(tmp_path, [src])
+    assert len(samples) == 2
+    for m in metas(samples):
+        az = np.array(m["azimuths"])
+        assert m["kind"] == "multiview" and len(az) == 16
+        assert np.allclose((np.diff(az) % 360), 15.0)
+        assert 1.5 <= m["radius"] <= 2.2 and -45 <= m["elevation"] <= 45
+    assert metas(samples)[0]["elevation"] != metas(samples)[1]["elevation"]  # one elevation per orbit
+    views = tmp_path / "views" / "objA"
+    views.mkdir(parents=True)
+    for i in range(24):
+        solid(i * 10).save(views / f"view_{i:02d}.png")
+    _, s2, _ = run_build(tmp_path, [SourceConfig(type="multiview_folder", path=str(tmp_path / "views"))], name="o2")
+    m = metas(s2)[0]
+    idx = m["view_indices"]
+    assert len(idx) == 16 and all((b - a) % 24 == 1 for a, b in zip(idx, idx[1:]))
+    assert np.allclose([np.asarray(im).mean() for im in sample_images(s2[0])], [i * 10 for i in idx], atol=1)
+
+
+def make_pairs(root, n=10, tasks=("depth", "segmentation")):
+    (root / "images").mkdir(parents=True)
+    for t in tasks:
+        (root / t).mkdir()
+    for i in range(n):
+        solid(i * 20).save(root / "images" / f"x{i}.jpg")
+        for k, t in enumerate(tasks):
+            solid(i * 20 + k + 1).save(root / t / f"x{i}.png")
+
+
+def test_pairs_and_tuples(tmp_path):
+    make_pairs(tmp_path / "p")
+    _, samples, _ = run_build(tmp_path, [SourceConfig(type="pairs", path=str(tmp_path / "p"),
+                                                      tasks=["depth", "segmentation"])])
+    by_task = {}
+    for s, m in zip(samples, metas(samples)):
+        assert m["kind"] == "pairs" and m["n_images"] == 2 * len(m["stems"]) <= 16
+        by_task.setdefault(m["task"], []).extend(m["stems"])
+        ims = sample_images(s)
+        for j, (src_p, ann_p) in enumerate(m["paths"]):  # image then its own annotation
+            assert Path(src_p).stem == Path(ann_p).stem and Path(ann_p).parent.name == m["task"]
+    assert {t: sorted(v) for t, v in by_task.items()} == {t: sorted(f"x{i}" for i in range(10))
+                                                          for t in ("depth", "segmentation")}
+    assert max(m["n_images"] for m in metas(samples)) == 16  # 8 pairs of one task
+    _, s2, _ = run_build(tmp_path, [SourceConfig(type="pairs", path=str(tmp_path / "p"), tuples=True,
+                                                 tasks=["depth", "segmentation"])], name="o2")
+    for s, m in zip(s2, metas(s2)):
+        assert m["kind"] == "tuples" and m["tuple_size"] == 3 and m["n_images"] == 3 * len(m["stems"])
+        vals = [np.asarray(im).mean() for im in sample_images(s)]
+        for j in range(len(m["stems"])):
+            base = vals[3 * j]
+            assert np.allclose(vals[3 * j:3 * j + 3], [base, base + 1, base + 2], atol=2.5)
+
+
+def test_annotate_self_made(tmp_path):
+    root = tmp_path / "a"
+    for d in ("images", "labels", "depth", "annotations"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / f"s{i}.png")
+        lab = np.zeros((40, 48), np.uint8)
+        lab[5:20, 5:30] = 1
+        lab[25:35, 10:40] = 2
+        Image.fromarray(lab).save(root / "labels" / f"s{i}.png")
+        depth = (np.linspace(500, 3000, 48)[None, :] * np.ones((40, 1))).astype(np.uint16)
+        Image.fromarray(depth).save(root / "depth" / f"s{i}.png")
+        (root / "annotations" / f"s{i}.json").write_text(json.dumps(
+            {"boxes": [[2, 2, 20, 20, 3]], "keypoints": [[[10 + k, 5 + k, 2] for k in range(17)]]}))
+    tasks = ["edges", "colorization", "inpainting", "segmentation", "depth", "normals", "boxes", "keypoints"]
+    _, samples, _ = run_build(tmp_path, [SourceConfig(type="annotate", path=str(root), tasks=tasks)])
+    got = {sample_meta(s)["task"]: sample_images(s) for s in samples}
+    assert set(got) == set(tasks)
+    col = got["colorization"]
+    a = np.asarray(col[0]).astype(int)
+    assert (a[..., 0] == a[..., 1]).all() and not (np.asarray(col[1])[..., 0] == np.asarray(col[1])[..., 1]).all()
+    inp = np.asarray(got["inpainting"][0])
+    assert (inp.sum(-1) == 0).sum() > 20  # black boxes
+    seg = np.asarray(got["segmentation"][1])
+    assert len({tuple(c) for c in seg.reshape(-1, 3)}) >= 3  # background + 2 palette colors (+ resize blends)
+    dep = np.asarray(got["depth"][1])[..., 0].astype(int)
+    assert dep[:, 2].mean() > dep[:, -3].mean()  # near is bright
+    _, s2, _ = run_build(tmp_path, [SourceConfig(type="annotate", path=str(root), tuples=True,
+                                                 tasks=["depth", "normals", "edges"])], name="o2")
+    m = sample_meta(s2[0])
+    assert m["kind"] == "tuples" and m["tuple_size"] == 4 and m["n_images"] == 12
+
+
+def test_annotated_video_layouts(tmp_path):
+    root = tmp_path / "av"
+    for d in ("frames/v1", "segmentation/v1"):
+        (root / d).mkdir(parents=True)
+    for i in range(12):
+        solid(i * 10).save(root / "frames/v1" / f"{i:03d}.png")
+        solid(i * 10 + 5).save(root / "segmentation/v1" / f"{i:03d}.png")
+    _, samples, _ = run_build(tmp_path, [SourceConfig(type="annotated_video", path=str(root),
+                                                      tasks=["segmentation"], strides=[1])])
+    lay = {}
+    for s, m in zip(samples, metas(samples)):
+        vals = [round(np.asarray(im).mean()) for im in sample_images(s)]
+        f = [i * 10 for i in m["frames"]]
+        a = [v + 5 for v in f]
+        lay[m["layout"]] = vals
+        expect = [x for p in zip(f, a) for x in p] if m["layout"] == "interleaved" else f + a
+        assert vals == expect and m["kind"] == "annotated_video" and m["n_images"] == 16
+    assert set(lay) == {"interleaved", "grouped"}
+
+
+# ---------------------------------------------------------------- the built-in renderer
+
+def test_builtin_every_kind_and_split(tmp_path):
+    from data_builders import render
+
+    src = SourceConfig(type="builtin", count=36, split="train", n_frames=6, pairs_per_sequence=2, views=4,
+                       kinds={"multiview": 1, "video": 1, "pairs": 1, "tuples": 1, "annotated_video": 1, "single": 1,
+                              "class_group": 1}, group_sizes=[8, 16])
+    _, samples, _ = run_build(tmp_path, [src], shard_size=4)
+    ms = metas(samples)
+    assert {m["kind"] for m in ms} == {"multiview", "video", "pairs", "tuples", "annotated_video", "single",
+                                       "class_group"}
+    train = {o.name for o in render.list_objects("train")}
+    held = {o.name for o in render.list_objects("heldout")}
+    assert train and held and not train & held
+    for m in ms:
+        for name in m.get("objects", []) + ([m["object"]] if "object" in m else []):
+            assert name in train
+        if m["kind"] == "multiview":
+            assert np.allclose(np.diff(m["azimuths"]) % 360, 15.0) and 1.5 <= m["radius"] <= 2.2
+        if m["kind"] == "video":
+            assert m["n_images"] == 6 and m["scenario"] in render.SCENARIOS
+
+
+def test_render_deterministic_and_depth_metric():
+    from data_builders import render
+
+    a = render.render_orbit("duck", size=32, seed=5, views=3)
+    b = render.render_orbit("duck", size=32, seed=5, views=3)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["images"], b["images"]))
+    v = a["views"][0]
+    # metric depth: object pixels lie within the unit box around the origin, seen from radius r
+    d = v.depth[v.mask]
+    assert d.size and a["radius"] - 1.0 < d.min() and d.max() < a["radius"] + 1.0
+    assert (v.depth[~v.mask] > 5).all()  # background = far plane
+    rng = np.random.default_rng(0)
+    for task in render.TASKS:
+        inp, out = render.task_pair(v, task, rng)
+        assert inp.size == out.size == (32, 32)
+
+
+# ---------------------------------------------------------------- resume, workers, ranks
+
+def _bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.tar"))}
+
+
+def _builtin_cfg(out, count=24):
+    return DataConfig(out=str(out), image_size=24, shard_size=3, seed=3, sources=[
+        SourceConfig(type="builtin", count=count, views=6, n_frames=6, pairs_per_sequence=3)])
+
+
+def test_ranks_and_workers_give_identical_shards(tmp_path):
+    ref = _builtin_cfg(tmp_path / "ref", count=12)
+    build(ref, progress=False, log=lambda *a: None)
+    split = _builtin_cfg(tmp_path / "split", count=12)
+    r0 = build(split, rank=0, world=2, progress=False, log=lambda *a: None)
+    r1 = build(split, rank=1, world=2, progress=False, log=lambda *a: None)
+    assert r0["shards_built"] == r1["shards_built"] == 2
+    assert _bytes(ref.out) == _bytes(split.out)
+    par = _builtin_cfg(tmp_path / "par", count=12)
+    build(par, workers=2, progress=False, log=lambda *a: None)
+    assert _bytes(ref.out) == _bytes(par.out)
+
+
+def test_killed_build_resumes_byte_identical(tmp_path):
+    cmd = [sys.executable, "-m", "lvm", "data", "build", str(ROOT / "configs/data/demo.yaml"),
+           "image_size=24", "shard_size=2", "limit=40", "seed=11"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full = tmp_path / "full"
+    subprocess.run(cmd + [f"out={full}", "--no-progress"], check=True, env=env, cwd=tmp_path, capture_output=True)
+    part = tmp_path / "part"
+    proc = subprocess.Popen(cmd + [f"out={part}", "--no-progress"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(part.glob("*.stats.json"))) < 3:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(part.glob("*.stats.json")))
+    assert 3 <= done_at_kill < 20, "the build must be killed mid-way"
+    rerun = subprocess.run(cmd + [f"out={part}", "--no-progress"], check=True, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert f"{done_at_kill} already done" in rerun.stdout
+    assert not list(part.glob(".*tmp*"))  # the killed shard's temp file was cleaned up
+    assert len(_bytes(full)) == 20 and _bytes(full) == _bytes(part)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_inputs_are_skipped_and_counted(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    for i in range(3):
+        solid(i * 50).save(d / f"good{i}.png")
+    good = (d / "good0.png").read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 2])
+    (d / "garbage.jpg").write_bytes(b"\x00not an image" * 20)
+    (d / "empty.png").write_bytes(b"")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(d / "odd16bit.png")  # odd modes are converted
+    Image.new("CMYK", (20, 20), (0, 50, 100, 0)).save(d / "cmyk.jpg")
+    _, samples, cfg = run_build(tmp_path, [SourceConfig(type="images", path=str(d))])
+    assert len(samples) == 5
+    st = collect_stats(cfg.out)
+    assert st["failures"] == {"image_corrupt": 2, "image_truncated": 1}
+    assert {Path(f["item"]).name for f in st["failed_items"]} == {"truncated.png", "garbage.jpg", "empty.png"}
+
+    v = tmp_path / "badvids"
+    v.mkdir()
+    write_video(v / "ok.mp4", 160)
+    (v / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000))
+    import av
+
+    with av.open(str(v / "zero.mp4"), "w") as c:  # a container without a single frame
+        s = c.add_stream("mpeg4", rate=30)
+        s.width = s.height = 32
+        c.start_encoding()
+    write_video(v / "tiny.mp4", 10)
+    _, vs, cfg2 = run_build(tmp_path, [SourceConfig(type="videos", path=str(v), strides=[10])], name="o2")
+    assert [Path(m["paths"][0]).name for m in metas(vs)] == ["ok.mp4"]
+    assert collect_stats(cfg2.out)["failures"] == {"video_corrupt": 1, "video_too_short": 1, "video_zero_frames": 1}
+
+    p = tmp_path / "p"
+    make_pairs(p, n=4, tasks=("depth",))
+    (p / "depth" / "x2.png").unlink()
+    _, ps, cfg3 = run_build(tmp_path, [SourceConfig(type="pairs", path=str(p), tasks=["depth"])], name="o3")
+    assert sorted(sample_meta(ps[0])["stems"]) == ["x0", "x1", "x3"]
+    assert collect_stats(cfg3.out)["failures"] == {"pair_missing_side": 1}
+
+
+def test_empty_or_missing_folder_is_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "empty", tmp_path / "nope"):
+        cfgfile = tmp_path / "c.yaml"
+        cfgfile.write_text(f"out: {tmp_path / 'o'}\nsources:\n  - type: images\n    path: {path}\n")
+        r = subprocess.run([sys.executable, "-m", "lvm", "data", "build", str(cfgfile), "--no-progress"],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and str(path) in lines[0], r.stderr
+
+
+# ---------------------------------------------------------------- stage 2 and tools
+
+def test_tokenize_export_stats_preview(tmp_path):
+    import torch
+
+    from tokenizer import VQGAN, VQGANConfig
+    from lvm.cli import main
+
+    torch.manual_seed(0)
+    tok = VQGAN(VQGANConfig(resolution=16, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(), z_channels=8, embed_dim=8, codebook_size=32))
+    tok.save_pretrained(tmp_path / "tok")
+    cfg = DataConfig(out=str(tmp_path / "img"), image_size=16, shard_size=3, sources=[
+        SourceConfig(type="builtin", count=6, views=4, n_frames=4, pairs_per_sequence=2)])
+    build(cfg, progress=False, log=lambda *a: None)
+    assert main(["data", "tokenize", cfg.out, "--tokenizer", str(tmp_path / "tok"), "--out",
+                 str(tmp_path / "tok_out"), "--no-progress", "--batch-size", "5"]) == 0
+    img_samples = {s["__key__"]: s for sh in list_shards(cfg.out) for s in iter_tar_samples(sh)}
+    toks = [t for sh in list_shards(tmp_path / "tok_out") for t in iter_token_shard(sh)]
+    assert len(toks) == 6
+    for key, codes, meta in toks:
+        ims = sample_images(img_samples[key])
+        assert codes.shape == (len(ims), tok.codes_per_image) and 0 <= codes.min() and codes.max() < 32
+        assert meta["kind"] == sample_meta(img_samples[key])["kind"]
+        # batching across sequences gives the codes of encoding this sequence alone
+        assert np.array_equal(codes, tok.encode_images(ims).numpy())
+    assert main(["data", "export-jsonl", str(tmp_path / "tok_out"), "--out", str(tmp_path / "t.jsonl"),
+                 "--no-progress"]) == 0
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    first = np.frombuffer(base64.b64decode(json.loads(lines[0])["tokens"]), "<i4")
+    assert len(lines) == 6 and np.array_equal(first, toks[0][1].reshape(-1))
+    assert main(["data", "stats", cfg.out]) == 0
+    assert main(["data", "preview", cfg.out, "--out", str(tmp_path / "p.png")]) == 0
+    assert Image.open(tmp_path / "p.png").size[0] > 100
