@@ -34,6 +34,8 @@ def add_arguments(p):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = torch's default; 1 decodes faster on a busy shared machine)")
     p.add_argument("--no-display", action="store_true", help="no inline image preview in the terminal")
     p.add_argument("--display", default=None, choices=["kitty", "sixel", "ansi", "none"],
                    help="force a preview method (default: detect)")
@@ -43,6 +45,10 @@ def run(args):
     from lvm.generate import Sampling
     from lvm.repl import Session, repl
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     display = "none" if args.no_display else args.display
     if args.prompt and args.batch:
         from tokenizer.errors import InputError
