@@ -119,3 +119,27 @@ def test_bad_prompts(model):
         e.generate(torch.zeros(TPI + 3, dtype=torch.long))
     with pytest.raises(InputError, match="top_p"):
         Sampling(top_p=0)
+
+
+def test_released_layout_checkpoint(tmp_path):
+    """An HF dir shaped like the released LVM-7B (vocab 8292, bos/eos 1/2 defaults) loads and never emits >= 8192."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=8292, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
+                      rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    m = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        m.lm_head.weight[8192:] += 1.0  # reserved ids would win without the mask
+    m.save_pretrained(tmp_path)
+    e = Engine.from_pretrained(tmp_path, max_batch=2)
+    assert e.layout.codebook_size == 8192 and e.context_images == 16 and e.layout.pad_id == 8192
+    prompt = torch.randint(0, 8192, (16, 256), generator=torch.Generator().manual_seed(0))
+    e.context = 256 * 3  # a short context keeps the test fast; 16 prompt images -> keep the last 2
+    e.context_images = 3
+    out = e.generate(prompt[:, :], n_new=1, candidates=2, sampling=Sampling(temperature=1.0, top_k=0))
+    assert out.dropped_images == 14 and "kept the last 2 prompt images" in out.notes[0]
+    assert int(out.images.max()) < 8192
+    with pytest.raises(InputError, match="no config.json"):
+        Engine.from_pretrained(tmp_path / "nope")

@@ -151,3 +151,22 @@ def test_one_shot_and_batch_cli(dirs, tmp_path):
                         "--tokenizer", str(dirs["tok"]), "--prompt", str(r / "p.yaml")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no config.json" in p.stderr
+
+
+def test_ctrl_c_cancels_generation_not_session(dirs):
+    from lvm.repl import repl
+
+    s, lines = _session(dirs)
+    real, calls = s.engine.forward, [0]
+
+    def interrupted(*a, **k):  # Ctrl-C arrives as KeyboardInterrupt in the middle of decoding
+        calls[0] += 1
+        if calls[0] == 10:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    s.engine.forward = interrupted
+    repl(s, io.StringIO(f"{dirs['imgs'][0]}\n/gen\n/candidates 3\n/show\n"))
+    assert any("generation cancelled" in ln for ln in lines)
+    assert "candidates = 3" in lines and any(ln.startswith("mode sequential") for ln in lines)
+    assert s.last is None  # nothing half-written was recorded
