@@ -14,6 +14,15 @@ from lvm.model import ModelConfig
 K = 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Decoding tiny models is latency-bound: one thread avoids stalls when other jobs share the 2 cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model_dir(path, codebook=K):
     torch.manual_seed(0)
     cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -130,7 +139,7 @@ def test_prompt_errors(dirs):
 def test_one_shot_and_batch_cli(dirs, tmp_path):
     r = dirs["root"]
     base = [sys.executable, "-m", "lvm", "prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]),
-            "--dtype", "float32", "--no-display"]
+            "--dtype", "float32", "--no-display", "--threads", "1"]
     out = tmp_path / "one"
     p = subprocess.run(base + ["--prompt", str(r / "p.yaml"), "--out", str(out), "--candidates", "2"],
                        capture_output=True, text=True)
