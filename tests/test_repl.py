@@ -1,0 +1,228 @@
+"""The `lvm prompt` session: scripted REPL (piped stdin), bad input never ends it, one-shot and batch modes."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from lvm.model import ModelConfig
+
+K = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Decoding tiny models is latency-bound: one thread avoids stalls when other jobs share the 2 cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model_dir(path, codebook=K):
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      codebook_size=codebook, max_position_embeddings=256 * 4)
+    cfg.build().save_pretrained(path)
+    return path
+
+
+def _tok_dir(path, codebook=K):
+    from tokenizer import VQGAN, VQGANConfig
+
+    torch.manual_seed(0)
+    # 32 px, f=2 -> a 16x16 grid = 256 codes per image, as the token contract wants.
+    VQGAN(VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8,
+                      codebook_size=codebook, precision="fp32")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repl")
+    imgs = []
+    for i in range(4):
+        p = root / f"im{i}.png"
+        Image.new("RGB", (40, 40), (60 * i, 100, 200 - 40 * i)).save(p)
+        imgs.append(p)
+    (root / "notes.txt").write_text("not an image")
+    (root / "p.yaml").write_text("mode: analogy\npairs: [[im0.png, im1.png]]\nquery: im2.png\ntarget: im3.png\n")
+    return {"root": root, "model": _model_dir(root / "model"), "tok": _tok_dir(root / "tok"),
+            "tok_big": _tok_dir(root / "tok_big", codebook=128), "imgs": imgs}
+
+
+def _session(dirs, tok="tok"):
+    from lvm.repl import Session
+
+    lines = []
+    s = Session(dirs["model"], dirs[tok], out_dir=dirs["root"] / "out", display="none", dtype="float32",
+                print_fn=lambda *a: lines.append(" ".join(map(str, a))))
+    return s, lines
+
+
+def test_scripted_session_and_bad_input(dirs, capsys):
+    from lvm.repl import repl
+
+    r = dirs["root"]
+    s, lines = _session(dirs)
+    script = "\n".join([
+        f"/load {r / 'p.yaml'}",
+        "/candidates 2",
+        f"{r / 'missing.png'}",     # missing file
+        f"{r / 'notes.txt'}",       # not an image
+        "/set temperature abc",     # bad value
+        "/frobnicate",              # unknown command
+        "/gen",
+        "/set temperature 0.5",
+        "/gen",
+        "/show",
+        f"/save {r / 'saved'}",
+        "/undo",
+        "/quit",
+        "/show",                    # never reached
+    ]) + "\n"
+    assert repl(s, io.StringIO(script)) == 0
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 4, lines
+    assert "missing.png" in errors[0] and "no such file" in errors[0]
+    assert "notes.txt" in errors[1] and "cannot read image" in errors[1]
+    assert "not a number" in errors[2] and "unknown command /frobnicate" in errors[3]
+    assert all("\n" not in e for e in errors)
+    saved = r / "saved"
+    assert (saved / "prompt.yaml").is_file() and (saved / "grid.png").is_file()
+    assert len(list(saved.glob("candidate*.png"))) == 2
+    info = json.loads((saved / "generation.json").read_text())
+    assert info["sampling"]["temperature"] == 0.5 and info["candidates"] == 2 and info["seeds"] == [0, 1]
+    assert (r / "out" / "gen001" / "grid.png").is_file() and (r / "out" / "gen002" / "grid.png").is_file()
+    a = Image.open(r / "out" / "gen002" / "candidate0_seed0_img0.png")
+    b = Image.open(r / "out" / "gen002" / "candidate1_seed1_img0.png")
+    assert a.size == (32, 32) and a.tobytes() != b.tobytes()
+    assert any("removed query" in ln for ln in lines)
+    assert lines[-1] == "lvm> /quit"  # /quit ended the loop before the last /show
+    # The saved prompt loads back with the same structure.
+    from lvm.prompting import load_prompt
+
+    p = load_prompt(saved / "prompt.yaml")
+    assert p.mode == "analogy" and len(p.images) == 3 and len(p.target) == 1
+
+
+def test_tokenizer_model_mismatch_is_one_line(dirs):
+    from lvm.repl import repl
+
+    s, lines = _session(dirs, tok="tok_big")  # 128 codes vs a model made for 64
+    assert any(ln.startswith("warning:") and "128 codes" in ln for ln in lines)
+    script = f"{dirs['imgs'][0]}\n/gen\n/show\n"
+    repl(s, io.StringIO(script))
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "tokenizer has 128 codes" in errors[0] and "codebook of 64" in errors[0]
+    assert lines[-2].startswith("mode sequential")  # /show ran after the error
+
+
+def test_prompt_errors(dirs):
+    s, _ = _session(dirs)
+    from tokenizer.errors import InputError
+
+    with pytest.raises(InputError, match="no images"):
+        s.generate(1)
+    s.command(f"/pair {dirs['imgs'][0]} {dirs['imgs'][1]}")
+    with pytest.raises(InputError, match="query"):
+        s.generate(1)
+    with pytest.raises(InputError, match="usage: /pair"):
+        s.command("/pair a")
+
+
+def test_one_shot_and_batch_cli(dirs, tmp_path):
+    r = dirs["root"]
+    base = [sys.executable, "-m", "lvm", "prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]),
+            "--dtype", "float32", "--no-display", "--threads", "1"]
+    out = tmp_path / "one"
+    p = subprocess.run(base + ["--prompt", str(r / "p.yaml"), "--out", str(out), "--candidates", "2"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (out / "grid.png").is_file() and len(list(out.glob("candidate*.png"))) == 2
+    jl = tmp_path / "b.jsonl"
+    rows = [{"input": [str(x) for x in dirs["imgs"][:2]], "output": str(tmp_path / "o1.png"),
+             "target": str(dirs["imgs"][2])},
+            {"input": [str(r / "notes.txt")], "output": str(tmp_path / "o2.png")}]
+    jl.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
+    p = subprocess.run(base + ["--batch", str(jl), "--temperature", "0"], capture_output=True, text=True)
+    assert p.returncode == 1, p.stderr  # one line skipped
+    assert "MSE" in p.stdout and "skipped" in p.stdout and "notes.txt" in p.stdout
+    assert Image.open(tmp_path / "o1.png").size == (3 * 32, 32)
+    assert not (tmp_path / "o2.png").exists()
+    # Bad model path: one line, exit 2.
+    p = subprocess.run([sys.executable, "-m", "lvm", "prompt", "--model", str(tmp_path / "nope"),
+                        "--tokenizer", str(dirs["tok"]), "--prompt", str(r / "p.yaml")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no config.json" in p.stderr
+
+
+def test_ctrl_c_cancels_generation_not_session(dirs):
+    from lvm.repl import repl
+
+    s, lines = _session(dirs)
+    real, calls = s.engine.forward, [0]
+
+    def interrupted(*a, **k):  # Ctrl-C arrives as KeyboardInterrupt in the middle of decoding
+        calls[0] += 1
+        if calls[0] == 10:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    s.engine.forward = interrupted
+    repl(s, io.StringIO(f"{dirs['imgs'][0]}\n/gen\n/candidates 3\n/show\n"))
+    assert any("generation cancelled" in ln for ln in lines)
+    assert "candidates = 3" in lines and any(ln.startswith("mode sequential") for ln in lines)
+    assert s.last is None  # nothing half-written was recorded
+
+
+def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
+    """Released tokenizer dir (MUSE layout: [0,1] pixels, squash resize) + released-style model config:
+    the prompt the engine gets is exactly the images' raw codes in order (no BOS), as the released inference."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lvm.repl import Session
+    from tokenizer import VQGAN, VQGANConfig
+    from tokenizer.image_io import load_image, pil_to_tensor
+
+    cfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K)
+    tok_dir = tmp_path / "released_tok"
+    tok_dir.mkdir()
+    torch.manual_seed(1)
+    torch.save(VQGAN(cfg).state_dict(), tok_dir / "pytorch_model.bin")
+    (tok_dir / "config.json").write_text(json.dumps(dict(
+        resolution=32, num_channels=3, hidden_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+        attn_resolutions=[], no_attn_mid_block=True, z_channels=8, quantized_embed_dim=8, num_embeddings=K,
+        commitment_cost=0.25, dropout=0.0, resample_with_conv=True, _class_name="VQGANModel")))
+    model_dir = tmp_path / "released_model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=K + 100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)).save_pretrained(model_dir)
+    lines = []
+    s = Session(model_dir, tok_dir, display="none", dtype="float32", print_fn=lines.append)
+    assert s.tok.value_range == (0.0, 1.0) and s.tok.resize_mode == "squash"
+    seen = {}
+    real = s.engine.generate
+
+    def spy(prompt, **kw):
+        seen["prompt"] = prompt
+        return real(prompt, **kw)
+
+    s.engine.generate = spy
+    wide = tmp_path / "wide.png"  # not square: squash, not crop
+    Image.new("RGB", (64, 32), (10, 200, 30)).save(wide)
+    paths = [dirs["imgs"][0], wide]
+    s.command(" ".join(map(str, paths)))
+    res = s.generate(1, write=False)
+    x = torch.stack([pil_to_tensor(load_image(p).resize((32, 32), Image.Resampling.BICUBIC), (0.0, 1.0))
+                     for p in paths])
+    with torch.no_grad():
+        expect = s.tok.encode(x)
+    assert torch.equal(seen["prompt"], expect)  # (2, 256) raw codes, nothing prepended
+    assert res["images"][0][0].size == (32, 32) and int(res["generation"].images.max()) < K
