@@ -1,13 +1,48 @@
-"""Configuration of `lvm train` (the transformer's training run)."""
+"""Configuration of `lvm train` (the transformer's training run); see configs/train/*.yaml."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from data_builders.token_stream import TokenStreamConfig
 from lvm.model import ModelConfig
 
 
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: TokenStreamConfig = field(default_factory=TokenStreamConfig)
     out_dir: str = "runs/lvm"
+    seed: int = 0
+
+    # rows and steps
+    seq_len: int | None = None  # tokens per packed row; default: model.max_position_embeddings
+    micro_batch: int = 1  # rows per forward/backward
+    tokens_per_step: int = 0  # target tokens per optimizer step (grad accumulation); 0 = one micro-batch
+    max_steps: int = 1000
+    open_rows: int = 8  # packer's open rows (more = less padding)
+
+    # optimizer (the LVM recipe: AdamW (0.9, 0.95), wd 0.1, clip 1.0, warmup then cosine 1.5e-4 -> 3e-5)
+    lr: float = 1.5e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+
+    # speed
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast mixed precision, fp32 master weights
+    # varlen: causal SDPA per packed sequence (lvm.packing.packed_attention); sdpa/eager: 4-D block mask
+    attention: Literal["varlen", "sdpa", "eager"] = "varlen"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    deterministic: bool = False  # torch deterministic algorithms (for exact-resume checks)
+    peak_tflops: float | None = None  # for MFU; None = measure this device's bf16/fp32 matmul peak at start
+
+    # logging, evaluation, checkpoints
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 16
+    save_every: int = 200
+    keep_last: int = 3

@@ -1,7 +1,18 @@
-"""Train the transformer with next-token loss on token shards.
+"""Train the transformer (HF LlamaForCausalLM) with next-token loss on token shards.
 
-The config is a YAML file (see configs/train/); any key can be overridden on the command line, nested
-keys with dots. The resolved config is saved next to the run's outputs.
+Visual sequences from the token shards are packed into rows of the model's context (positions restart at
+each sequence, no attention across sequences), trained with AdamW + warmup/cosine in bf16 autocast, with
+held-out loss / next-image perplexity every `eval_every` steps and atomic HF-format checkpoints under
+OUT_DIR/checkpoints/ (plus optimizer, scheduler, data position and RNG state).
+
+The config is a YAML file (see configs/train/); any key can be overridden as key=value, nested keys with
+dots. The resolved config is saved as OUT_DIR/config.yaml. Multi-process (DDP/FSDP):
+  accelerate launch --config_file configs/accelerate/ddp.yaml -m lvm train configs/train/100m.yaml
+
+examples:
+  lvm train configs/train/tiny.yaml data.shards=data/demo/tokens max_steps=500
+  lvm train configs/train/tiny.yaml --resume
+  lvm train configs/train/finetune-7b.yaml --init-from /models/LVM-7B data.shards=my/tokens
 """
 
 from lvm.config import add_config_arguments, config_from_args, config_to_yaml
@@ -9,6 +20,10 @@ from lvm.config import add_config_arguments, config_from_args, config_to_yaml
 
 def add_arguments(p):
     add_config_arguments(p, default="configs/train/tiny.yaml")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in out_dir (exactly: data position, optimizer, RNG)")
+    p.add_argument("--init-from", metavar="HF_DIR", default=None,
+                   help="start from the weights of a Hugging Face LlamaForCausalLM directory (fine-tuning)")
 
 
 def run(args):
@@ -18,6 +33,14 @@ def run(args):
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    from tokenizer.errors import InputError
+    from lvm.trainer import train
 
-    raise InputError("'lvm train' is not available yet in this version (use --print-config to check a config)")
+    summary = train(cfg, resume=args.resume, init_from=args.init_from)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    ev = ", ".join(f"{k} {v:.4f}" for k, v in summary["eval"].items())
+    last = summary["losses"][max(summary["losses"])] if summary["losses"] else float("nan")
+    print(f"done: step {summary['step']}, loss {last:.4f}{', ' + ev if ev else ''}; run dir {summary['out_dir']}")
+    return 0

@@ -1,0 +1,298 @@
+"""Fast image generation for any HF `LlamaForCausalLM` checkpoint: complete a visual sequence image by image.
+
+The model's weights are copied once into a small gpt-fast style decoder (fused QKV and gate/up matrices,
+bf16 by default so the CPU's AMX units do the matrix products) with a static, preallocated KV cache. One
+decoding step is ~15 torch ops per layer and no HF machinery (no cache objects, logits processors or
+stopping criteria), which is where HF `generate()` spends most of its time on small models.
+
+Token contract (LVM_REFERENCE.md section 3): a sequence is raw image tokens, 256 per image, image i at
+positions 256*i .. 256*i+255 from the start of the sequence, no BOS. When the prompt plus the next image
+would pass the context, the sequence is cut to its last `context_images - 1` whole images (positions restart
+at 0, as the released inference does) and the caller is told how many images were dropped. Ids >= K are
+never sampled: their logits are masked before temperature / top-k / top-p.
+
+Each candidate has its own torch.Generator (seed = seed + candidate index by default), so a candidate's
+image does not depend on which other candidates share its batch.
+
+    engine = Engine.from_pretrained("runs/lvm")            # or Engine(hf_model)
+    out = engine.generate(prompt_codes, n_new=1, candidates=4, sampling=Sampling(temperature=1.0))
+    out.images  # long (4, 1, 256)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from lvm.tokens import TokenLayout
+from tokenizer.errors import InputError
+
+
+@dataclass
+class Sampling:
+    """How the next token is drawn. temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
+
+    temperature: float = 1.0
+    top_k: int = 50  # the released inference samples from the top 50
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    """Result of `Engine.generate`: new images' codes (candidates, n_new, 256) and what happened."""
+
+    images: torch.Tensor
+    dropped_images: int = 0  # prompt/earlier images cut to fit the context
+    seconds: float = 0.0
+    new_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
+
+
+def _layer_weights(layer, dtype):
+    at, mlp = layer.self_attn, layer.mlp
+    for lin in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+        if getattr(lin, "bias", None) is not None:
+            raise InputError("attention/MLP biases are not supported (LLaMA has none)")
+    cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+    return dict(
+        attn_norm=cast(layer.input_layernorm.weight),
+        wqkv=cast(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])),
+        wo=cast(at.o_proj.weight),
+        mlp_norm=cast(layer.post_attention_layernorm.weight),
+        w13=cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+        w2=cast(mlp.down_proj.weight),
+    )
+
+
+class Engine:
+    """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`."""
+
+    def __init__(self, model, layout: TokenLayout | None = None, dtype: torch.dtype = torch.bfloat16,
+                 max_batch: int = 8, max_context: int | None = None):
+        cfg = model.config
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise InputError(f"only SiLU LLaMA models are supported, got hidden_act={cfg.hidden_act}")
+        self.config = cfg
+        self.dtype = dtype
+        self.vocab_size = cfg.vocab_size
+        self.layout = layout or TokenLayout.from_vocab_size(cfg.vocab_size)
+        if self.layout.vocab_size > cfg.vocab_size:
+            raise InputError(f"model vocabulary {cfg.vocab_size} is smaller than the token layout's "
+                             f"{self.layout.vocab_size} (codebook {self.layout.codebook_size} + reserved)")
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.eps = cfg.rms_norm_eps
+        self.context = max_context or cfg.max_position_embeddings
+        tpi = self.layout.tokens_per_image
+        self.context_images = self.context // tpi
+        if self.context_images < 2:
+            raise InputError(f"context {self.context} holds fewer than 2 images of {tpi} tokens")
+        with torch.no_grad():
+            m = model.model
+            self.embed = m.embed_tokens.weight.detach().to(dtype).contiguous()
+            self.layers = [_layer_weights(l, dtype) for l in m.layers]
+            self.norm = m.norm.weight.detach().to(dtype).contiguous()
+            self.lm_head = model.lm_head.weight.detach().to(dtype).contiguous()
+            # The model's own rotary module gives cos/sin for every position, so any rope variant the
+            # checkpoint's config asks for (scaling, theta) is reproduced exactly.
+            pos = torch.arange(self.context).unsqueeze(0)
+            probe = torch.zeros(1, 1, self.head_dim, dtype=torch.float32)
+            cos, sin = m.rotary_emb(probe, pos)
+            self.cos = cos[0].to(dtype)  # (T, head_dim)
+            self.sin = sin[0].to(dtype)
+        self.max_batch = 0
+        self._alloc(max_batch)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype = torch.bfloat16, **kw) -> "Engine":
+        """Load an HF Llama directory (ours or the released LVM layout) straight into the engine."""
+        from pathlib import Path
+
+        from transformers import LlamaForCausalLM
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path}: not a model directory (no config.json)")
+        try:
+            model = LlamaForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+        return cls(model, dtype=dtype, **kw)
+
+    # ---- cache ----
+    def _alloc(self, batch: int):
+        if batch <= self.max_batch:
+            return
+        shape = (len(self.layers), batch, self.n_kv, self.context, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype)
+        self.max_batch = batch
+
+    # ---- the decoder ----
+    def _norm(self, x, w):
+        # Written out: F.rms_norm's bf16 path costs ~3x these four ops on one row.
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    def _rope(self, x, cos, sin):
+        # HF Llama's rotate-half convention: (x1, x2) -> (x1*cos - x2*sin, x2*cos + x1*sin).
+        h = x.shape[-1] // 2
+        x1, x2 = x[..., :h], x[..., h:]
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Run `tokens` (B, T) at positions start..start+T-1 through the model, filling the cache.
+
+        Returns float32 logits of the last position (B, vocab).
+        """
+        B, T = tokens.shape
+        end = start + T
+        if end > self.context:
+            raise InputError(f"sequence of {end} tokens passes the context of {self.context}")
+        self._alloc(B)
+        H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
+        cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # broadcast over heads
+        x = F.embedding(tokens, self.embed)
+        if T == 1:
+            mask, causal = None, False
+        elif start == 0:
+            mask, causal = None, True
+        else:  # a chunk after cached tokens: causal within the chunk, full view of the cache
+            mask = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start)
+            causal = False
+        for i, w in enumerate(self.layers):
+            h = self._norm(x, w["attn_norm"])
+            qkv = F.linear(h, w["wqkv"]).view(B, T, H + 2 * Hkv, hd)
+            # q and k share one rope call; the cache takes k and v in (B, heads, T, hd) layout.
+            qk = self._rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)
+            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
+            kc[:, :, start:end] = qk[:, H:]
+            vc[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
+            y = F.scaled_dot_product_attention(qk[:, :H], kc[:, :, :end], vc[:, :, :end], attn_mask=mask,
+                                               is_causal=causal, enable_gqa=Hkv != H)
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w["wo"])
+            g, u = F.linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, w["w2"])
+        x = self._norm(x[:, -1], self.norm)
+        return F.linear(x, self.lm_head).float()
+
+    # ---- sampling ----
+    def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
+        """Next token per row from float logits (B, vocab); ids >= K are never drawn."""
+        logits = logits[:, : self.layout.codebook_size]  # masking the reserved ids = not offering them
+        if s.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / s.temperature
+        if s.top_k and s.top_k < logits.shape[-1]:
+            vals, idx = logits.topk(s.top_k, dim=-1)  # sorted, largest first
+        else:
+            vals, idx = logits.sort(dim=-1, descending=True)
+        if s.top_p < 1.0:
+            probs = vals.softmax(-1)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+            drop = probs.cumsum(-1) - probs >= s.top_p
+            vals = vals.masked_fill(drop, float("-inf"))
+        probs = vals.softmax(-1)
+        pick = torch.cat([torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(len(probs))])
+        return idx.gather(-1, pick[:, None])[:, 0]
+
+    # ---- images ----
+    def generate(self, prompt, n_new: int = 1, candidates: int = 1, sampling: Sampling | None = None,
+                 seeds: list[int] | None = None, progress: ProgressFn | None = None,
+                 use_cache: bool = True) -> Generation:
+        """Complete the visual sequence `prompt` ((n, 256) codes or flat n*256 tokens) with `n_new` images.
+
+        Returns `Generation.images` of shape (candidates, n_new, 256). `use_cache=False` recomputes the
+        whole sequence for every token (slow; the reference that the cached path must equal).
+        """
+        s = sampling or Sampling()
+        L = self.layout
+        tpi = L.tokens_per_image
+        prompt = torch.as_tensor(prompt).long().reshape(-1)
+        if prompt.numel() == 0:
+            raise InputError("the prompt has no images")
+        L.n_images(prompt.numel())
+        L.check_codes(prompt, "prompt")
+        if n_new < 1 or candidates < 1:
+            raise InputError("n_new and candidates must be >= 1")
+        seeds = list(seeds) if seeds is not None else [s.seed + c for c in range(candidates)]
+        if len(seeds) != candidates:
+            raise InputError(f"{len(seeds)} seeds for {candidates} candidates")
+        gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+        B = candidates
+        self._alloc(B)
+        # Preallocated token rows; `n` of them are valid. Positions are indices into this buffer.
+        seq = torch.empty(B, self.context, dtype=torch.long)
+        dropped = 0
+        notes: list[str] = []
+        if prompt.numel() + tpi > self.context:
+            prompt, dropped = L.keep_last_images(prompt, self.context_images - 1)
+            notes.append(f"context full: kept the last {prompt.numel() // tpi} prompt images "
+                         f"(dropped {dropped})")
+        n = prompt.numel()
+        seq[:, :n] = prompt
+        shared = True  # all rows still equal (only the prompt): prefill one row and copy its cache
+        cached = 0
+        new = torch.empty(B, n_new, tpi, dtype=torch.long)
+        t0 = time.perf_counter()
+        done = 0
+        for j in range(n_new):
+            if n + tpi > self.context:
+                kept, d = L.keep_last_images(seq[:, :n], self.context_images - 1)
+                n = kept.shape[1]
+                seq[:, :n] = kept.clone()
+                dropped += d
+                cached = 0
+                notes.append(f"context full: kept the last {n // tpi} images "
+                             f"(dropped {d}) before generating new image {j + 1}")
+            for t in range(tpi):
+                if not use_cache:
+                    cached = 0
+                if cached == 0 and shared and B > 1:
+                    logits = self.forward(seq[:1, :n], 0)
+                    self.k_cache[:, 1:B, :, :n] = self.k_cache[:, :1, :, :n]
+                    self.v_cache[:, 1:B, :, :n] = self.v_cache[:, :1, :, :n]
+                    logits = logits.expand(B, -1)
+                else:
+                    logits = self.forward(seq[:, cached:n], cached)
+                cached = n
+                tok = self.sample(logits, s, gens)
+                seq[:, n] = tok
+                n += 1
+                new[:, j, t] = tok
+                shared = False
+                done += B
+                if progress is not None:
+                    progress(j, t + 1, done / max(time.perf_counter() - t0, 1e-9))
+        return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - t0,
+                          new_tokens=done, notes=notes)
+
+
+def fits_model(layout: TokenLayout, codebook_size: int) -> None:
+    """Raise a one-line InputError unless a tokenizer with `codebook_size` codes matches the model."""
+    if codebook_size != layout.codebook_size:
+        raise InputError(f"tokenizer has {codebook_size} codes but the model's vocabulary "
+                         f"{layout.vocab_size} is for a codebook of {layout.codebook_size}")
+

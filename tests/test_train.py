@@ -1,0 +1,122 @@
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data_builders.shards import write_token_shard
+from lvm.config import load_config
+from lvm.model import ModelConfig
+from lvm.train_config import TrainConfig
+from lvm.trainer import TrainingDiverged, list_checkpoints, train
+
+K = 64
+
+
+def _sequences(rng, n, prefix):
+    """Learnable visual sequences: a ramp (start + t) mod K over all the sequence's tokens."""
+    for i in range(n):
+        n_img = int(rng.choice([1, 2, 3]))
+        start, stride = int(rng.integers(K)), 1
+        toks = (start + stride * np.arange(n_img * 256)) % K
+        yield f"{prefix}_{i}", toks.reshape(n_img, 256), {"kind": "test"}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    for s in range(2):
+        write_token_shard(root / "train" / f"tokens-{s:06d}.tar", _sequences(rng, 30, f"t{s}"))
+    write_token_shard(root / "eval" / "tokens-000000.tar", _sequences(rng, 10, "e"))
+    return root
+
+
+def _cfg(shards, out, **kw):
+    over = [f"out_dir={out}", f"data.shards={shards / 'train'}", f"data.eval_shards={shards / 'eval'}",
+            f"model.codebook_size={K}", "model.max_position_embeddings=512", "model.hidden_size=64",
+            "model.intermediate_size=128", "model.num_hidden_layers=2", "model.num_attention_heads=4",
+            "micro_batch=2", "lr=3e-3", "min_lr=3e-4", "warmup_steps=3", "peak_tflops=1.0", "log_every=5",
+            "data.shuffle_buffer=16"] + [f"{k}={v}" for k, v in kw.items()]
+    return load_config(TrainConfig, "configs/train/tiny.yaml", over)
+
+
+def test_tiny_config_loss_falls_well_below_uniform(shards, tmp_path):
+    cfg = _cfg(shards, tmp_path / "run", max_steps=25, eval_every=25, save_every=25)
+    s = train(cfg, progress=False)
+    losses = s["losses"]
+    assert losses[1] > 0.8 * math.log(K)
+    assert losses[25] < 0.5 * math.log(K), losses  # well below the uniform-code baseline ln(K)
+    assert s["eval"]["eval/loss"] < 0.5 * math.log(K) and s["eval"]["eval/next_image_ppl"] < K / 4
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "final.json").is_file() and any((run / "tb").iterdir())
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("mfu" in r and r["tokens_per_s"] > 0 for r in recs)
+
+
+def test_saved_model_loads_with_plain_hf(shards, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    cfg = _cfg(shards, tmp_path / "run", max_steps=2, save_every=1, keep_last=1, eval_every=100)
+    train(cfg, progress=False)
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [c.name for c in ckpts] == ["step-00000002"]  # keep_last=1 pruned step 1
+    assert (ckpts[0] / "model.safetensors").is_file()
+    m = LlamaForCausalLM.from_pretrained(ckpts[0])
+    assert m.config.vocab_size == K + 100 and m.config.max_position_embeddings == 512
+    assert not any(p.name.startswith(".") for p in ckpts[0].parent.iterdir())  # no temp dirs left
+
+
+def test_resume_continues_exactly(shards, tmp_path):
+    common = dict(max_steps=6, save_every=3, eval_every=100, deterministic="true", precision="fp32")
+    full = train(_cfg(shards, tmp_path / "a", **common), progress=False)["losses"]
+    first = train(_cfg(shards, tmp_path / "b", **common), progress=False, stop_at_step=3)  # "killed" at 3
+    assert first["step"] == 3 and len(list_checkpoints(tmp_path / "b")) == 1
+    second = train(_cfg(shards, tmp_path / "b", **common), resume=True, progress=False)["losses"]
+    assert sorted(second) == [4, 5, 6]
+    for k in (1, 2, 3):
+        assert first["losses"][k] == full[k]
+    for k in (4, 5, 6):
+        assert second[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), (k, second[k], full[k])
+    with pytest.raises(Exception, match="--resume"):
+        train(_cfg(shards, tmp_path / "b", **common), progress=False)
+
+
+def test_init_from_released_layout_trains_one_step(shards, tmp_path):
+    # A tiny random model in the released LVM layout: vocab 8292 (K = 8192), untied embeddings, ctx 4096.
+    torch.manual_seed(0)
+    released = ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           codebook_size=8192, max_position_embeddings=4096)
+    m = released.build()
+    m.config.bos_token_id, m.config.eos_token_id = 1, 2  # as in the released config (meaningless ids)
+    m.save_pretrained(tmp_path / "lvm7b-like")
+    before = m.model.layers[0].mlp.up_proj.weight.clone()
+    cfg = _cfg(shards, tmp_path / "ft", max_steps=1, eval_every=100, save_every=1, seq_len=512)
+    s = train(cfg, init_from=str(tmp_path / "lvm7b-like"), progress=False)
+    assert s["step"] == 1 and math.isfinite(s["losses"][1])
+    from transformers import LlamaForCausalLM
+
+    after = LlamaForCausalLM.from_pretrained(list_checkpoints(tmp_path / "ft")[-1])
+    assert after.config.vocab_size == 8292 and not torch.equal(after.model.layers[0].mlp.up_proj.weight, before)
+    saved = (tmp_path / "ft" / "config.yaml").read_text()
+    assert "codebook_size: 8192" in saved and "hidden_size: 32" in saved
+
+
+def test_nan_loss_stops_with_clear_message(shards, tmp_path):
+    cfg = _cfg(shards, tmp_path / "run", max_steps=4, save_every=1, eval_every=100, lr=1e30, warmup_steps=1,
+               grad_clip=1e30)
+    with pytest.raises(TrainingDiverged, match="Last good checkpoint: .*step-0000000"):
+        train(cfg, progress=False)
+    for c in list_checkpoints(tmp_path / "run"):
+        assert (c / "model.safetensors").is_file()
+
+
+def test_cli_print_config_and_help():
+    out = subprocess.run([sys.executable, "-m", "lvm", "train", "configs/train/tiny.yaml", "max_steps=7",
+                          "--print-config"], capture_output=True, text=True)
+    assert out.returncode == 0 and "max_steps: 7" in out.stdout and "hidden_size: 256" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "lvm", "train", "--help"], capture_output=True, text=True)
+    assert "--init-from" in out.stdout and "--resume" in out.stdout
