@@ -1,0 +1,70 @@
+"""Perplexity of target images given input images (the released evaluation's definition).
+
+    nll, n = target_nll(model, [(input_codes, target_codes), ...], layout)   # codes: (n_images, 256)
+    ppl = math.exp(nll / n)
+
+perplexity = exp(mean negative log-likelihood over all target tokens, each given the input images and the
+earlier target tokens). The sequence is input images then target images, positions from 0 (token
+contract); when it is longer than the context, the oldest input images are dropped (as prompting does).
+With no input images the first target token has nothing to be predicted from (there is no BOS) and is
+not scored. Batches are right-padded; only the target positions go through the output layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tokenizer.errors import InputError
+
+
+def build_example(input_codes, target_codes, layout) -> tuple[np.ndarray, int]:
+    """(flat tokens, index of the first target token) for one example, cropped to the context."""
+    inp = np.asarray(input_codes, dtype=np.int64).reshape(-1, layout.tokens_per_image)
+    tgt = np.asarray(target_codes, dtype=np.int64).reshape(-1, layout.tokens_per_image)
+    if len(tgt) == 0:
+        raise InputError("an example needs at least one target image")
+    if len(tgt) > layout.images_per_context:
+        raise InputError(f"{len(tgt)} target images do not fit the model's context of "
+                         f"{layout.images_per_context} images")
+    keep = layout.images_per_context - len(tgt)
+    inp = inp[max(0, len(inp) - keep):] if keep > 0 else inp[:0]
+    layout.check_codes(inp, "input codes")
+    layout.check_codes(tgt, "target codes")
+    return np.concatenate([inp.reshape(-1), tgt.reshape(-1)]), inp.size
+
+
+@torch.no_grad()
+def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "fp32") -> tuple[float, int, list]:
+    """Sum of NLL over target tokens and their count, over all examples; plus per-example (nll, count).
+
+    `examples`: iterable of (input_codes, target_codes), each (n_images, tokens_per_image) (or flat).
+    """
+    device = next(model.parameters()).device
+    built = [build_example(i, t, layout) for i, t in examples]
+    per = [None] * len(built)
+    order = sorted(range(len(built)), key=lambda k: len(built[k][0]))  # similar lengths share a batch
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for b0 in range(0, len(order), batch_size):
+        idx = order[b0:b0 + batch_size]
+        T = max(len(built[k][0]) for k in idx)
+        ids = torch.full((len(idx), T), layout.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for r, k in enumerate(idx):
+            toks = torch.from_numpy(built[k][0])
+            ids[r, :len(toks)], mask[r, :len(toks)] = toks, 1
+        ids, mask = ids.to(device), mask.to(device)
+        with amp:
+            hidden = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        for r, k in enumerate(idx):
+            toks, start = built[k]
+            first = max(start, 1)  # position of the first scored token
+            h = hidden[r, first - 1:len(toks) - 1]  # hidden state at t predicts token t + 1
+            with amp:
+                logits = model.lm_head(h)
+            nll = F.cross_entropy(logits.float(), ids[r, first:len(toks)], reduction="sum")
+            per[k] = (float(nll), len(toks) - first)
+    total = sum(p[0] for p in per)
+    count = sum(p[1] for p in per)
+    return total, count, per

@@ -1,0 +1,88 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lvm.cli import main
+from lvm.model import ModelConfig
+from lvm.perplexity import target_nll
+from lvm.tokens import TokenLayout
+
+K = 64
+
+
+def _model(ctx_images=4):
+    torch.manual_seed(0)
+    return ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       codebook_size=K, max_position_embeddings=256 * ctx_images).build().eval()
+
+
+def _direct(model, inp, tgt):
+    """Plain LlamaForCausalLM on the one unpadded sequence: mean NLL of the target tokens."""
+    toks = torch.from_numpy(np.concatenate([inp.reshape(-1), tgt.reshape(-1)]))
+    with torch.no_grad():
+        logp = model(input_ids=toks[None]).logits[0].log_softmax(-1)
+    start = max(inp.size, 1)
+    nll = -logp[torch.arange(start - 1, len(toks) - 1), toks[start:]]
+    return float(nll.sum()), len(nll)
+
+
+def test_target_nll_equals_direct_computation_batched():
+    model = _model()
+    layout = TokenLayout(codebook_size=K, images_per_context=4)
+    rng = np.random.default_rng(0)
+    examples = [(rng.integers(0, K, (n_in, 256)), rng.integers(0, K, (n_t, 256)))
+                for n_in, n_t in [(3, 1), (1, 1), (2, 2), (0, 1), (1, 3)]]
+    total, count, per = target_nll(model, examples, layout, batch_size=3)
+    for (inp, tgt), (s, c) in zip(examples, per):
+        ds, dc = _direct(model, inp, tgt)
+        assert c == dc and s == pytest.approx(ds, rel=1e-5)
+    assert count == sum(c for _, c in per) == 256 * 8 - 1  # 8 target images, one without any input
+
+
+def test_long_input_is_cropped_to_the_context():
+    model = _model(ctx_images=2)
+    layout = TokenLayout(codebook_size=K, images_per_context=2)
+    rng = np.random.default_rng(1)
+    inp, tgt = rng.integers(0, K, (5, 256)), rng.integers(0, K, (1, 256))
+    _, _, per = target_nll(model, [(inp, tgt)], layout)
+    assert per[0][0] == pytest.approx(_direct(model, inp[-1:], tgt)[0], rel=1e-5)
+
+
+def test_cli_equals_direct_llama_on_the_same_tokens(tmp_path, capsys):
+    from tokenizer import VQGAN, VQGANConfig, load_tokenizer
+
+    torch.manual_seed(0)
+    tcfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                       attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K,
+                       precision="fp32")
+    VQGAN(tcfg).save_pretrained(tmp_path / "tok")
+    model = _model()
+    model.save_pretrained(tmp_path / "lvm")
+    rng = np.random.default_rng(2)
+    (tmp_path / "img").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    lines = [{"input": ["img/0.png", "img/1.png"], "target": ["img/2.png"]},
+             {"input": ["img/3.png"], "target": ["img/4.png", "img/5.png"]},
+             {"input": ["img/missing.png"], "target": ["img/0.png"]}]  # unreadable: skipped and counted
+    jl = tmp_path / "eval.jsonl"
+    jl.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    rc = main(["eval", "perplexity", str(jl), "--model", str(tmp_path / "lvm"), "--tokenizer",
+               str(tmp_path / "tok"), "--batch-size", "2", "--out", str(tmp_path / "res.json")])
+    assert rc == 0
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert res["examples"] == 2 and res["skipped"] == 2
+
+    tok = load_tokenizer(tmp_path / "tok")
+    s_all = c_all = 0
+    for ex in lines[:2]:
+        codes = tok.encode_images([str(tmp_path / p) for p in ex["input"] + ex["target"]]).numpy()
+        s, c = _direct(model, codes[:len(ex["input"])], codes[len(ex["input"]):])
+        s_all, c_all = s_all + s, c_all + c
+    assert res["tokens"] == c_all == 3 * 256
+    assert res["perplexity"] == pytest.approx(math.exp(s_all / c_all), rel=1e-5)
+    assert f"perplexity {res['perplexity']:.4f}" in capsys.readouterr().out
