@@ -59,6 +59,7 @@ class SuiteConfig:
     temperature: float = 0.0          # 0 = greedy decoding of the prediction
     top_k: int = 50
     precision: str = "bf16"           # generation engine dtype: bf16 (AMX/tensor cores) or fp32 (tiny models)
+    gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
     grid_rows: int = 3                # episodes drawn per task grid
 
     def __post_init__(self):
@@ -236,6 +237,31 @@ def make_episodes(cfg: SuiteConfig, size: int) -> dict[str, list[Episode]]:
 
 # ---------------------------------------------------------------- evaluation of one model
 
+class cpu_threads:
+    """Temporarily run torch on `n` CPU threads (0 = unchanged).
+
+    Decoding a small model token by token is a long chain of tiny ops: with 2 OpenMP threads every op ends
+    in a barrier, and on a shared machine a descheduled thread stalls each one (measured here under load:
+    127 s vs 1.8 s for one 256-token image of the tiny model with 2 vs 1 threads).
+    """
+
+    def __init__(self, n: int):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        import torch
+
+        if self.n > 0 and self.n != torch.get_num_threads():
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.old is not None:
+            torch.set_num_threads(self.old)
+
+
 def load_pair(model_dir, tokenizer_dir):
     """(HF LlamaForCausalLM fp32 eval, tokenizer eval) after checking that they fit each other."""
     import torch
@@ -301,7 +327,8 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
                 nll_x[x][1] += n
             # greedy (or sampled) prediction with the most context
             prompt_codes = examples[-1][0]
-            gen = engine.generate(torch.from_numpy(prompt_codes), n_new=1, candidates=1, sampling=sampling)
+            with cpu_threads(cfg.gen_threads):
+                gen = engine.generate(torch.from_numpy(prompt_codes), n_new=1, candidates=1, sampling=sampling)
             pred = tok.decode_to_pil(gen.images[0])[0]
             recon = tok.decode_to_pil(codes[-1:])[0]
             truth = ep.target
