@@ -194,16 +194,18 @@ def build_shard(task: ShardTask) -> dict:
 
 
 def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int | None = None,
-          progress: bool = True, log=print) -> dict:
-    """Build this rank's shards of the dataset (skipping finished ones); returns a summary."""
+          progress: bool = True, log=print, tasks: list[ShardTask] | None = None) -> dict:
+    """Build this rank's shards of the dataset (skipping finished ones); returns a summary.
+
+    `tasks`: the output of `plan_shards(cfg)` when the caller already planned (to check inputs first)."""
     env_rank, env_world = dist_env()
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
     if not 0 <= rank < world:
         raise InputError(f"rank {rank} is not in [0, world size {world})")
+    tasks = plan_shards(cfg) if tasks is None else tasks
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = plan_shards(cfg)
     mine = tasks[rank::world]
     todo = [t for t in mine if not is_done(out, t.shard)]
     for scfg in cfg.sources:

@@ -211,15 +211,36 @@ def add_urdf(path: str, size: float = 1.0) -> int:
 
 
 def _body_aabb(body: int) -> tuple[np.ndarray, np.ndarray]:
+    """World AABB of a body: its collision AABBs plus the boxes of its OBJ visual meshes (a URDF may have
+    visuals only, whose collision AABB is a dummy point)."""
     import pybullet as p
 
     cid = client()
-    los, his = [], []
+    pts = []
     for link in range(-1, p.getNumJoints(body, physicsClientId=cid)):
         lo, hi = p.getAABB(body, link, physicsClientId=cid)
-        los.append(lo)
-        his.append(hi)
-    return np.min(los, 0), np.max(his, 0)
+        if max(np.subtract(hi, lo)) > 0.01:
+            pts += [lo, hi]
+    for vs in p.getVisualShapeData(body, physicsClientId=cid):
+        link, gtype, dims, fname, lpos, lorn = vs[1], vs[2], vs[3], vs[4], vs[5], vs[6]
+        fname = fname.decode() if isinstance(fname, bytes) else fname
+        if gtype != p.GEOM_MESH or not fname.lower().endswith(".obj") or not Path(fname).is_file():
+            continue
+        lo, hi = mesh_bounds(fname)
+        corners = np.array([[(hi if (i >> a) & 1 else lo)[a] for a in range(3)] for i in range(8)]) * np.asarray(dims)
+        if link == -1:
+            wpos, worn = p.getBasePositionAndOrientation(body, physicsClientId=cid)
+        else:
+            st = p.getLinkState(body, link, physicsClientId=cid)
+            wpos, worn = st[4], st[5]
+        pos, orn = p.multiplyTransforms(wpos, worn, lpos, lorn)
+        rot = np.asarray(p.getMatrixFromQuaternion(orn)).reshape(3, 3)
+        w = corners @ rot.T + np.asarray(pos)
+        pts += [w.min(0), w.max(0)]
+    if not pts:
+        raise ValueError("URDF has no collision geometry or OBJ visual mesh to measure")
+    pts = np.asarray(pts)
+    return pts.min(0), pts.max(0)
 
 
 @dataclass

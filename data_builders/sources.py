@@ -100,8 +100,8 @@ class Source:
 # ---------------------------------------------------------------- built-in renderer
 
 class BuiltinSource(Source):
-    DEFAULT_KINDS = {"multiview": 0.3, "video": 0.25, "pairs": 0.25, "tuples": 0.05, "annotated_video": 0.1,
-                     "single": 0.05}
+    DEFAULT_KINDS = {"multiview": 0.3, "video": 0.25, "pairs": 0.2, "tuples": 0.05, "annotated_video": 0.1,
+                     "single": 0.05, "class_group": 0.05}
 
     def __init__(self, cfg, data):
         super().__init__(cfg, data)
@@ -144,6 +144,15 @@ class BuiltinSource(Source):
         if kind == "single":
             v = render.render_object_view(pick(), seed=seed, size=sz)
             return [self.seq([v.rgb], "single", object=v.meta["object"], split=split)]
+        if kind == "class_group":  # "class" = object: g random views/scenes of one object per group
+            g = int(self.cfg.group_sizes[int(rng.integers(len(self.cfg.group_sizes)))])
+            images, groups = [], []
+            for _ in range(MAX_IMAGES // g):
+                o = pick()
+                images += [render.render_object_view(o, seed=int(rng.integers(2**31)), size=sz).rgb for _ in range(g)]
+                groups.append({"class": o.name})
+            return [self.seq(images, "class_group", group_size=g, groups=groups,
+                             classes=[x["class"] for x in groups], split=split)]
         if kind == "pairs":
             task = self.tasks[int(rng.integers(len(self.tasks)))]
             images, names = [], []

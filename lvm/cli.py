@@ -67,6 +67,8 @@ COMMANDS: dict = {
         "tokenizer": ("encode/decode images/s: fast path vs taming fp32 eager reference",
                       "lvm bench tokenizer --config configs/tokenizer/lvm-f16-8192.yaml",
                       "lvm.commands.bench_tokenizer"),
+        "data": ("data-building sequences/s and images/s: 1 vs N worker processes",
+                 "lvm bench data configs/data/demo.yaml --limit 600 --workers 1,2", "lvm.commands.bench_data"),
         "train": ("training tokens/s and MFU: lvm train's step vs a plain fp32 padded loop",
                   "lvm bench train --model tiny", "lvm.commands.bench_train"),
         "generate": ("image generation tokens/s: this engine vs HF generate()",

@@ -21,7 +21,6 @@ image does not depend on which other candidates share its batch.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable

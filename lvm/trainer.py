@@ -173,7 +173,8 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, out_dir, state: di
 
 # ---- the loop ----
 
-def _loss_sum(model, batch, vocab: int, mode: str):
+def token_nll(model, batch, vocab: int, mode: str):
+    """Per-token NLL (flat, 0 where the target is IGNORE) of a packed batch; logits in fp32 for the loss."""
     logits = model(**model_inputs(batch, mode)).logits
     return F.cross_entropy(logits.float().reshape(-1, vocab), batch["targets"].reshape(-1),
                            ignore_index=IGNORE, reduction="none")
@@ -193,7 +194,7 @@ def evaluate(model, cfg, layout, seq_len, accelerator) -> dict:
         if i >= cfg.eval_batches:
             break
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        nll = _loss_sum(model, batch, layout.vocab_size, _mode(cfg)).double()
+        nll = token_nll(model, batch, layout.vocab_size, _mode(cfg)).double()
         valid = batch["targets"].reshape(-1) != IGNORE
         last = batch["last_image"].reshape(-1) & valid
         sums += torch.stack([nll[valid].sum(), valid.sum(), nll[last].sum(), last.sum()]).double()
@@ -320,7 +321,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         for i, b in enumerate(micro):
             sync = accelerator.no_sync(model) if (i < accum - 1 and world > 1) else nullcontext()
             with sync:
-                nll = _loss_sum(model, b, layout.vocab_size, _mode(cfg)).sum()
+                nll = token_nll(model, b, layout.vocab_size, _mode(cfg)).sum()
                 # DDP averages gradients over ranks; scale so the result is the mean over all targets.
                 accelerator.backward(nll * world / n_tgt.clamp(min=1))
             loss_sum += nll.detach().double()

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from data_builders.build import DataConfig, SourceConfig, build, collect_stats
@@ -135,8 +134,16 @@ def test_multiview_mesh_and_folder(tmp_path):
     md.mkdir()
     write_cube_obj(md / "box.obj")
     src = SourceConfig(type="multiview_mesh", path=str(md), orbits_per_object=2)
-    _, samples, _ = run_build(tmp_path, [src])
-    assert len(samples) == 2
+    _, samples, _ = run_build(tmp_path, [src], image_format="jpg")
+    assert len(samples) == 2 and "0.jpg" in samples[0] and len(sample_images(samples[0])) == 16
+    (md / "robot.urdf").write_text(
+        '<robot name="r"><link name="base"><visual><geometry><mesh filename="box.obj" scale="1 1 1"/>'
+        '</geometry></visual></link></robot>')
+    _, su, _ = run_build(tmp_path, [src], name="urdf")
+    assert sorted(Path(m["paths"][0]).name for m in metas(su)) == ["box.obj"] * 2 + ["robot.urdf"] * 2
+    for s in su:  # the object is framed: drawn, and the border rows are background
+        im = np.asarray(sample_images(s)[0]).astype(int)
+        assert im.std() > 5 and (im[0] == im[0, 0]).all() and (im[-1] == im[-1, 0]).all()
     for m in metas(samples):
         az = np.array(m["azimuths"])
         assert m["kind"] == "multiview" and len(az) == 16
@@ -248,10 +255,12 @@ def test_builtin_every_kind_and_split(tmp_path):
     from data_builders import render
 
     src = SourceConfig(type="builtin", count=36, split="train", n_frames=6, pairs_per_sequence=2, views=4,
-                       kinds={"multiview": 1, "video": 1, "pairs": 1, "tuples": 1, "annotated_video": 1, "single": 1})
+                       kinds={"multiview": 1, "video": 1, "pairs": 1, "tuples": 1, "annotated_video": 1, "single": 1,
+                              "class_group": 1}, group_sizes=[8, 16])
     _, samples, _ = run_build(tmp_path, [src], shard_size=4)
     ms = metas(samples)
-    assert {m["kind"] for m in ms} == {"multiview", "video", "pairs", "tuples", "annotated_video", "single"}
+    assert {m["kind"] for m in ms} == {"multiview", "video", "pairs", "tuples", "annotated_video", "single",
+                                       "class_group"}
     train = {o.name for o in render.list_objects("train")}
     held = {o.name for o in render.list_objects("heldout")}
     assert train and held and not train & held

@@ -26,15 +26,17 @@ def run(args):
     import json
     from pathlib import Path
 
-    from data_builders.build import DataConfig, build
+    from data_builders.build import DataConfig, build, plan_shards
     from lvm.config import save_config
 
     cfg = config_from_args(DataConfig, args)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
+    tasks = plan_shards(cfg)  # checks every source's inputs before anything is written
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out, "data_config.yaml")
-    res = build(cfg, workers=args.workers, rank=args.rank, world=args.world_size, progress=not args.no_progress)
+    res = build(cfg, workers=args.workers, rank=args.rank, world=args.world_size, progress=not args.no_progress,
+                tasks=tasks)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}))
     return 0

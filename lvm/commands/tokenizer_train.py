@@ -1,0 +1,37 @@
+"""Train a VQGAN tokenizer (accelerate: CPU, one GPU, or several with `accelerate launch -m lvm ...`).
+
+The config (configs/tokenizer/*.yaml) holds the model (VQGANConfig), data, loss and schedule; override any
+key with key=value (nested keys with dots). Training data: data.path = a folder of images (recursive), a
+.txt list of image paths, or webdataset .tar shards; unreadable images are skipped and counted.
+LPIPS needs local weights (loss.lpips_vgg_path = torchvision VGG16 state dict, loss.lpips_lin_path = LPIPS
+linear layers); without them the perceptual term is off, which the log and the saved config say.
+
+Writes to out_dir: config.yaml (resolved), config.json + model.safetensors (newest weights, loadable with
+load_tokenizer), ckpt/ (resumable checkpoints), train_log.jsonl, eval.jsonl, tb/ (TensorBoard).
+--resume continues a killed run from its newest checkpoint.
+
+Example:
+  lvm tokenizer train configs/tokenizer/small-128-f8.yaml data.path=images/ data.val_path=held_out/ \\
+      out_dir=runs/tok max_minutes=15 --resume
+"""
+
+from lvm.config import add_config_arguments, config_from_args, config_to_yaml
+
+
+def add_arguments(p):
+    add_config_arguments(p, default="configs/tokenizer/small-128-f8.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt/latest if present")
+
+
+def run(args):
+    from tokenizer.train_config import TokenizerTrainConfig
+
+    cfg = config_from_args(TokenizerTrainConfig, args)
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    from lvm.config import save_config
+    from tokenizer.train import Trainer
+
+    Trainer(cfg, save_config=save_config).train(resume=args.resume)
+    return 0

@@ -1,0 +1,179 @@
+"""Visual prompts: the two prompt modes and the prompt-file format.
+
+- **sequential**: frames f1 .. fm -> the next n frames (video continuation, 3D rotation continuation).
+- **analogy**: example pairs then a query, `A1 A1' ... Ak Ak' B -> B'` (one new image).
+
+A prompt file is YAML; image paths are relative to the file:
+
+    # prompts/rotation.yaml
+    mode: sequential
+    description: a held-out object turning 15 degrees per frame
+    images: [rotation/00.png, rotation/01.png, rotation/02.png]
+    n: 1                       # images to generate
+    target: [rotation/03.png]  # optional: what should come next (shown next to the result)
+
+    # prompts/depth.yaml
+    mode: analogy
+    pairs: [[depth/a1.png, depth/a1_depth.png], [depth/a2.png, depth/a2_depth.png]]
+    query: depth/b.png
+    target: depth/b_depth.png
+
+The model sees exactly the images in order as raw image tokens (no BOS, image i at positions 256*i ..),
+which is how the released LVM inference builds its prompts too.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tokenizer.errors import InputError
+from tokenizer.files import atomic_write_text
+
+MODES = ("sequential", "analogy")
+
+
+@dataclass
+class Prompt:
+    """An ordered visual prompt. `groups` keeps how images were added (a frame, a pair, a query) for /undo."""
+
+    mode: str = "sequential"
+    groups: list[tuple[str, list[Path]]] = field(default_factory=list)  # (kind, paths), kind in frame/pair/query
+    n_new: int = 1
+    target: list[Path] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def images(self) -> list[Path]:
+        return [p for _, paths in self.groups for p in paths]
+
+    @property
+    def labels(self) -> list[str]:
+        """A short label per image for grids: f1 f2 ... or A1 A1' A2 A2' ... B."""
+        out, k = [], 0
+        for kind, paths in self.groups:
+            if kind == "pair":
+                k += 1
+                out += [f"A{k}", f"A{k}'"]
+            elif kind == "query":
+                out.append("B")
+            else:
+                out.append(f"f{len(out) + 1}")
+        return out
+
+    def add_frames(self, paths):
+        for p in paths:
+            self.groups.append(("frame", [Path(p)]))
+
+    def add_pair(self, a, b):
+        self.mode = "analogy"
+        self.groups.append(("pair", [Path(a), Path(b)]))
+
+    def set_query(self, b):
+        self.mode = "analogy"
+        self.groups = [g for g in self.groups if g[0] != "query"]
+        self.groups.append(("query", [Path(b)]))
+
+    def undo(self):
+        if not self.groups:
+            raise InputError("nothing to undo: the prompt is empty")
+        return self.groups.pop()
+
+    def check(self):
+        if not self.groups:
+            raise InputError("the prompt has no images (add image paths, /pair A B, /query B or /load FILE)")
+        if self.mode == "analogy" and self.groups[-1][0] != "query":
+            raise InputError("an analogy prompt ends with a query image: use /query B")
+
+
+def expand_paths(specs, base: Path | None = None) -> list[Path]:
+    """Paths or globs (relative to `base` if given) -> existing files, in order; a glob with no match errors."""
+    out = []
+    for spec in specs:
+        spec = os.path.expanduser(str(spec))
+        full = str(base / spec) if base is not None and not os.path.isabs(spec) else spec
+        if glob.has_magic(full):
+            hits = sorted(glob.glob(full))
+            if not hits:
+                raise InputError(f"{spec}: no files match")
+            out += [Path(h) for h in hits]
+        else:
+            p = Path(full)
+            if not p.is_file():
+                raise InputError(f"{spec}: no such file" if not p.exists() else f"{spec}: not a file")
+            out.append(p)
+    return out
+
+
+def _list(v, key, path):
+    if isinstance(v, (str, os.PathLike)):
+        return [v]
+    if not isinstance(v, list):
+        raise InputError(f"{path}: '{key}' must be a path or a list of paths")
+    return v
+
+
+def load_prompt(path) -> Prompt:
+    """Read a prompt YAML file (format in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such prompt file")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: a prompt file is a YAML mapping with 'mode' and images")
+    known = {"mode", "images", "pairs", "query", "n", "target", "description"}
+    if set(d) - known:
+        raise InputError(f"{path}: unknown keys {sorted(set(d) - known)} (known: {sorted(known)})")
+    mode = d.get("mode", "sequential")
+    if mode not in MODES:
+        raise InputError(f"{path}: mode must be one of {MODES}, got {mode!r}")
+    base = path.parent
+    p = Prompt(mode=mode, description=str(d.get("description", "")))
+    if mode == "sequential":
+        if "images" not in d or "pairs" in d or "query" in d:
+            raise InputError(f"{path}: a sequential prompt lists 'images' (and no pairs/query)")
+        p.add_frames(expand_paths(_list(d["images"], "images", path), base))
+        p.n_new = int(d.get("n", 1))
+    else:
+        if "query" not in d:
+            raise InputError(f"{path}: an analogy prompt needs 'query'")
+        for pair in d.get("pairs") or []:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise InputError(f"{path}: each entry of 'pairs' is [A, A']")
+            a, b = expand_paths(pair, base)
+            p.add_pair(a, b)
+        p.set_query(expand_paths([d["query"]], base)[0])
+        if int(d.get("n", 1)) != 1:
+            raise InputError(f"{path}: an analogy prompt generates exactly one image (n: 1)")
+    if d.get("target") is not None:
+        p.target = expand_paths(_list(d["target"], "target", path), base)
+    if p.n_new < 1:
+        raise InputError(f"{path}: n must be >= 1")
+    p.check()
+    return p
+
+
+def save_prompt(p: Prompt, path) -> Path:
+    """Write `p` as a prompt YAML file (paths relative to the file's folder where possible)."""
+    path = Path(path)
+    rel = lambda q: os.path.relpath(Path(q).resolve(), path.parent.resolve())  # noqa: E731
+    d: dict = {"mode": p.mode}
+    if p.description:
+        d["description"] = p.description
+    if p.mode == "sequential":
+        d["images"] = [rel(q) for q in p.images]
+        d["n"] = p.n_new
+    else:
+        d["pairs"] = [[rel(a) for a in paths] for kind, paths in p.groups if kind == "pair"]
+        d["query"] = [rel(paths[0]) for kind, paths in p.groups if kind == "query"][0]
+    if p.target:
+        d["target"] = [rel(q) for q in p.target]
+    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
+    return path

@@ -1,0 +1,172 @@
+"""The `lvm prompt` session: scripted REPL (piped stdin), bad input never ends it, one-shot and batch modes."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from lvm.model import ModelConfig
+
+K = 64
+
+
+def _model_dir(path, codebook=K):
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      codebook_size=codebook, max_position_embeddings=256 * 4)
+    cfg.build().save_pretrained(path)
+    return path
+
+
+def _tok_dir(path, codebook=K):
+    from tokenizer import VQGAN, VQGANConfig
+
+    torch.manual_seed(0)
+    # 32 px, f=2 -> a 16x16 grid = 256 codes per image, as the token contract wants.
+    VQGAN(VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8,
+                      codebook_size=codebook, precision="fp32")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repl")
+    imgs = []
+    for i in range(4):
+        p = root / f"im{i}.png"
+        Image.new("RGB", (40, 40), (60 * i, 100, 200 - 40 * i)).save(p)
+        imgs.append(p)
+    (root / "notes.txt").write_text("not an image")
+    (root / "p.yaml").write_text("mode: analogy\npairs: [[im0.png, im1.png]]\nquery: im2.png\ntarget: im3.png\n")
+    return {"root": root, "model": _model_dir(root / "model"), "tok": _tok_dir(root / "tok"),
+            "tok_big": _tok_dir(root / "tok_big", codebook=128), "imgs": imgs}
+
+
+def _session(dirs, tok="tok"):
+    from lvm.repl import Session
+
+    lines = []
+    s = Session(dirs["model"], dirs[tok], out_dir=dirs["root"] / "out", display="none", dtype="float32",
+                print_fn=lambda *a: lines.append(" ".join(map(str, a))))
+    return s, lines
+
+
+def test_scripted_session_and_bad_input(dirs, capsys):
+    from lvm.repl import repl
+
+    r = dirs["root"]
+    s, lines = _session(dirs)
+    script = "\n".join([
+        f"/load {r / 'p.yaml'}",
+        "/candidates 2",
+        f"{r / 'missing.png'}",     # missing file
+        f"{r / 'notes.txt'}",       # not an image
+        "/set temperature abc",     # bad value
+        "/frobnicate",              # unknown command
+        "/gen",
+        "/set temperature 0.5",
+        "/gen",
+        "/show",
+        f"/save {r / 'saved'}",
+        "/undo",
+        "/quit",
+        "/show",                    # never reached
+    ]) + "\n"
+    assert repl(s, io.StringIO(script)) == 0
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 4, lines
+    assert "missing.png" in errors[0] and "no such file" in errors[0]
+    assert "notes.txt" in errors[1] and "cannot read image" in errors[1]
+    assert "not a number" in errors[2] and "unknown command /frobnicate" in errors[3]
+    assert all("\n" not in e for e in errors)
+    saved = r / "saved"
+    assert (saved / "prompt.yaml").is_file() and (saved / "grid.png").is_file()
+    assert len(list(saved.glob("candidate*.png"))) == 2
+    info = json.loads((saved / "generation.json").read_text())
+    assert info["sampling"]["temperature"] == 0.5 and info["candidates"] == 2 and info["seeds"] == [0, 1]
+    assert (r / "out" / "gen001" / "grid.png").is_file() and (r / "out" / "gen002" / "grid.png").is_file()
+    a = Image.open(r / "out" / "gen002" / "candidate0_seed0_img0.png")
+    b = Image.open(r / "out" / "gen002" / "candidate1_seed1_img0.png")
+    assert a.size == (32, 32) and a.tobytes() != b.tobytes()
+    assert any("removed query" in ln for ln in lines)
+    assert lines[-1] == "lvm> /quit"  # /quit ended the loop before the last /show
+    # The saved prompt loads back with the same structure.
+    from lvm.prompting import load_prompt
+
+    p = load_prompt(saved / "prompt.yaml")
+    assert p.mode == "analogy" and len(p.images) == 3 and len(p.target) == 1
+
+
+def test_tokenizer_model_mismatch_is_one_line(dirs):
+    from lvm.repl import repl
+
+    s, lines = _session(dirs, tok="tok_big")  # 128 codes vs a model made for 64
+    assert any(ln.startswith("warning:") and "128 codes" in ln for ln in lines)
+    script = f"{dirs['imgs'][0]}\n/gen\n/show\n"
+    repl(s, io.StringIO(script))
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "tokenizer has 128 codes" in errors[0] and "codebook of 64" in errors[0]
+    assert lines[-2].startswith("mode sequential")  # /show ran after the error
+
+
+def test_prompt_errors(dirs):
+    s, _ = _session(dirs)
+    from tokenizer.errors import InputError
+
+    with pytest.raises(InputError, match="no images"):
+        s.generate(1)
+    s.command(f"/pair {dirs['imgs'][0]} {dirs['imgs'][1]}")
+    with pytest.raises(InputError, match="query"):
+        s.generate(1)
+    with pytest.raises(InputError, match="usage: /pair"):
+        s.command("/pair a")
+
+
+def test_one_shot_and_batch_cli(dirs, tmp_path):
+    r = dirs["root"]
+    base = [sys.executable, "-m", "lvm", "prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]),
+            "--dtype", "float32", "--no-display"]
+    out = tmp_path / "one"
+    p = subprocess.run(base + ["--prompt", str(r / "p.yaml"), "--out", str(out), "--candidates", "2"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (out / "grid.png").is_file() and len(list(out.glob("candidate*.png"))) == 2
+    jl = tmp_path / "b.jsonl"
+    rows = [{"input": [str(x) for x in dirs["imgs"][:2]], "output": str(tmp_path / "o1.png"),
+             "target": str(dirs["imgs"][2])},
+            {"input": [str(r / "notes.txt")], "output": str(tmp_path / "o2.png")}]
+    jl.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
+    p = subprocess.run(base + ["--batch", str(jl), "--temperature", "0"], capture_output=True, text=True)
+    assert p.returncode == 1, p.stderr  # one line skipped
+    assert "MSE" in p.stdout and "skipped" in p.stdout and "notes.txt" in p.stdout
+    assert Image.open(tmp_path / "o1.png").size == (3 * 32, 32)
+    assert not (tmp_path / "o2.png").exists()
+    # Bad model path: one line, exit 2.
+    p = subprocess.run([sys.executable, "-m", "lvm", "prompt", "--model", str(tmp_path / "nope"),
+                        "--tokenizer", str(dirs["tok"]), "--prompt", str(r / "p.yaml")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "no config.json" in p.stderr
+
+
+def test_ctrl_c_cancels_generation_not_session(dirs):
+    from lvm.repl import repl
+
+    s, lines = _session(dirs)
+    real, calls = s.engine.forward, [0]
+
+    def interrupted(*a, **k):  # Ctrl-C arrives as KeyboardInterrupt in the middle of decoding
+        calls[0] += 1
+        if calls[0] == 10:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    s.engine.forward = interrupted
+    repl(s, io.StringIO(f"{dirs['imgs'][0]}\n/gen\n/candidates 3\n/show\n"))
+    assert any("generation cancelled" in ln for ln in lines)
+    assert "candidates = 3" in lines and any(ln.startswith("mode sequential") for ln in lines)
+    assert s.last is None  # nothing half-written was recorded

@@ -1,0 +1,350 @@
+"""VQGAN training loop (accelerate: CPU, one GPU, or DDP via `accelerate launch`).
+
+Losses (taming's recipe, quantizer loss the right way round): reconstruction (L1 or L2) + LPIPS (when
+local VGG weights are given) + quantizer codebook/commitment loss + after `disc_start` a PatchGAN hinge
+discriminator whose generator term is scaled by the adaptive weight
+||grad nll|| / ||grad g_loss|| at the decoder's last layer.
+
+Checkpoints: `out_dir/ckpt/step-XXXXXXX/` holds model.safetensors + config.json (our tokenizer format),
+disc.safetensors and train_state.pt (optimizers, schedulers, step, data position, RNG states); the file
+`out_dir/ckpt/latest` names the newest complete one and is replaced atomically after it is written, so a
+kill at any moment leaves a loadable checkpoint. The newest model is also exported to `out_dir/`
+(config.json + model.safetensors), so `load_tokenizer(out_dir)` works. `resume=True` continues from
+`latest`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .files import atomic_write_text
+from .train_config import TokenizerTrainConfig
+
+
+def lr_lambda(cfg: TokenizerTrainConfig):
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def hinge_d_loss(real, fake):
+    return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+
+
+def adaptive_weight(nll, g_loss, last_layer, disc_weight):
+    g1 = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g2 = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    w = g1.norm() / (g2.norm() + 1e-4)
+    return w.clamp(0.0, 1e4).detach() * disc_weight
+
+
+def _rng_state():
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+            "numpy_pos": int(np_state[2])}
+
+
+def _set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    random.setstate((3, tuple(s["python"]), s["python_pos"]))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
+
+
+class Trainer:
+    def __init__(self, cfg: TokenizerTrainConfig, save_config=None, log=print):
+        self.cfg, self.log, self.save_config = cfg, log, save_config
+        self.out = Path(cfg.out_dir)
+
+    # ---------- setup ----------
+    def _setup(self, resume: bool):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from .lpips import maybe_lpips
+        from .model import VQGAN
+
+        cfg = self.cfg
+        if cfg.data.path is None:
+            raise InputError("data.path is not set (a folder of images, a list file or .tar shards)")
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                               cpu=not torch.cuda.is_available())
+        set_seed(cfg.seed + self.acc.process_index)
+        self.lpips = maybe_lpips(cfg.loss.lpips_vgg_path, cfg.loss.lpips_lin_path)
+        cfg.loss.perceptual_used = self.lpips is not None and cfg.loss.perceptual_weight > 0
+        if not cfg.loss.perceptual_used and self.acc.is_main_process:
+            self.log("note: training WITHOUT the LPIPS perceptual loss (loss.lpips_vgg_path / loss.lpips_lin_path "
+                     "not given or weight 0); recorded as loss.perceptual_used=false in the saved config")
+        if self.lpips is not None:
+            self.lpips.to(self.acc.device)
+
+        from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
+
+        self.model = VQGAN(cfg.model)
+        self.disc = NLayerDiscriminator(input_nc=3, ndf=cfg.loss.disc_channels, n_layers=cfg.loss.disc_layers)
+        self.disc.apply(weights_init)
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                      weight_decay=cfg.weight_decay)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr * cfg.loss.disc_lr_mult, betas=cfg.betas)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_lambda(cfg))
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_lambda(cfg))
+        self.step, self.epoch, self.batch_in_epoch, self.images_seen, self.skipped = 0, 0, 0, 0, 0
+        self.qgen = torch.Generator().manual_seed(cfg.seed + 17)
+        self.resumed_from = None
+        if resume:
+            self._load_latest()
+        self.model, self.disc, self.opt_g, self.opt_d = self.acc.prepare(self.model, self.disc, self.opt_g,
+                                                                         self.opt_d)
+        self._build_data()
+
+    def _build_data(self):
+        from torch.utils.data import DataLoader
+
+        from .data import EpochSampler, ImageShards, build_dataset, collate
+
+        cfg, m = self.cfg, self.cfg.model
+        ds = build_dataset(cfg.data.path, m.resolution, m.value_range, m.resize_mode, cfg.data.random_flip,
+                           self.acc.process_index, self.acc.num_processes, cfg.seed)
+        self.sampler = None
+        if isinstance(ds, ImageShards):
+            ds.seed = cfg.seed + 7919 * self.step  # shards: a resumed run continues with a fresh shuffle
+            self.loader = DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate,
+                                     num_workers=cfg.data.num_workers)
+        else:
+            if len(ds) < cfg.batch_size:
+                raise InputError(f"{cfg.data.path}: {len(ds)} images, fewer than batch_size={cfg.batch_size}")
+            self.sampler = EpochSampler(len(ds), cfg.seed, self.acc.process_index, self.acc.num_processes)
+            self.loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=collate,
+                                     num_workers=cfg.data.num_workers, drop_last=True)
+        self.val_loader = None
+        if cfg.data.val_path:
+            vds = build_dataset(cfg.data.val_path, m.resolution, m.value_range, m.resize_mode, False, loop=False)
+            self.val_loader = DataLoader(vds, batch_size=cfg.batch_size, collate_fn=collate)
+
+    def _batches(self):
+        """Endless batches; for file datasets the position (epoch, batch) is tracked for exact resume."""
+        while True:
+            if self.sampler is not None:
+                self.sampler.set_position(self.epoch, self.batch_in_epoch * self.cfg.batch_size)
+            for x, skipped in self.loader:
+                self.batch_in_epoch += 1
+                self.skipped += skipped
+                if x is not None:
+                    yield x
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # ---------- checkpoints ----------
+    def _ckpt_root(self):
+        return self.out / "ckpt"
+
+    def save(self):
+        from safetensors.torch import save_file
+
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return
+        model = self.acc.unwrap_model(self.model)
+        disc = self.acc.unwrap_model(self.disc)
+        root = self._ckpt_root()
+        name = f"step-{self.step:07d}"
+        tmp = root / f".{name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
+                  str(tmp / "disc.safetensors"))
+        q = model.quantize
+        state = {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "images_seen": self.images_seen, "skipped": self.skipped,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "rng": _rng_state(), "qgen": self.qgen.get_state(),
+            "quantizer": {"idle_steps": q.idle_steps.cpu(), "initialized": q.initialized}
+            if hasattr(q, "idle_steps") else {},
+        }
+        torch.save(state, tmp / "train_state.pt")
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(root / "latest", name + "\n")
+        # export the newest weights at the top of out_dir (each file atomic)
+        model.save_pretrained(self.out)
+        for old in sorted(root.glob("step-*")):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+
+    def _load_latest(self):
+        from safetensors.torch import load_file
+
+        from .loaders import load_state_strict
+
+        latest = self._ckpt_root() / "latest"
+        if not latest.is_file():
+            self.log(f"--resume: no checkpoint in {self._ckpt_root()}, starting from scratch")
+            return
+        d = self._ckpt_root() / latest.read_text().strip()
+        saved = json.loads((d / "config.json").read_text())
+        saved.pop("format", None)
+        if saved != self.cfg.model.to_dict():
+            diff = sorted(k for k in saved if saved.get(k) != self.cfg.model.to_dict().get(k))
+            raise InputError(f"{d}: checkpoint model config differs from this config in: {', '.join(diff)}")
+        load_state_strict(self.model, load_file(str(d / "model.safetensors")), d)
+        self.model.train()
+        self.disc.load_state_dict(load_file(str(d / "disc.safetensors")))
+        s = torch.load(d / "train_state.pt", map_location="cpu", weights_only=True)
+        self.opt_g.load_state_dict(s["opt_g"])
+        self.opt_d.load_state_dict(s["opt_d"])
+        self.sched_g.load_state_dict(s["sched_g"])
+        self.sched_d.load_state_dict(s["sched_d"])
+        self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
+        self.images_seen, self.skipped = s["images_seen"], s["skipped"]
+        _set_rng_state(s["rng"])
+        self.qgen.set_state(s["qgen"])
+        if s.get("quantizer"):
+            self.model.quantize.idle_steps.copy_(s["quantizer"]["idle_steps"])
+            self.model.quantize.initialized = bool(s["quantizer"]["initialized"])
+        self.resumed_from = d
+        self.log(f"resumed from {d} at step {self.step}")
+
+    # ---------- loop ----------
+    def _eval(self, writer):
+        from .evaluate import evaluate, format_metrics
+
+        if self.val_loader is None or not self.acc.is_main_process:
+            return None
+        model = self.acc.unwrap_model(self.model)
+        model.eval()
+        r = evaluate(model, self.val_loader, self.lpips, max_images=self.cfg.data.val_images)
+        model.train()
+        self.log(f"eval @ step {self.step}: {format_metrics(r)}")
+        if writer:
+            for k in ("psnr", "ssim", "lpips", "codebook_usage", "code_perplexity"):
+                if r.get(k) is not None:
+                    writer.add_scalar(f"eval/{k}", r[k], self.step)
+        with open(self.out / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **r}) + "\n")
+        return r
+
+    def train(self, resume: bool = False) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self._setup(resume)
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.save_config:
+                self.save_config(cfg, self.out)
+        writer = None
+        if self.acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if self.step else None)
+        model, disc = self.model, self.disc
+        raw = self.acc.unwrap_model(model)
+        last_layer = raw.decoder.conv_out.weight
+        model.train()
+        disc.train()
+        t_start = time.time()
+        batches = self._batches()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.acc.is_main_process)
+        t_last, img_last = time.time(), self.images_seen
+        last_loss = None
+        history = []
+        stop_reason = "max_steps"
+        while self.step < cfg.max_steps:
+            if cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes:
+                stop_reason = "max_minutes"
+                break
+            logs = {}
+            for _ in range(cfg.grad_accum):
+                x = next(batches).to(self.acc.device)
+                with self.acc.accumulate(model, disc):
+                    gan_on = self.step >= cfg.loss.disc_start
+                    with self.acc.autocast():
+                        xrec, qloss, codes = model(x)
+                    xrec = xrec.float()
+                    rec = (x - xrec).abs() if cfg.loss.recon == "l1" else (x - xrec) ** 2
+                    rec = rec.mean()
+                    nll = cfg.loss.recon_weight * rec
+                    if cfg.loss.perceptual_used:
+                        lo, hi = cfg.model.value_range
+                        p = self.lpips((x - lo) / (hi - lo) * 2 - 1, (xrec - lo) / (hi - lo) * 2 - 1).mean()
+                        nll = nll + cfg.loss.perceptual_weight * p
+                        logs["lpips"] = float(p)
+                    loss = nll + cfg.loss.codebook_weight * qloss
+                    if gan_on:
+                        with self.acc.autocast():
+                            g_loss = -disc(xrec).float().mean()
+                        d_w = adaptive_weight(nll, g_loss, last_layer, cfg.loss.disc_weight)
+                        loss = loss + d_w * g_loss
+                        logs["g_loss"], logs["d_weight"] = float(g_loss), float(d_w)
+                    self.acc.backward(loss)
+                    if self.acc.sync_gradients and cfg.grad_clip:
+                        self.acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    self.opt_g.step()
+                    self.opt_g.zero_grad(set_to_none=True)
+                    if gan_on:
+                        with self.acc.autocast():
+                            d_loss = hinge_d_loss(disc(x).float(), disc(xrec.detach()).float())
+                        self.acc.backward(d_loss)
+                        self.opt_d.step()
+                        self.opt_d.zero_grad(set_to_none=True)
+                        logs["d_loss"] = float(d_loss)
+                logs.update(loss=float(loss), rec=float(rec), q=float(qloss))
+                self.images_seen += x.shape[0] * self.acc.num_processes
+            self.step += 1
+            self.sched_g.step()
+            self.sched_d.step()
+            if cfg.model.quantizer == "normed" and cfg.dead_code_max_idle > 0:
+                moved = raw.quantize.restart_dead_codes(cfg.dead_code_max_idle, self.qgen)
+                logs["restarted"] = moved
+            last_loss = logs["loss"]
+            history.append((self.step, last_loss))
+            if self.acc.is_main_process:
+                now = time.time()
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    ips = (self.images_seen - img_last) / max(now - t_last, 1e-9)
+                    t_last, img_last = now, self.images_seen
+                    bar.set_postfix(loss=f"{last_loss:.4f}", rec=f"{logs['rec']:.4f}", img_s=f"{ips:.1f}")
+                    for k, v in logs.items():
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                    writer.add_scalar("train/lr", self.sched_g.get_last_lr()[0], self.step)
+                    writer.add_scalar("train/images_per_s", ips, self.step)
+                    with open(self.out / "train_log.jsonl", "a") as f:
+                        f.write(json.dumps({"step": self.step, **logs, "images_per_s": ips}) + "\n")
+                bar.update(1)
+            if self.step % cfg.save_every == 0:
+                self.save()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._eval(writer)
+        bar.close()
+        self.save()
+        result = None
+        if self.val_loader is not None and (not cfg.eval_every or self.step % cfg.eval_every):
+            result = self._eval(writer)
+        if writer:
+            writer.close()
+        if self.skipped:
+            self.log(f"skipped {self.skipped} unreadable images")
+        self.log(f"stopped at step {self.step} ({stop_reason}); weights in {self.out}")
+        return {"step": self.step, "last_loss": last_loss, "eval": result, "skipped": self.skipped,
+                "stop": stop_reason}
