@@ -117,7 +117,7 @@ class Demo:
 
         self.out.mkdir(parents=True, exist_ok=True)
         if fresh:
-            for st in STAGES:
+            for st in stages:
                 self.marker(st).unlink(missing_ok=True)
                 for p in self.outputs(st):
                     if p.is_dir():
