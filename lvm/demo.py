@@ -43,34 +43,38 @@ class DemoConfig:
     budget_minutes: float = 20.0            # reported against; stages are sized to fit it on a 2-core CPU
     # data: a data config (built-in source first) + how many sequences to render
     data: str = "configs/data/demo.yaml"
-    sequences: int = 800
+    sequences: int = 400
     image_size: int = 128
+    # annotation tasks of the built-in source's pairs (boxes/keypoints left out: not evaluated here)
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "depth", "normals", "edges",
+                                                      "colorization", "inpainting"])
     # tokenizer: a tokenizer training config + overrides; stops at whichever comes first
     tokenizer: str = "configs/tokenizer/small-128-f8.yaml"
     tokenizer_overrides: list[str] = field(default_factory=list)
-    tokenizer_steps: int = 600
-    tokenizer_minutes: float = 5.0
+    tokenizer_steps: int = 600              # at most; fewer when a timing probe says they do not fit:
+    tokenizer_minutes: float = 4.5          # the stage's time budget (also a hard stop)
     # transformer: a train config + overrides
     train: str = "configs/train/tiny.yaml"
     train_overrides: list[str] = field(default_factory=list)
-    train_steps: int = 300
+    train_steps: int = 300                  # at most; fewer when the timing probe says they do not fit
+    train_minutes: float = 7.0              # the transformer stage's time budget
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
-    eval_episodes: int = 8
+    eval_episodes: int = 6
     shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 7])
     context: int = 7
     precision: str = "bf16"                 # generation dtype
 
 
 # `--quick`: a smoke run of every stage in about three minutes; quality is not expected.
-QUICK = ["sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_steps=4",
+QUICK = ["sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_steps=4", "train_minutes=1",
          "train_overrides=[tokens_per_step=4096,warmup_steps=2,save_every=4,log_every=1]", "eval_episodes=1",
          "shots=[1,3]", "context=3", "prompt_candidates=1", "budget_minutes=3"]
 
 # Seconds per unit of work measured on an idle 2-core CPU (the `lvm demo` target machine); used only to
 # print an estimate before each stage.
-EST = {"data_per_seq": 0.9, "tokenizer_per_step": 0.45, "tokenize_per_image": 0.004, "train_per_row": 1.2,
-       "prompts": 25.0, "eval_per_episode": 5.0, "report": 5.0}
+EST = {"data_per_seq": 0.4, "tokenizer_per_step": 1.5, "tokenize_per_image": 0.02, "train_per_row": 1.5,
+       "prompts": 30.0, "eval_per_episode": 3.0, "report": 2.0}
 
 
 def _fmt_s(s: float) -> str:
@@ -90,8 +94,8 @@ class Demo:
 
     def outputs(self, stage: str) -> list[Path]:
         w, o = self.work, self.out
-        return {"data": [w / "images"], "tokenizer": [w / "tokenizer-run", self.tok_dir],
-                "tokenize": [w / "tokens"], "train": [w / "lvm-run", self.model_dir],
+        return {"data": [w / "images"], "tokenizer": [w / "tokenizer-run", w / "plan-tokenizer.json", self.tok_dir],
+                "tokenize": [w / "tokens"], "train": [w / "lvm-run", w / "plan-train.json", self.model_dir],
                 "prompts": [o / "prompts"], "eval": [o / "eval"],
                 "report": [o / "report.md", o / "figures"]}[stage]
 
@@ -101,12 +105,12 @@ class Demo:
             return c.sequences * EST["data_per_seq"] / max(1, c.workers)
         if stage == "tokenizer":
             return min(c.tokenizer_steps * EST["tokenizer_per_step"], c.tokenizer_minutes * 60)
-        if stage == "tokenize":
-            return c.sequences * 14 * EST["tokenize_per_image"]
         if stage == "train":
             tc = self.train_config()
             rows = max(1, tc.tokens_per_step // (tc.seq_len or tc.model.max_position_embeddings))
-            return c.train_steps * rows * EST["train_per_row"]
+            return min(c.train_steps * rows * EST["train_per_row"], c.train_minutes * 60)
+        if stage == "tokenize":
+            return c.sequences * 14 * EST["tokenize_per_image"]
         if stage == "eval":
             n_tasks = 6
             return c.eval_episodes * n_tasks * EST["eval_per_episode"]
@@ -169,6 +173,7 @@ class Demo:
 
             raise InputError(f"{c.data}: the demo needs a data config whose first source is the built-in renderer")
         dc.sources[0].count = c.sequences
+        dc.sources[0].tasks = list(c.tasks)
         dc.sources[0].split = "train"  # training objects only: held-out ones are for prompts and evaluation
         return dc
 
@@ -190,6 +195,27 @@ class Demo:
             f"data.shards={self.work / 'tokens'}", f"out_dir={self.work / 'lvm-run'}",
             f"max_steps={c.train_steps}", f"seed={c.seed}"])
 
+    # ---- fitting steps into a stage's time budget ----
+    def planned_steps(self, stage: str, max_steps: int, minutes: float, probe) -> dict:
+        """Steps for a training stage: `max_steps`, or fewer if `probe()` (seconds per step, measured on
+        this machine now) says they do not fit `minutes`. Decided once per run (kept in work/plan-<stage>.json)
+        so a resumed run keeps its learning-rate schedule."""
+        from tokenizer.files import atomic_write_text
+
+        path = self.work / f"plan-{stage}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        sec = probe()
+        fit = int(minutes * 60 * 0.9 / max(sec, 1e-9))  # 10%: data loading, logging, checkpoints
+        plan = {"steps": max(2, min(max_steps, fit)), "max_steps": max_steps, "seconds_per_step": round(sec, 3),
+                "minutes": minutes}
+        if plan["steps"] < max_steps:
+            self.log(f"{stage}: {sec:.2f} s/step measured now; {plan['steps']} of {max_steps} steps fit "
+                     f"the {minutes:g}-minute budget")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(plan, indent=1))
+        return plan
+
     # ---- stages ----
     def stage_data(self):
         from data_builders.build import build
@@ -210,12 +236,14 @@ class Demo:
             from tokenizer.errors import InputError
 
             raise InputError(f"tokenizer resolution {tc.model.resolution} != demo image_size {self.cfg.image_size}")
+        plan = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes, lambda: _probe_tokenizer(tc))
+        tc.max_steps = plan["steps"]
         Trainer(tc, save_config=save_config, log=self.log).train(resume=True)
         run = Path(tc.out_dir)
         self.tok_dir.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):
             _copy_atomic(run / f, self.tok_dir / f)
-        return {"steps": _last_step(run / "train_log.jsonl")}
+        return {"steps": _last_step(run / "train_log.jsonl"), "plan": plan}
 
     def stage_tokenize(self):
         from data_builders.tokenize import tokenize
@@ -228,6 +256,8 @@ class Demo:
         from lvm.trainer import list_checkpoints, train
 
         tc = self.train_config()
+        plan = self.planned_steps("train", tc.max_steps, self.cfg.train_minutes, lambda: _probe_transformer(tc))
+        tc.max_steps = plan["steps"]
         summary = train(tc, resume=True, progress=self.progress)
         last = list_checkpoints(tc.out_dir)[-1]
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +266,7 @@ class Demo:
                 _copy_atomic(f, self.model_dir / f.name)
         losses = summary["losses"]
         return {"steps": summary["step"], "final_loss": losses[max(losses)] if losses else None,
-                "checkpoint": str(last)}
+                "checkpoint": str(last), "plan": plan}
 
     def stage_prompts(self):
         """Held-out prompts: rotation and video continuation (3 new images), two analogies (greedy + sampled)."""
@@ -352,6 +382,53 @@ class Demo:
                 md += [f"![{g.stem}]({g.relative_to(self.out)})\n" for g in grids]
         atomic_write_text(self.out / "report.md", "\n".join(md) + "\n")
         return {"total_seconds": round(total, 1)}
+
+
+def _seconds_per_call(fn, reps: int = 1) -> float:
+    fn()  # warm-up: allocations, kernels, lazy init
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def _probe_tokenizer(tc) -> float:
+    """Seconds of one tokenizer training step (forward + L1 + backward on a random batch) on this machine."""
+    import torch
+
+    from tokenizer import VQGAN
+
+    torch.manual_seed(0)
+    model = VQGAN(tc.model).train()
+    r = tc.model.resolution
+    x = torch.rand(tc.batch_size * tc.grad_accum, 3, r, r) * 2 - 1
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.mixed_precision == "bf16")
+
+    def step():
+        with amp:
+            xrec, q, _ = model(x)
+        ((x - xrec.float()).abs().mean() + q).backward()
+
+    return _seconds_per_call(step)
+
+
+def _probe_transformer(tc) -> float:
+    """Seconds of one optimizer step's forward + backward passes of the transformer on this machine."""
+    import torch
+
+    torch.manual_seed(0)
+    model = tc.model.build().train()
+    seq = tc.seq_len or tc.model.max_position_embeddings
+    rows = max(1, -(-tc.tokens_per_step // (tc.micro_batch * seq)))
+    ids = torch.randint(0, tc.model.codebook_size, (tc.micro_batch, seq))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    def row():
+        with amp:
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+
+    return _seconds_per_call(row) * rows
 
 
 def _copy_atomic(src: Path, dst: Path):
