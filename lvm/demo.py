@@ -238,12 +238,13 @@ class Demo:
             raise InputError(f"tokenizer resolution {tc.model.resolution} != demo image_size {self.cfg.image_size}")
         plan = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes, lambda: _probe_tokenizer(tc))
         tc.max_steps = plan["steps"]
-        Trainer(tc, save_config=save_config, log=self.log).train(resume=True)
+        res = Trainer(tc, save_config=save_config, log=self.log).train(resume=True)
         run = Path(tc.out_dir)
         self.tok_dir.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):
             _copy_atomic(run / f, self.tok_dir / f)
-        return {"steps": _last_step(run / "train_log.jsonl"), "plan": plan}
+        return {"steps": res["step"], "final_loss": round(res["last_loss"], 4) if res["last_loss"] else None,
+                "stop": res["stop"], "plan": plan}
 
     def stage_tokenize(self):
         from data_builders.tokenize import tokenize
@@ -265,7 +266,7 @@ class Demo:
             if f.is_file() and f.name.endswith((".json", ".safetensors")) and not f.name.startswith("trainer_state"):
                 _copy_atomic(f, self.model_dir / f.name)
         losses = summary["losses"]
-        return {"steps": summary["step"], "final_loss": losses[max(losses)] if losses else None,
+        return {"steps": summary["step"], "final_loss": round(losses[max(losses)], 4) if losses else None,
                 "checkpoint": str(last), "plan": plan}
 
     def stage_prompts(self):
@@ -358,6 +359,10 @@ class Demo:
         for st, r in stages.items():
             info = r.get("info", {})
             note = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("sequences", "images", "steps", "final_loss"))
+            if "plan" in info:
+                pl = info["plan"]
+                note += (f" (planned {pl['steps']} of max {pl['max_steps']}: {pl['seconds_per_step']} s/step "
+                         f"measured for a {pl['minutes']:g}-min budget)")
             md.append(f"| {st} | {_fmt_s(r['seconds'])} | ~{_fmt_s(r.get('estimate_seconds', 0))} | {note} |")
         md.append(f"| **total** | **{_fmt_s(total)}** | | budget {c.budget_minutes:g} min: "
                   f"{'within' if total <= c.budget_minutes * 60 else 'OVER'} |\n")
@@ -436,13 +441,6 @@ def _copy_atomic(src: Path, dst: Path):
 
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-
-
-def _last_step(log: Path):
-    if not log.is_file():
-        return None
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]).get("step") if lines else None
 
 
 def _plot_log(path: Path, keys: list[str], out: Path, title: str) -> Path:
