@@ -71,8 +71,9 @@ QUICK = ["sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_s
          "train_overrides=[tokens_per_step=4096,warmup_steps=2,save_every=4,log_every=1]", "eval_episodes=1",
          "shots=[1,3]", "context=3", "prompt_candidates=1", "budget_minutes=3"]
 
-# Seconds per unit of work measured on an idle 2-core CPU (the `lvm demo` target machine); used only to
-# print an estimate before each stage.
+# Rough seconds per unit of work on a 2-core CPU, used only to print an estimate before each stage (the
+# training stages size themselves by a timing probe). Taken from runs on a shared, loaded machine: order of
+# magnitude, not a measurement of an idle one.
 EST = {"data_per_seq": 0.4, "tokenizer_per_step": 1.5, "tokenize_per_image": 0.02, "train_per_row": 1.5,
        "prompts": 30.0, "eval_per_episode": 3.0, "report": 2.0}
 
@@ -130,7 +131,7 @@ class Demo:
                         p.unlink()
         save_config(self.cfg, self.out, "demo_config.yaml")
         total_est = sum(self.estimate(s) for s in STAGES)
-        self.log(f"lvm demo -> {self.out}  (estimated {_fmt_s(total_est)} on an idle 2-core CPU; "
+        self.log(f"lvm demo -> {self.out}  (rough estimate {_fmt_s(total_est)} on a 2-core CPU; "
                  f"budget {self.cfg.budget_minutes:g} min)")
         times = {}
         for i, st in enumerate(STAGES):
