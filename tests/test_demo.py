@@ -75,6 +75,12 @@ def test_demo_stages_tiny(tmp_path):
     before = (out / "stages" / "train.json").read_text()
     Demo(tiny_config(out), progress=False, log=logs.append).run()
     assert sum("skipped" in ln for ln in logs) == len(STAGES) - 1
+    assert not any("changed since" in ln for ln in logs)
+    logs.clear()
+    cfg = tiny_config(out)
+    cfg.train_steps = 5
+    Demo(cfg, progress=False, log=logs.append).run(stages=("train",))
+    assert any("train_steps changed since" in ln for ln in logs)
     assert (out / "stages" / "train.json").read_text() == before
 
     # a stage without its marker (killed) runs again; fresh redoes finished ones (here two, to stay fast)
