@@ -217,8 +217,11 @@ def make_episodes(cfg: SuiteConfig, size: int) -> dict[str, list[Episode]]:
             else:
                 images, names, hole = [], [], None
                 for j in range(8):
-                    view = render.render_object_view(objs[int(rng.integers(len(objs)))],
-                                                     seed=int(rng.integers(2**31)), size=size)
+                    for _ in range(20):  # a view where the object is out of sight teaches nothing: redraw
+                        view = render.render_object_view(objs[int(rng.integers(len(objs)))],
+                                                         seed=int(rng.integers(2**31)), size=size)
+                        if view.mask.sum() >= 16:
+                            break
                     names.append(view.meta["object"])
                     if task == "inpainting":
                         inp, boxes = ann.inpainting_input(view.rgb, rng)
