@@ -68,13 +68,13 @@ class Generation:
 ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
 
 
-def _layer_weights(layer, dtype):
+def _layer_weights(layer, dtype, consume: bool = False):
     at, mlp = layer.self_attn, layer.mlp
     for lin in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
         if getattr(lin, "bias", None) is not None:
             raise InputError("attention/MLP biases are not supported (LLaMA has none)")
     cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
-    return dict(
+    w = dict(
         attn_norm=cast(layer.input_layernorm.weight),
         wqkv=cast(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])),
         wo=cast(at.o_proj.weight),
@@ -82,13 +82,17 @@ def _layer_weights(layer, dtype):
         w13=cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
         w2=cast(mlp.down_proj.weight),
     )
+    if consume:  # free the unfused copies now, so loading a big model never holds its weights twice
+        for lin in (at.q_proj, at.k_proj, at.v_proj, mlp.gate_proj, mlp.up_proj):
+            lin.weight.data = torch.empty(0, dtype=lin.weight.dtype)
+    return w
 
 
 class Engine:
     """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`."""
 
     def __init__(self, model, layout: TokenLayout | None = None, dtype: torch.dtype = torch.bfloat16,
-                 max_batch: int = 8, max_context: int | None = None):
+                 max_batch: int = 8, max_context: int | None = None, consume: bool = False):
         cfg = model.config
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise InputError(f"only SiLU LLaMA models are supported, got hidden_act={cfg.hidden_act}")
@@ -111,7 +115,8 @@ class Engine:
         with torch.no_grad():
             m = model.model
             self.embed = m.embed_tokens.weight.detach().to(dtype).contiguous()
-            self.layers = [_layer_weights(l, dtype) for l in m.layers]
+            # consume=True (from_pretrained) empties the model's q/k/v/gate/up weights once fused.
+            self.layers = [_layer_weights(l, dtype, consume) for l in m.layers]
             self.norm = m.norm.weight.detach().to(dtype).contiguous()
             self.lm_head = model.lm_head.weight.detach().to(dtype).contiguous()
             # The model's own rotary module gives cos/sin for every position, so any rope variant the
@@ -138,7 +143,7 @@ class Engine:
             model = LlamaForCausalLM.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-        return cls(model, dtype=dtype, **kw)
+        return cls(model, dtype=dtype, consume=True, **kw)
 
     # ---- cache ----
     def _alloc(self, batch: int):

@@ -197,7 +197,10 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 def register_packed_attention() -> str:
     from transformers import AttentionInterface
 
-    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    import torch
+
+    # Kept out of torch.compile graphs: its per-sequence loop has data-dependent shapes.
+    AttentionInterface.register(PACKED_ATTENTION, torch.compiler.disable(packed_attention))
     return PACKED_ATTENTION
 
 

@@ -38,6 +38,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     deterministic: bool = False  # torch deterministic algorithms (for exact-resume checks)
+    cpu_threads: int | None = None  # torch threads on CPU (None = torch default); 1 helps on oversubscribed machines
     peak_tflops: float | None = None  # for MFU; None = measure this device's bf16/fp32 matmul peak at start
 
     # logging, evaluation, checkpoints

@@ -55,12 +55,21 @@ class PackRows:
     def __call__(self, items):
         lay = self.layout
         p = Packer(self.seq_len, lay.pad_id, lay.tokens_per_image, self.open_rows)
+        used = skipped = 0
         for key, codes, meta in items:
             if codes.ndim != 2 or codes.shape[1] != lay.tokens_per_image or codes.size == 0 \
                     or codes.min() < 0 or codes.max() >= lay.codebook_size:
                 # Wrong tokenizer for this model (e.g. K mismatch): skip, never train on ids >= K.
-                print(f"warning: skipping sequence {key}: codes {codes.shape} outside [0, {lay.codebook_size})")
+                skipped += 1
+                if skipped <= 10:
+                    print(f"warning: skipping sequence {key}: codes {codes.shape} in "
+                          f"[{codes.min()}, {codes.max()}], the model needs [0, {lay.codebook_size})")
+                if used == 0 and skipped >= 100:
+                    raise InputError(f"the first {skipped} sequences do not fit the model (codes outside "
+                                     f"[0, {lay.codebook_size}) or not {lay.tokens_per_image} per image): "
+                                     "were these shards made with another tokenizer?")
                 continue
+            used += 1
             yield from p.add(codes)
         yield from p.flush()
 
@@ -236,6 +245,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=cpu)
     set_seed(cfg.seed)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 

@@ -1,11 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
 from lvm.model import ModelConfig
-import pytest
-
 from lvm.packing import (IGNORE, Packer, collate_rows, model_inputs, pack_sequences, register_packed_attention,
                          row_arrays)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TPI = 16  # tokens per image in these tests (the contract's 256, scaled down to keep them fast)
 

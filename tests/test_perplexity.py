@@ -11,6 +11,8 @@ from lvm.model import ModelConfig
 from lvm.perplexity import target_nll
 from lvm.tokens import TokenLayout
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K = 64
 
 

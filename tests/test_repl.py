@@ -14,6 +14,15 @@ from lvm.model import ModelConfig
 K = 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Decoding tiny models is latency-bound: one thread avoids stalls when other jobs share the 2 cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _model_dir(path, codebook=K):
     torch.manual_seed(0)
     cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -130,7 +139,7 @@ def test_prompt_errors(dirs):
 def test_one_shot_and_batch_cli(dirs, tmp_path):
     r = dirs["root"]
     base = [sys.executable, "-m", "lvm", "prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]),
-            "--dtype", "float32", "--no-display"]
+            "--dtype", "float32", "--no-display", "--threads", "1"]
     out = tmp_path / "one"
     p = subprocess.run(base + ["--prompt", str(r / "p.yaml"), "--out", str(out), "--candidates", "2"],
                        capture_output=True, text=True)
@@ -170,3 +179,50 @@ def test_ctrl_c_cancels_generation_not_session(dirs):
     assert any("generation cancelled" in ln for ln in lines)
     assert "candidates = 3" in lines and any(ln.startswith("mode sequential") for ln in lines)
     assert s.last is None  # nothing half-written was recorded
+
+
+def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
+    """Released tokenizer dir (MUSE layout: [0,1] pixels, squash resize) + released-style model config:
+    the prompt the engine gets is exactly the images' raw codes in order (no BOS), as the released inference."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lvm.repl import Session
+    from tokenizer import VQGAN, VQGANConfig
+    from tokenizer.image_io import load_image, pil_to_tensor
+
+    cfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K)
+    tok_dir = tmp_path / "released_tok"
+    tok_dir.mkdir()
+    torch.manual_seed(1)
+    torch.save(VQGAN(cfg).state_dict(), tok_dir / "pytorch_model.bin")
+    (tok_dir / "config.json").write_text(json.dumps(dict(
+        resolution=32, num_channels=3, hidden_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+        attn_resolutions=[], no_attn_mid_block=True, z_channels=8, quantized_embed_dim=8, num_embeddings=K,
+        commitment_cost=0.25, dropout=0.0, resample_with_conv=True, _class_name="VQGANModel")))
+    model_dir = tmp_path / "released_model"
+    LlamaForCausalLM(LlamaConfig(vocab_size=K + 100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)).save_pretrained(model_dir)
+    lines = []
+    s = Session(model_dir, tok_dir, display="none", dtype="float32", print_fn=lines.append)
+    assert s.tok.value_range == (0.0, 1.0) and s.tok.resize_mode == "squash"
+    seen = {}
+    real = s.engine.generate
+
+    def spy(prompt, **kw):
+        seen["prompt"] = prompt
+        return real(prompt, **kw)
+
+    s.engine.generate = spy
+    wide = tmp_path / "wide.png"  # not square: squash, not crop
+    Image.new("RGB", (64, 32), (10, 200, 30)).save(wide)
+    paths = [dirs["imgs"][0], wide]
+    s.command(" ".join(map(str, paths)))
+    res = s.generate(1, write=False)
+    x = torch.stack([pil_to_tensor(load_image(p).resize((32, 32), Image.Resampling.BICUBIC), (0.0, 1.0))
+                     for p in paths])
+    with torch.no_grad():
+        expect = s.tok.encode(x)
+    assert torch.equal(seen["prompt"], expect)  # (2, 256) raw codes, nothing prepended
+    assert res["images"][0][0].size == (32, 32) and int(res["generation"].images.max()) < K

@@ -15,6 +15,8 @@ from lvm.trainer import TrainingDiverged, list_checkpoints, train
 
 K = 64
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _sequences(rng, n, prefix):
     """Learnable visual sequences: a ramp (start + t) mod K over all the sequence's tokens."""
@@ -120,3 +122,26 @@ def test_cli_print_config_and_help():
     assert out.returncode == 0 and "max_steps: 7" in out.stdout and "hidden_size: 256" in out.stdout
     out = subprocess.run([sys.executable, "-m", "lvm", "train", "--help"], capture_output=True, text=True)
     assert "--init-from" in out.stdout and "--resume" in out.stdout
+
+
+def test_shipped_tiny_yaml_trains_on_full_contract_shards(tmp_path):
+    # configs/train/tiny.yaml as shipped (K = 8192, 4096-token rows); only data, run dir and length changed.
+    rng = np.random.default_rng(0)
+    items = [(f"s{i}", rng.integers(0, 8192, (int(rng.integers(1, 17)), 256)), {"kind": "test"}) for i in range(8)]
+    write_token_shard(tmp_path / "tok" / "tokens-000000.tar", items)
+    cfg = load_config(TrainConfig, "configs/train/tiny.yaml",
+                      [f"data.shards={tmp_path / 'tok'}", f"out_dir={tmp_path / 'run'}", "max_steps=1",
+                       "tokens_per_step=0", "peak_tflops=1"])
+    assert cfg.model.codebook_size == 8192 and cfg.model.max_position_embeddings == 4096
+    s = train(cfg, progress=False)
+    assert s["step"] == 1 and abs(s["losses"][1] - math.log(8192)) < 1.0
+
+
+def test_shards_from_another_tokenizer_are_refused(shards, tmp_path):
+    rng = np.random.default_rng(0)
+    items = [(f"s{i}", rng.integers(K, 8192, (1, 256)), {"kind": "test"}) for i in range(120)]
+    write_token_shard(tmp_path / "big" / "tokens-000000.tar", items)
+    cfg = _cfg(shards, tmp_path / "run", max_steps=1)
+    cfg.data.shards = str(tmp_path / "big")
+    with pytest.raises(Exception, match="another tokenizer"):
+        train(cfg, progress=False)

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.data.path is None:
             raise InputError("data.path is not set (a folder of images, a list file or .tar shards)")
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        self.acc = Accelerator(mixed_precision="bf16" if cfg.mixed_precision == "bf16" else "no", gradient_accumulation_steps=cfg.grad_accum,
                                cpu=not torch.cuda.is_available())
         set_seed(cfg.seed + self.acc.process_index)
         self.lpips = maybe_lpips(cfg.loss.lpips_vgg_path, cfg.loss.lpips_lin_path)
@@ -248,6 +249,8 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        # The discriminator's optimizer first steps at disc_start; its schedule still counts every step.
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
         self._setup(resume)
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +277,9 @@ class Trainer:
             if cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes:
                 stop_reason = "max_minutes"
                 break
+            if cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
+                stop_reason = "stop_at_step"
+                break
             logs = {}
             for _ in range(cfg.grad_accum):
                 x = next(batches).to(self.acc.device)
@@ -289,14 +295,14 @@ class Trainer:
                         lo, hi = cfg.model.value_range
                         p = self.lpips((x - lo) / (hi - lo) * 2 - 1, (xrec - lo) / (hi - lo) * 2 - 1).mean()
                         nll = nll + cfg.loss.perceptual_weight * p
-                        logs["lpips"] = float(p)
+                        logs["lpips"] = p.item()
                     loss = nll + cfg.loss.codebook_weight * qloss
                     if gan_on:
                         with self.acc.autocast():
                             g_loss = -disc(xrec).float().mean()
                         d_w = adaptive_weight(nll, g_loss, last_layer, cfg.loss.disc_weight)
                         loss = loss + d_w * g_loss
-                        logs["g_loss"], logs["d_weight"] = float(g_loss), float(d_w)
+                        logs["g_loss"], logs["d_weight"] = g_loss.item(), d_w.item()
                     self.acc.backward(loss)
                     if self.acc.sync_gradients and cfg.grad_clip:
                         self.acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -308,8 +314,8 @@ class Trainer:
                         self.acc.backward(d_loss)
                         self.opt_d.step()
                         self.opt_d.zero_grad(set_to_none=True)
-                        logs["d_loss"] = float(d_loss)
-                logs.update(loss=float(loss), rec=float(rec), q=float(qloss))
+                        logs["d_loss"] = d_loss.item()
+                logs.update(loss=loss.item(), rec=rec.item(), q=qloss.item())
                 self.images_seen += x.shape[0] * self.acc.num_processes
             self.step += 1
             self.sched_g.step()

@@ -54,13 +54,14 @@ class TokenizerTrainConfig:
     grad_accum: int = 1
     max_steps: int = 10000           # optimizer steps
     max_minutes: float | None = None # stop (after saving) when this wall time is used up
+    stop_at_step: int | None = None  # stop (after saving) at this step; unlike max_steps the schedule is unchanged
     lr: float = 1e-4
     min_lr: float = 1e-5
     warmup_steps: int = 200
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    mixed_precision: Literal["bf16", "no"] = "bf16"
+    mixed_precision: Literal["bf16", "fp32"] = "bf16"
     dead_code_max_idle: int = 100    # "normed" quantizer: restart codes unused for this many steps (0 = off)
     log_every: int = 10
     eval_every: int = 500
