@@ -1,0 +1,57 @@
+"""The whole system end to end on this machine: data, tokenizer, transformer, prompts, evaluation, report.
+
+Stages (progress bar and time estimate for each): render a mixed dataset with the built-in renderer
+(multi-view orbits, physics videos, annotation pairs/tuples/videos, colorization, inpainting; 128 px;
+training objects only) -> train the small tokenizer -> tokenize the shards -> train the tiny transformer ->
+prompt it on held-out objects (rotation and video continuation, two analogies) -> run the in-context task
+suite (`lvm eval tasks`) -> write OUT/report.md with loss curves, prompt | prediction | truth grids, the
+task table and the quality checks. The trained checkpoints are left in OUT/model and OUT/tokenizer, which
+`lvm prompt` and `lvm eval tasks` use by default.
+
+Each stage is skipped when it finished before (OUT/stages/<stage>.json); a killed stage resumes where it
+stopped. --fresh redoes everything. Default budget: about 20 minutes on a 2-core CPU; --quick is a ~3 minute
+smoke run of every stage (quality not expected). Any field of the demo config can be overridden as key=value
+(see --print-config); the resolved config is saved as OUT/demo_config.yaml.
+
+examples:
+  lvm demo
+  lvm demo --quick out=runs/demo-quick
+  lvm demo train_steps=600 tokenizer_overrides=[model.codebook_size=1024] --fresh
+"""
+
+from lvm.config import add_config_arguments, config_to_yaml
+
+
+def add_arguments(p):
+    add_config_arguments(p)
+    p.add_argument("--quick", action="store_true", help="smoke run of every stage in ~3 minutes")
+    p.add_argument("--fresh", action="store_true", help="redo every stage (deletes the previous outputs in OUT)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args):
+    import time
+
+    from lvm.config import load_config
+    from lvm.demo import QUICK, Demo, DemoConfig
+
+    path, overrides = args.config, list(args.overrides)
+    if path is not None and "=" in path:
+        overrides.insert(0, path)
+        path = None
+    if args.quick:
+        overrides = QUICK + (["out=runs/demo-quick"] if not any(o.startswith("out=") for o in overrides) else []) \
+            + overrides
+    cfg = load_config(DemoConfig, path, overrides)
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    t0 = time.perf_counter()
+    times = Demo(cfg, progress=not args.no_progress).run(fresh=args.fresh)
+    total = time.perf_counter() - t0
+    print("\nstage        seconds")
+    for st, r in times.items():
+        print(f"{st:<12} {r['seconds']:8.1f}")
+    print(f"this run     {total:8.1f}  (budget {cfg.budget_minutes:g} min)")
+    print(f"report: {cfg.out}/report.md")
+    return 0

@@ -1,0 +1,98 @@
+"""In-context task suite on held-out objects: does the model do tasks it is only shown?
+
+Tasks, rendered on the fly by the built-in renderer from objects never used for training: next view of a
+rotating object, next frame of a physics video, and four analogies (k example pairs + a query):
+rgb -> segmentation (mIoU after snapping colors to the renderer's palette), rgb -> depth (abs-rel, RMSE),
+colorization (PSNR, MSE), inpainting (PSNR inside the hidden boxes).
+
+Per task: the target image's perplexity given the prompt; the task metric of the decoded prediction (greedy
+unless --temperature); the same metric for trivial baselines (copy the last image, copy the last example
+answer, the mean image) and for the tokenizer's reconstruction of the truth (the ceiling). Perplexity is also
+measured against the number of context frames (1..--context) and of shots (--shots).
+
+Writes OUT/tasks.md (table + quality checks), tasks.json, tasks.png (bars), ppl.png (perplexity curves),
+grids/<model>-<task>.png (prompt | prediction | truth) and suite_config.yaml. Without --model/--tokenizer it
+evaluates the checkpoints `lvm demo` leaves (runs/demo/model, runs/demo/tokenizer).
+
+examples:
+  lvm eval tasks --model runs/demo/model --tokenizer runs/demo/tokenizer --shots 1,3,7 --out runs/eval
+  lvm eval tasks --model runs/a --tokenizer runs/tok --compare runs/b --names small,big --episodes 16
+"""
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None, help="HF Llama directory (default: the demo's runs/demo/model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the demo's runs/demo/tokenizer)")
+    p.add_argument("--compare", default=None, metavar="MODEL", help="a second model, evaluated side by side")
+    p.add_argument("--compare-tokenizer", default=None, metavar="TOKENIZER",
+                   help="tokenizer of --compare (default: --tokenizer)")
+    p.add_argument("--names", default="model,compare", help="labels of the two models in tables and plots")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of: next_view,next_frame,segmentation,"
+                                                 "depth,colorization,inpainting (default: all)")
+    p.add_argument("--episodes", type=int, default=8, help="held-out episodes per task (default 8)")
+    p.add_argument("--shots", default="1,2,3,5,7", help="analogy shots, 1..7; metrics at the largest (default 1,2,3,5,7)")
+    p.add_argument("--context", type=int, default=7, help="frames shown for next view / next frame (default 7)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy prediction (default)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="generation dtype (bf16 default; fp32 is faster for very small test models)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the held-out episodes and of sampling")
+    p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _ints(s: str, what: str) -> list[int]:
+    from tokenizer.errors import InputError
+
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {s!r}") from None
+
+
+def run(args):
+    from pathlib import Path
+
+    from lvm import task_eval as te
+    from lvm.config import save_config
+    from lvm.demo import demo_checkpoints
+
+    dm, dt = demo_checkpoints()
+    model, tok = args.model or dm, args.tokenizer or dt
+    for what, p in (("model", model), ("tokenizer", tok)):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{p}: {what} not found (give --{what}, or run 'lvm demo' first)")
+    cfg = te.SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(te.TASKS), episodes=args.episodes,
+                         shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
+                         temperature=args.temperature, precision=args.precision)
+    pairs = [(model, tok)]
+    if args.compare:
+        pairs.append((args.compare, args.compare_tokenizer or tok))
+    names = [n.strip() for n in args.names.split(",")][:len(pairs)]
+    if len(names) < len(pairs) or len(set(names)) != len(names):
+        from tokenizer.errors import InputError
+
+        raise InputError(f"--names needs {len(pairs)} distinct labels, got {args.names!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "suite_config.yaml")
+    rep = run_suite(pairs, names, cfg, out, progress=not args.no_progress)
+    print(rep["table"], end="")
+    print(f"wrote {out / 'tasks.md'}, tasks.json, tasks.png, ppl.png, grids/")
+    return 0
+
+
+def run_suite(pairs, names, cfg, out, progress: bool = True, log=print) -> dict:
+    """Evaluate each (model dir, tokenizer dir) on the same episodes; write the report into `out`."""
+    from lvm import task_eval as te
+
+    named, episodes, size = [], None, None
+    for (model_dir, tok_dir), name in zip(pairs, names):
+        model, tok = te.load_pair(model_dir, tok_dir)
+        if episodes is None or size != tok.resolution:
+            size = tok.resolution
+            log(f"rendering held-out episodes at {size} px ...")
+            episodes = te.make_episodes(cfg, size)
+        log(f"[{name}] {model_dir} + {tok_dir}")
+        named.append((name, te.evaluate_model(model, tok, episodes, cfg, progress=progress, log=log)))
+    meta = {"models": {n: {"model": str(m), "tokenizer": str(t)} for n, (m, t) in zip(names, pairs)}}
+    return te.write_report(named, out, cfg, meta)

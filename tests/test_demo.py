@@ -1,0 +1,125 @@
+"""`lvm demo`: every stage at a very small scale (32 px, K=64 tokenizer, one-layer LLaMA), skip and --fresh.
+
+`lvm demo --quick` itself (128 px, the real small configs) is the slow test at the bottom.
+"""
+
+import json
+
+import pytest
+
+from lvm.demo import STAGES, Demo, DemoConfig, demo_checkpoints
+
+TINY_TOKENIZER = ["model.resolution=32", "model.hidden_channels=32", "model.channel_mult=[1, 2]",
+                  "model.z_channels=8", "model.embed_dim=8", "model.codebook_size=64", "batch_size=4",
+                  "warmup_steps=1", "save_every=100", "log_every=1"]
+TINY_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
+              "model.num_attention_heads=2", "model.codebook_size=64", "tokens_per_step=4096", "warmup_steps=1",
+              "log_every=1", "save_every=100", "precision=fp32"]
+
+
+def tiny_config(out) -> DemoConfig:
+    return DemoConfig(out=str(out), workers=1, sequences=3, image_size=32, tokenizer_overrides=TINY_TOKENIZER,
+                      tokenizer_steps=2, tokenizer_minutes=1.0, train_overrides=TINY_MODEL, train_steps=2,
+                      prompt_candidates=1, eval_episodes=1, shots=[1, 2], context=2, precision="fp32",
+                      budget_minutes=1)
+
+
+def test_demo_stages_tiny(tmp_path):
+    out = tmp_path / "demo"
+    logs = []
+    times = Demo(tiny_config(out), progress=False, log=logs.append).run()
+    assert list(times) == list(STAGES)
+    for st in STAGES[:-1]:
+        rec = json.loads((out / "stages" / f"{st}.json").read_text())
+        assert rec["seconds"] >= 0 and "estimate_seconds" in rec
+    # each stage announced an estimate before running
+    assert sum("estimated ~" in ln for ln in logs) == len(STAGES)
+    model, tok = demo_checkpoints(out)
+    assert (model / "config.json").is_file() and (model / "model.safetensors").is_file()
+    assert (tok / "config.json").is_file() and (tok / "model.safetensors").is_file()
+    assert not list(model.glob("trainer_state*"))
+    # the checkpoints work together and fit the token contract
+    from lvm.task_eval import load_pair
+
+    m, t = load_pair(model, tok)
+    assert m.config.vocab_size == t.codebook_size + 100 == 164
+    # the data are training objects only
+    from data_builders import render
+    from data_builders.shards import iter_tar_samples
+    from data_builders.sequence import sample_meta
+
+    held = {o.name for o in render.list_objects("heldout")}
+    for shard in sorted((out / "work" / "images").glob("*.tar")):
+        for s in iter_tar_samples(shard):
+            meta = sample_meta(s)
+            names = set(meta.get("objects", [])) | ({meta["object"]} if "object" in meta else set())
+            assert not names & held, meta
+    # report, figures, grids, resolved configs
+    for f in ("report.md", "demo_config.yaml", "figures/tokenizer_loss.png", "figures/transformer_loss.png",
+              "prompts/next_view.png", "prompts/segmentation.png", "prompts/colorization.png",
+              "prompts/next_frame.png", "eval/tasks.md", "eval/tasks.json", "eval/tasks.png", "eval/ppl.png",
+              "eval/suite_config.yaml", "work/images/data_config.yaml", "work/lvm-run/config.yaml",
+              "work/tokenizer-run/config.yaml"):
+        assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    for st in STAGES[:-1]:
+        assert f"| {st} |" in md
+    assert "![transformer training loss](figures/transformer_loss.png)" in md
+    assert "| segmentation |" in md and "Quality checks" in md
+    for line in md.splitlines():  # every image the report links exists
+        if line.startswith("!["):
+            assert (out / line.split("](")[1].rstrip(")")).is_file(), line
+
+    # a rerun skips every finished stage (and rewrites only the report)
+    logs.clear()
+    before = (out / "stages" / "train.json").read_text()
+    Demo(tiny_config(out), progress=False, log=logs.append).run()
+    assert sum("skipped" in ln for ln in logs) == len(STAGES) - 1
+    assert not any("changed since" in ln for ln in logs)
+    logs.clear()
+    cfg = tiny_config(out)
+    cfg.train_steps = 5
+    Demo(cfg, progress=False, log=logs.append).run(stages=("train",))
+    assert any("train_steps changed since" in ln for ln in logs)
+    assert (out / "stages" / "train.json").read_text() == before
+
+    # a stage without its marker (killed) runs again; fresh redoes finished ones (here two, to stay fast)
+    (out / "stages" / "eval.json").unlink()
+    (out / "prompts" / "next_view.png").unlink()
+    logs.clear()
+    Demo(tiny_config(out), progress=False, log=logs.append).run(fresh=True, stages=("prompts", "eval", "report"))
+    assert any(ln.startswith("[5/7] prompts: estimated") for ln in logs)
+    assert any(ln.startswith("[6/7] eval: estimated") for ln in logs)
+    assert (out / "prompts" / "next_view.png").is_file() and (out / "stages" / "eval.json").is_file()
+    assert (out / "stages" / "train.json").read_text() == before  # not asked for: untouched
+
+
+def test_demo_cli_print_config_and_quick_overrides(capsys):
+    from lvm.cli import main
+
+    assert main(["demo", "--quick", "train_steps=7", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "train_steps: 7" in text and "out: runs/demo-quick" in text and "eval_episodes: 1" in text
+    assert main(["demo", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "out: runs/demo" in text and "budget_minutes: 20.0" in text
+
+
+def test_demo_bad_config_is_one_line_error(tmp_path, capsys):
+    from lvm.cli import main
+
+    rc = main(["demo", f"out={tmp_path}", "no_such_key=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "no_such_key" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    """The real `lvm demo --quick` (128 px small tokenizer config, tiny LLaMA): about 3 minutes idle."""
+    from lvm.cli import main
+
+    out = tmp_path / "q"
+    assert main(["demo", "--quick", f"out={out}", "--no-progress"]) == 0
+    assert (out / "report.md").is_file() and (out / "model" / "config.json").is_file()
+    data = json.loads((out / "eval" / "tasks.json").read_text())
+    assert len(data["models"][0]["tasks"]) == 6

@@ -1,0 +1,210 @@
+"""The in-context task suite: metrics, baselines, episodes, and one tiny end-to-end evaluation."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lvm import task_eval as te
+from data_builders.annotations import PALETTE
+
+
+def _img(a):
+    return Image.fromarray(np.asarray(a, np.uint8), "RGB")
+
+
+def _seg(labels):
+    """(H, W) palette indices -> segmentation image, as the renderer draws it."""
+    return _img(PALETTE[np.asarray(labels)])
+
+
+def test_miou_perfect_and_half():
+    lab = np.zeros((8, 8), int)
+    lab[:, 4:] = 1
+    assert te.miou(_seg(lab), _seg(lab)) == 1.0
+    pred = np.zeros((8, 8), int)  # all background: class 0 IoU 32/64, class 1 IoU 0
+    assert te.miou(_seg(pred), _seg(lab)) == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_miou_snaps_noisy_colors_to_the_palette():
+    lab = np.zeros((16, 16), int)
+    lab[4:12, 4:12] = 2
+    truth = _seg(lab)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.asarray(truth, np.int64) + rng.integers(-20, 21, size=(16, 16, 3)), 0, 255)
+    assert te.miou(_img(noisy), truth) == 1.0  # small color errors vanish after snapping
+    # a wrong but valid palette color is a wrong class
+    wrong = lab.copy()
+    wrong[4:12, 4:8] = 3
+    assert te.miou(_seg(wrong), truth) == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+
+
+def test_snap_to_palette_nearest():
+    pal = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255]])
+    img = np.array([[[10, 10, 10], [200, 30, 0], [20, 0, 180]]], np.uint8)
+    assert te.snap_to_palette(img, pal).tolist() == [[0, 1, 2]]
+
+
+def test_abs_rel_and_rmse():
+    t = np.zeros((4, 4, 3))
+    t[:2] = 200  # foreground rows; background 0 is ignored by abs-rel
+    p = t.copy()
+    p[:2] = 100
+    assert te.abs_rel(_img(p), _img(t)) == pytest.approx(0.5)
+    assert te.abs_rel(_img(t), _img(t)) == 0.0
+    assert te.rmse(_img(p), _img(t)) == pytest.approx(math.sqrt(0.5 * (100 / 255) ** 2))
+    with pytest.raises(ValueError):
+        te.abs_rel(_img(t), _img(np.zeros((4, 4, 3))))
+
+
+def test_psnr_inside_hole_only():
+    t = np.full((8, 8, 3), 100)
+    p = t.copy()
+    p[:, :4] = 0  # wrong outside the hole
+    hole = np.zeros((8, 8), bool)
+    hole[:, 4:] = True
+    p[:, 4:] = 100 + 51  # error 0.2 inside the hole -> 10*log10(1/0.04) dB
+    assert te.psnr(_img(p), _img(t), hole) == pytest.approx(10 * math.log10(1 / 0.2 ** 2), abs=1e-6)
+    assert te.psnr(_img(t), _img(t)) == 100.0
+    m = te.task_metrics("inpainting", _img(p), _img(t), hole)
+    assert m["hole_psnr"] > m["psnr"]
+
+
+def test_baselines_sequential_and_analogy():
+    frames = [_img(np.full((4, 4, 3), 10 * i)) for i in range(8)]
+    ep = te.Episode("next_view", frames)
+    assert ep.prompt(3) == frames[4:7] and ep.target is frames[7]
+    b = ep.baselines(3)
+    assert b["copy_last"] is frames[6] and b["copy_last_answer"] is None
+    assert np.asarray(b["mean_image"])[0, 0, 0] == 50  # mean of 40, 50, 60
+    imgs = [_img(np.full((4, 4, 3), i)) for i in range(16)]
+    ep = te.Episode("depth", imgs)
+    p = ep.prompt(2)
+    assert p == imgs[10:15]  # A6 A6' A7 A7' B
+    b = ep.baselines(2)
+    assert b["copy_last"] is imgs[14] and b["copy_last_answer"] is imgs[13]
+    assert np.asarray(b["mean_image"])[0, 0, 0] == 12  # mean of answers 11 and 13
+
+
+def test_best_baseline_and_checks():
+    res = {"metric": "abs_rel", "higher_is_better": False, "model": {"abs_rel": 0.2},
+           "baselines": {"copy_last": {"abs_rel": 0.5}, "mean_image": {"abs_rel": 0.3}},
+           "ppl_curve": {"x": [1, 7], "ppl": [50.0, 20.0], "axis": "shots"}}
+    assert te.best_baseline(res) == ("mean_image", 0.3)
+    checks = dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))
+    assert checks["depth beats the best baseline"] and checks["depth perplexity falls as shots grow"]
+    res["model"]["abs_rel"] = 0.4
+    checks = dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))
+    assert not checks["depth beats the best baseline"]
+
+
+def test_suite_config_validates():
+    with pytest.raises(te.InputError):
+        te.SuiteConfig(shots=[0, 3])
+    with pytest.raises(te.InputError):
+        te.SuiteConfig(shots=[8])
+    with pytest.raises(te.InputError):
+        te.SuiteConfig(tasks=["nope"])
+
+
+def tiny_pair(tmp_path, seed=0):
+    """A random tiny tokenizer (32 px, 256 codes, K=64) and a random tiny LLaMA, saved to disk."""
+    import torch
+
+    from lvm.model import ModelConfig
+    from tokenizer import VQGAN, VQGANConfig
+
+    torch.manual_seed(seed)
+    tok = VQGAN(VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8,
+                            codebook_size=64))
+    tok.save_pretrained(tmp_path / f"tok{seed}")
+    model = ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        codebook_size=64).build()
+    model.save_pretrained(tmp_path / f"lm{seed}")
+    return tmp_path / f"lm{seed}", tmp_path / f"tok{seed}"
+
+
+def test_episodes_are_heldout_and_deterministic():
+    cfg = te.SuiteConfig(tasks=["next_view", "segmentation", "inpainting"], episodes=1, context=3)
+    a = te.make_episodes(cfg, size=32)
+    b = te.make_episodes(cfg, size=32)
+    from data_builders import render
+
+    held = {o.name for o in render.list_objects("heldout")}
+    assert a["next_view"][0].info["object"] in held
+    assert set(a["segmentation"][0].info["objects"]) <= held
+    assert len(a["next_view"][0].images) == 4 and len(a["segmentation"][0].images) == 16
+    for t in a:
+        for x, y in zip(a[t][0].images, b[t][0].images):
+            assert np.array_equal(np.asarray(x), np.asarray(y))
+    ep = a["inpainting"][0]
+    hole = ep.hole
+    assert hole.any() and not hole.all()
+    assert (np.asarray(ep.images[14])[hole] == 0).all()  # the query's boxes are black where the hole is
+
+
+def test_evaluate_and_report_end_to_end(tmp_path):
+    """Tiny random model + tokenizer through the whole suite, files written and sane."""
+    from lvm.cli import main
+
+    lm, tok = tiny_pair(tmp_path, 0)
+    out = tmp_path / "eval"
+    rc = main(["eval", "tasks", "--model", str(lm), "--tokenizer", str(tok), "--episodes", "1", "--shots", "1,2",
+               "--context", "2", "--precision", "fp32", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    data = json.loads((out / "tasks.json").read_text())
+    assert [m["name"] for m in data["models"]] == ["model"]
+    tasks = data["models"][0]["tasks"]
+    assert set(tasks) == set(te.TASKS)
+    for task, r in tasks.items():
+        assert r["ppl"] > 1 and math.isfinite(r["ppl"])
+        assert r["metric"] in r["model"] and r["metric"] in r["tokenizer_recon"]
+        assert len(r["ppl_curve"]["ppl"]) == 2
+        assert "copy_last" in r["baselines"] and "mean_image" in r["baselines"]
+        assert ("copy_last_answer" in r["baselines"]) == (task in te.ANALOGY)
+    # a random 64-code model is close to uniform: perplexity near K
+    assert 20 < tasks["segmentation"]["ppl"] < 200
+    for f in ("tasks.md", "tasks.png", "ppl.png", "grids/model-segmentation.png", "suite_config.yaml"):
+        assert (out / f).is_file(), f
+    assert "| segmentation |" in (out / "tasks.md").read_text()
+
+
+def test_compare_two_models(tmp_path):
+    from lvm.cli import main
+
+    lm, tok = tiny_pair(tmp_path, 0)
+    lm2, tok2 = tiny_pair(tmp_path, 1)
+    out = tmp_path / "eval"
+    rc = main(["eval", "tasks", "--model", str(lm), "--tokenizer", str(tok), "--compare", str(lm2),
+               "--compare-tokenizer", str(tok2), "--names", "a,b", "--tasks", "next_view,depth", "--episodes", "1",
+               "--shots", "1", "--context", "1", "--precision", "fp32", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    data = json.loads((out / "tasks.json").read_text())
+    a, b = data["models"]
+    assert (a["name"], b["name"]) == ("a", "b") and set(a["tasks"]) == {"next_view", "depth"}
+    assert a["tasks"]["depth"]["ppl"] != b["tasks"]["depth"]["ppl"]  # different random models
+    # baselines are computed on the same rendered episodes for both
+    assert a["tasks"]["depth"]["baselines"] == b["tasks"]["depth"]["baselines"]
+    md = (out / "tasks.md").read_text()
+    assert "a ppl" in md and "b ppl" in md
+    assert (out / "grids" / "b-depth.png").is_file()
+
+
+def test_eval_tasks_mismatched_pair_is_one_line_error(tmp_path, capsys):
+    import torch
+
+    from lvm.cli import main
+    from tokenizer import VQGAN, VQGANConfig
+
+    lm, _ = tiny_pair(tmp_path, 0)
+    torch.manual_seed(0)
+    VQGAN(VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8,
+                      codebook_size=128)).save_pretrained(tmp_path / "tok128")
+    rc = main(["eval", "tasks", "--model", str(lm), "--tokenizer", str(tmp_path / "tok128"), "--out",
+               str(tmp_path / "e"), "--no-progress"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 2 and len(err) == 1 and "128 codes" in err[0]
