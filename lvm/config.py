@@ -173,6 +173,23 @@ def _build(cls: type[T], data: dict, where: str = "") -> T:
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
+def read_yaml_mapping(path: Path, what: str = "file", expected: str = "a YAML mapping") -> dict:
+    """The top-level mapping of a YAML file (empty file -> {}); one-line ConfigError naming `path` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected {expected}")
+    return loaded
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b=value' -> (['a', 'b'], parsed value)."""
     if "=" not in text:
@@ -216,18 +233,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     where = ""
     if path is not None:
         path = find_config_file(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0] if str(e) else "invalid YAML"
-            raise ConfigError(f"{path}: not valid YAML ({first})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        data = loaded
+        data = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
         where = str(path)
     token = _base_dir.set(path.parent if path is not None else None)
     try:

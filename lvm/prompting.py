@@ -119,15 +119,10 @@ def _list(v, key, path):
 
 def load_prompt(path) -> Prompt:
     """Read a prompt YAML file (format in the module docstring)."""
+    from lvm.config import read_yaml_mapping
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such prompt file")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{path}: a prompt file is a YAML mapping with 'mode' and images")
+    d = read_yaml_mapping(path, "prompt file", "a YAML mapping with 'mode' and images")
     known = {"mode", "images", "pairs", "query", "n", "target", "description"}
     if set(d) - known:
         raise InputError(f"{path}: unknown keys {sorted(set(d) - known)} (known: {sorted(known)})")

@@ -18,13 +18,7 @@ def engine(m, dtype=torch.bfloat16):
     return Engine(m, layout=LAYOUT, dtype=dtype, max_context=LAYOUT.context_length)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Decoding tiny models is latency-bound: one thread avoids stalls when other jobs share the 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: decoding is latency-bound
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from lvm.model import ModelConfig
 K = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Decoding tiny models is latency-bound: one thread avoids stalls when other jobs share the 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: decoding is latency-bound
 
 
 def _model_dir(path, codebook=K):
