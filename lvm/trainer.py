@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import time
 from contextlib import nullcontext
@@ -37,7 +36,7 @@ from lvm.model import ModelConfig
 from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
 from lvm.train_config import TrainConfig
 from tokenizer.errors import InputError
-from tokenizer.files import atomic_write_text
+from tokenizer.files import atomic_dir, atomic_write_text, rng_state, set_rng_state
 
 
 class TrainingDiverged(InputError):
@@ -141,39 +140,17 @@ def list_checkpoints(out_dir) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file())
 
 
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-          "python_pos": random.getstate()[2], "numpy": np.random.get_state()[1].tolist(),
-          "numpy_pos": int(np.random.get_state()[2])}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate((3, tuple(st["python"]), st["python_pos"]))
-    np.random.set_state(("MT19937", np.asarray(st["numpy"], dtype=np.uint32), st["numpy_pos"], 0, 0.0))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
 def save_checkpoint(accelerator, model, optimizer, scheduler, out_dir, state: dict, keep_last: int) -> Path:
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
     full_state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
     if accelerator.is_main_process:
-        tmp = root / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
-        # Optimizer/scheduler/RNG: tensors and numbers only, loaded back with weights_only=True.
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state()}, tmp / "trainer_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_dir(final) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
+            # Optimizer/scheduler/RNG: tensors and numbers only, loaded back with weights_only=True.
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng_state()}, tmp / "trainer_state.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         for old in list_checkpoints(out_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -283,7 +260,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         st = torch.load(ckpts[-1] / "trainer_state.pt", weights_only=True)
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
-        _set_rng_state(st["rng"])
+        set_rng_state(st["rng"])
         meta = json.loads((ckpts[-1] / "trainer_state.json").read_text())
         step, consumed, tokens_seen = meta["step"], meta["consumed_batches"], meta["tokens_seen"]
         accelerator.print(f"resuming from {ckpts[-1]} (step {step})")

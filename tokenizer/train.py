@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import shutil
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .files import atomic_write_text
+from .files import atomic_dir, atomic_write_text, rng_state, set_rng_state
 from .train_config import TokenizerTrainConfig
 
 
@@ -52,19 +49,6 @@ def adaptive_weight(nll, g_loss, last_layer, disc_weight):
     g2 = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     w = g1.norm() / (g2.norm() + 1e-4)
     return w.clamp(0.0, 1e4).detach() * disc_weight
-
-
-def _rng_state():
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-            "python_pos": random.getstate()[2], "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2])}
-
-
-def _set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate((3, tuple(s["python"]), s["python_pos"]))
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
 
 
 class Trainer:
@@ -164,27 +148,21 @@ class Trainer:
         disc = self.acc.unwrap_model(self.disc)
         root = self._ckpt_root()
         name = f"step-{self.step:07d}"
-        tmp = root / f".{name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        save_file({k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
-                  str(tmp / "disc.safetensors"))
-        q = model.quantize
-        state = {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "images_seen": self.images_seen, "skipped": self.skipped,
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-            "rng": _rng_state(), "qgen": self.qgen.get_state(),
-            "quantizer": {"idle_steps": q.idle_steps.cpu(), "initialized": q.initialized}
-            if hasattr(q, "idle_steps") else {},
-        }
-        torch.save(state, tmp / "train_state.pt")
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_dir(root / name) as tmp:
+            model.save_pretrained(tmp)
+            save_file({k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
+                      str(tmp / "disc.safetensors"))
+            q = model.quantize
+            state = {
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "images_seen": self.images_seen, "skipped": self.skipped,
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+                "rng": rng_state(), "qgen": self.qgen.get_state(),
+                "quantizer": {"idle_steps": q.idle_steps.cpu(), "initialized": q.initialized}
+                if hasattr(q, "idle_steps") else {},
+            }
+            torch.save(state, tmp / "train_state.pt")
         atomic_write_text(root / "latest", name + "\n")
         # export the newest weights at the top of out_dir (each file atomic)
         model.save_pretrained(self.out)
@@ -218,7 +196,7 @@ class Trainer:
         self.sched_d.load_state_dict(s["sched_d"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         self.images_seen, self.skipped = s["images_seen"], s["skipped"]
-        _set_rng_state(s["rng"])
+        set_rng_state(s["rng"])
         self.qgen.set_state(s["qgen"])
         if s.get("quantizer"):
             self.model.quantize.idle_steps.copy_(s["quantizer"]["idle_steps"])
