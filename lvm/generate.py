@@ -1,9 +1,17 @@
 """Fast image generation for any HF `LlamaForCausalLM` checkpoint: complete a visual sequence image by image.
 
-The model's weights are copied once into a small gpt-fast style decoder (fused QKV and gate/up matrices,
-bf16 by default so the CPU's AMX units do the matrix products) with a static, preallocated KV cache. One
-decoding step is ~15 torch ops per layer and no HF machinery (no cache objects, logits processors or
-stopping criteria), which is where HF `generate()` spends most of its time on small models.
+The model's weights are copied once into a small gpt-fast style decoder (fused QKV and gate/up matrices)
+with a static, preallocated KV cache. One decoding step is ~15 torch ops per layer and no HF machinery (no
+cache objects, logits processors or stopping criteria), which is where HF `generate()` spends most of its
+time on small models.
+
+Precision, chosen for what a CPU does fast (measured on AMD Zen4 with AVX512-BF16 and on Intel with AMX):
+- the prompt (prefill, many tokens at once) runs in `dtype` (bf16 by default): big matrix products;
+- one-token decoding steps run in fp32 activations. Weight matrices up to `FP32_DECODE_BYTES` get an fp32
+  copy (a one-row product with a small matrix is latency-bound and the fp32 kernel is faster; bf16 one-row
+  products were 1.3-3x slower there), larger ones stay in `dtype` (bandwidth-bound: half the bytes wins);
+- the KV cache is fp32: one-query attention over the cache reads every cached byte, and CPU attention
+  kernels for bf16 were ~6x slower than fp32 for one query on Zen4.
 
 Token contract (LVM_REFERENCE.md section 3): a sequence is raw image tokens, 256 per image, image i at
 positions 256*i .. 256*i+255 from the start of the sequence, no BOS. When the prompt plus the next image
@@ -65,7 +73,23 @@ class Generation:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+# fp32 copies for decoding are made of weight matrices up to this size in fp32 (see the module docstring):
+# about a core's L2 cache, so the copies stay small next to the model and only small models get them all.
+FP32_DECODE_BYTES = 0
+
 ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
+
+
+def _decode_weight(w: torch.Tensor) -> torch.Tensor:
+    """The copy of `w` that one-token decoding uses: fp32 when it is a vector or a small matrix."""
+    if w.dtype == torch.float32 or (w.ndim == 2 and w.numel() * 4 > FP32_DECODE_BYTES):
+        return w
+    return w.float()
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T in x's dtype, whatever dtype w is kept in."""
+    return F.linear(x, w) if w.dtype == x.dtype else F.linear(x.to(w.dtype), w).to(x.dtype)
 
 
 def _layer_weights(layer, dtype, consume: bool = False):
@@ -126,6 +150,12 @@ class Engine:
             cos, sin = m.rotary_emb(probe, pos)
             self.cos = cos[0].to(dtype)  # (T, head_dim)
             self.sin = sin[0].to(dtype)
+            self.cos32, self.sin32 = cos[0].float(), sin[0].float()
+            # What one-token decoding steps use (module docstring): fp32 activations, fp32 copies of small
+            # weight matrices, the big ones as they are.
+            self.dec_layers = [{k: _decode_weight(v) for k, v in w.items()} for w in self.layers]
+            self.dec_norm = self.norm.float()
+            self.dec_lm_head = _decode_weight(self.lm_head)
         self.max_batch = 0
         self._alloc(max_batch)
 
@@ -150,8 +180,8 @@ class Engine:
         if batch <= self.max_batch:
             return
         shape = (len(self.layers), batch, self.n_kv, self.context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype)
+        self.k_cache = torch.zeros(shape, dtype=torch.float32)
+        self.v_cache = torch.zeros(shape, dtype=torch.float32)
         self.max_batch = batch
 
     # ---- the decoder ----
@@ -176,31 +206,50 @@ class Engine:
         if end > self.context:
             raise InputError(f"sequence of {end} tokens passes the context of {self.context}")
         self._alloc(B)
+        if T == 1:
+            return self._decode(tokens, start)
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # broadcast over heads
         x = F.embedding(tokens, self.embed)
-        if T == 1:
-            mask, causal = None, False
-        elif start == 0:
-            mask, causal = None, True
-        else:  # a chunk after cached tokens: causal within the chunk, full view of the cache
-            mask = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start)
-            causal = False
+        # A chunk after cached tokens is causal within itself and sees the whole cache.
+        mask = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start) if start else None
         for i, w in enumerate(self.layers):
             h = self._norm(x, w["attn_norm"])
             qkv = F.linear(h, w["wqkv"]).view(B, T, H + 2 * Hkv, hd)
             # q and k share one rope call; the cache takes k and v in (B, heads, T, hd) layout.
             qk = self._rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)
-            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
-            kc[:, :, start:end] = qk[:, H:]
-            vc[:, :, start:end] = qkv[:, :, H + Hkv:].transpose(1, 2)
-            y = F.scaled_dot_product_attention(qk[:, :H], kc[:, :, :end], vc[:, :, :end], attn_mask=mask,
-                                               is_causal=causal, enable_gqa=Hkv != H)
+            k, v = qk[:, H:], qkv[:, :, H + Hkv:].transpose(1, 2)
+            self.k_cache[i, :B, :, start:end] = k
+            self.v_cache[i, :B, :, start:end] = v
+            if start:
+                k, v = (c[i, :B, :, :end].to(x.dtype) for c in (self.k_cache, self.v_cache))
+            y = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=Hkv != H)
             x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w["wo"])
             g, u = F.linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(g) * u, w["w2"])
         x = self._norm(x[:, -1], self.norm)
         return F.linear(x, self.lm_head).float()
+
+    def _decode(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """One new token per row (B, 1) at position `pos`: fp32 activations (module docstring)."""
+        B = tokens.shape[0]
+        H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
+        cos, sin = self.cos32[pos], self.sin32[pos]
+        x = F.embedding(tokens, self.embed).float()
+        for i, w in enumerate(self.dec_layers):
+            h = self._norm(x, w["attn_norm"])
+            qkv = _linear(h, w["wqkv"]).view(B, 1, H + 2 * Hkv, hd)
+            qk = self._rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)
+            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
+            kc[:, :, pos] = qk[:, H:, 0]
+            vc[:, :, pos] = qkv[:, 0, H + Hkv:]
+            y = F.scaled_dot_product_attention(qk[:, :H], kc[:, :, :pos + 1], vc[:, :, :pos + 1],
+                                               enable_gqa=Hkv != H)
+            x = x + _linear(y.transpose(1, 2).reshape(B, 1, H * hd), w["wo"])
+            g, u = _linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
+            x = x + _linear(F.silu(g) * u, w["w2"])
+        return _linear(self._norm(x[:, -1], self.dec_norm), self.dec_lm_head)
 
     # ---- sampling ----
     def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:

@@ -172,3 +172,23 @@ def test_cli_eval_recon_encode_decode(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lvm", "tokenizer", "eval", str(tmp_path / "nope"), "--images",
                         str(imgs)], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_random_crops_and_crop_config(tmp_path):
+    from lvm.config import load_config
+    from tokenizer.train import Trainer, random_crops
+    from tokenizer.train_config import TokenizerTrainConfig
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    torch.manual_seed(0)
+    c = random_crops(x, 4)
+    assert c.shape == (2, 3, 4, 4)
+    for img, crop in zip(x, c):  # each crop is a contiguous window of its own image
+        t, l = divmod(int(crop[0, 0, 0]) - int(img[0, 0, 0]), 8)
+        assert torch.equal(crop, img[:, t:t + 4, l:l + 4])
+    assert random_crops(x, None) is x and random_crops(x, 8) is x
+    # a crop that the downsampling factor does not divide is refused before any work
+    cfg = load_config(TokenizerTrainConfig, None, TINY + [f"data.path={tmp_path}", "data.crop=3",
+                                                          f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(InputError, match="data.crop=3"):
+        Trainer(cfg, log=lambda *a: None).train()

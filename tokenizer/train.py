@@ -40,6 +40,17 @@ def lr_lambda(cfg: TokenizerTrainConfig):
     return f
 
 
+def random_crops(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """A random size x size window of each image (B, C, H, W); torch's global RNG, so a resumed run
+    (which restores it) cuts the same crops."""
+    if not size or size >= min(x.shape[-2:]):
+        return x
+    b, _, h, w = x.shape
+    top = torch.randint(0, h - size + 1, (b,)).tolist()
+    left = torch.randint(0, w - size + 1, (b,)).tolist()
+    return torch.stack([img[:, t:t + size, l:l + size] for img, t, l in zip(x, top, left)])
+
+
 def hinge_d_loss(real, fake):
     return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
 
@@ -67,6 +78,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.data.path is None:
             raise InputError("data.path is not set (a folder of images, a list file or .tar shards)")
+        f = cfg.model.downsample
+        if cfg.data.crop is not None and (cfg.data.crop < f or cfg.data.crop % f):
+            raise InputError(f"data.crop={cfg.data.crop} must be a positive multiple of the downsampling factor {f}")
         self.acc = Accelerator(mixed_precision="bf16" if cfg.mixed_precision == "bf16" else "no", gradient_accumulation_steps=cfg.grad_accum,
                                cpu=not torch.cuda.is_available())
         set_seed(cfg.seed + self.acc.process_index)
@@ -260,7 +274,7 @@ class Trainer:
                 break
             logs = {}
             for _ in range(cfg.grad_accum):
-                x = next(batches).to(self.acc.device)
+                x = random_crops(next(batches), cfg.data.crop).to(self.acc.device)
                 with self.acc.accumulate(model, disc):
                     gan_on = self.step >= cfg.loss.disc_start
                     with self.acc.autocast():
