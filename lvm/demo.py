@@ -248,7 +248,7 @@ class Demo:
             raise InputError(f"tokenizer resolution {tc.model.resolution} != demo image_size {self.cfg.image_size}")
         plan = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes, lambda: _probe_tokenizer(tc))
         tc.max_steps = plan["steps"]
-        res = Trainer(tc, save_config=save_config, log=self.log).train(resume=True)
+        res = Trainer(tc, save_config=save_config, log=self.log, progress=self.progress).train(resume=True)
         run = Path(tc.out_dir)
         self.tok_dir.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):

@@ -63,8 +63,8 @@ def adaptive_weight(nll, g_loss, last_layer, disc_weight):
 
 
 class Trainer:
-    def __init__(self, cfg: TokenizerTrainConfig, save_config=None, log=print):
-        self.cfg, self.log, self.save_config = cfg, log, save_config
+    def __init__(self, cfg: TokenizerTrainConfig, save_config=None, log=print, progress: bool = True):
+        self.cfg, self.log, self.save_config, self.progress = cfg, log, save_config, progress
         self.out = Path(cfg.out_dir)
 
     # ---------- setup ----------
@@ -260,7 +260,7 @@ class Trainer:
         t_start = time.time()
         batches = self._batches()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
-                   disable=not self.acc.is_main_process)
+                   disable=not (self.acc.is_main_process and self.progress))
         t_last, img_last = time.time(), self.images_seen
         last_loss = None
         history = []
