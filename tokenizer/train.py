@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 import warnings
@@ -242,7 +243,7 @@ class Trainer:
 
         cfg = self.cfg
         # The discriminator's optimizer first steps at disc_start; its schedule still counts every step.
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
         self._setup(resume)
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
