@@ -7,11 +7,11 @@ time on small models.
 
 Precision, chosen for what a CPU does fast (measured on AMD Zen4 with AVX512-BF16 and on Intel with AMX):
 - the prompt (prefill, many tokens at once) runs in `dtype` (bf16 by default): big matrix products;
-- one-token decoding steps run in fp32 activations. Weight matrices up to `FP32_DECODE_BYTES` get an fp32
-  copy (a one-row product with a small matrix is latency-bound and the fp32 kernel is faster; bf16 one-row
-  products were 1.3-3x slower there), larger ones stay in `dtype` (bandwidth-bound: half the bytes wins);
-- the KV cache is fp32: one-query attention over the cache reads every cached byte, and CPU attention
-  kernels for bf16 were ~6x slower than fp32 for one query on Zen4.
+- one-token decoding steps run fp32 activations (norms, rope, residual stream) and keep the weight matrices
+  in `dtype` (one-row products are bandwidth-bound: half the bytes; fp32 copies of the small matrices
+  measured no faster at 2 threads on Zen4);
+- the KV cache is fp32: one-query attention over 1,800 cached bf16 keys took ~1 ms per layer on Zen4
+  (PyTorch's CPU kernels have no fast bf16 path there) against ~0.16 ms in fp32.
 
 Token contract (LVM_REFERENCE.md section 3): a sequence is raw image tokens, 256 per image, image i at
 positions 256*i .. 256*i+255 from the start of the sequence, no BOS. When the prompt plus the next image
@@ -73,18 +73,12 @@ class Generation:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-# fp32 copies for decoding are made of weight matrices up to this size in fp32 (see the module docstring):
-# about a core's L2 cache, so the copies stay small next to the model and only small models get them all.
-FP32_DECODE_BYTES = 0
-
 ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
 
 
 def _decode_weight(w: torch.Tensor) -> torch.Tensor:
-    """The copy of `w` that one-token decoding uses: fp32 when it is a vector or a small matrix."""
-    if w.dtype == torch.float32 or (w.ndim == 2 and w.numel() * 4 > FP32_DECODE_BYTES):
-        return w
-    return w.float()
+    """What one-token decoding uses of `w`: vectors (norm weights) in fp32, matrices as they are."""
+    return w.float() if w.ndim == 1 else w
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -151,11 +145,9 @@ class Engine:
             self.cos = cos[0].to(dtype)  # (T, head_dim)
             self.sin = sin[0].to(dtype)
             self.cos32, self.sin32 = cos[0].float(), sin[0].float()
-            # What one-token decoding steps use (module docstring): fp32 activations, fp32 copies of small
-            # weight matrices, the big ones as they are.
+            # One-token decoding (module docstring): fp32 norm weights, the matrices as they are.
             self.dec_layers = [{k: _decode_weight(v) for k, v in w.items()} for w in self.layers]
             self.dec_norm = self.norm.float()
-            self.dec_lm_head = _decode_weight(self.lm_head)
         self.max_batch = 0
         self._alloc(max_batch)
 
@@ -249,7 +241,7 @@ class Engine:
             x = x + _linear(y.transpose(1, 2).reshape(B, 1, H * hd), w["wo"])
             g, u = _linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + _linear(F.silu(g) * u, w["w2"])
-        return _linear(self._norm(x[:, -1], self.dec_norm), self.dec_lm_head)
+        return _linear(self._norm(x[:, -1], self.dec_norm), self.lm_head)
 
     # ---- sampling ----
     def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
