@@ -8,10 +8,11 @@ time on small models.
 Precision, chosen for what a CPU does fast (measured on AMD Zen4 with AVX512-BF16 and on Intel with AMX):
 - the prompt (prefill, many tokens at once) runs in `dtype` (bf16 by default): big matrix products;
 - one-token decoding steps run fp32 activations (norms, rope, residual stream) and keep the weight matrices
-  in `dtype` (one-row products are bandwidth-bound: half the bytes; fp32 copies of the small matrices
-  measured no faster at 2 threads on Zen4);
-- the KV cache is fp32: one-query attention over 1,800 cached bf16 keys took ~1 ms per layer on Zen4
-  (PyTorch's CPU kernels have no fast bf16 path there) against ~0.16 ms in fp32.
+  in `dtype`: one-row products are bandwidth-bound, so half the bytes is nearly half the time;
+- with bf16 weights, decoding uses the compiled CPU kernels of `lvm.kernels` (bf16 weights and a bf16 KV
+  cache streamed with fp32 arithmetic, ~2x PyTorch's bandwidth on these shapes, attention in one pass).
+  Without them (no compiler, LVM_KERNELS=0, fp32 engines) it uses PyTorch ops over an fp32 KV cache:
+  PyTorch's one-query attention over 1,800 bf16 keys took ~1 ms per layer on Zen4 against ~0.16 ms in fp32.
 
 Token contract (LVM_REFERENCE.md section 3): a sequence is raw image tokens, 256 per image, image i at
 positions 256*i .. 256*i+255 from the start of the sequence, no BOS. When the prompt plus the next image
@@ -110,7 +111,8 @@ class Engine:
     """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`."""
 
     def __init__(self, model, layout: TokenLayout | None = None, dtype: torch.dtype = torch.bfloat16,
-                 max_batch: int = 8, max_context: int | None = None, consume: bool = False):
+                 max_batch: int = 8, max_context: int | None = None, consume: bool = False,
+                 kernels: bool = True):
         cfg = model.config
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise InputError(f"only SiLU LLaMA models are supported, got hidden_act={cfg.hidden_act}")
@@ -148,6 +150,13 @@ class Engine:
             # One-token decoding (module docstring): fp32 norm weights, the matrices as they are.
             self.dec_layers = [{k: _decode_weight(v) for k, v in w.items()} for w in self.layers]
             self.dec_norm = self.norm.float()
+        # The compiled decode kernels take bf16 weights only; fp32 engines are the exact reference path.
+        self.kernels = None
+        if kernels and dtype == torch.bfloat16:
+            from lvm import kernels as _k
+
+            self.kernels = _k.load()
+        self.cache_dtype = torch.bfloat16 if self.kernels is not None else torch.float32
         self.max_batch = 0
         self._alloc(max_batch)
 
@@ -172,8 +181,8 @@ class Engine:
         if batch <= self.max_batch:
             return
         shape = (len(self.layers), batch, self.n_kv, self.context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=torch.float32)
-        self.v_cache = torch.zeros(shape, dtype=torch.float32)
+        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype)
+        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype)
         self.max_batch = batch
 
     # ---- the decoder ----
@@ -199,6 +208,8 @@ class Engine:
             raise InputError(f"sequence of {end} tokens passes the context of {self.context}")
         self._alloc(B)
         if T == 1:
+            if self.kernels is not None:
+                return self._decode_kernels(tokens[:, 0], start)
             return self._decode(tokens, start)
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # broadcast over heads
@@ -242,6 +253,26 @@ class Engine:
             g, u = _linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + _linear(F.silu(g) * u, w["w2"])
         return _linear(self._norm(x[:, -1], self.dec_norm), self.lm_head)
+
+    def _decode_kernels(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """`_decode` with the compiled kernels: bf16 weights and cache, fp32 activations, rows (B, D)."""
+        kn = self.kernels
+        B = tokens.shape[0]
+        H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
+        cos, sin = self.cos32[pos], self.sin32[pos]
+        scale = 1.0 / hd ** 0.5
+        x = F.embedding(tokens, self.embed).float()
+        for i, w in enumerate(self.dec_layers):
+            qkv = kn.linear(self._norm(x, w["attn_norm"]), w["wqkv"]).view(B, H + 2 * Hkv, hd)
+            qk = self._rope(qkv[:, : H + Hkv], cos, sin)
+            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
+            kc[:, :, pos] = qk[:, H:]
+            vc[:, :, pos] = qkv[:, H + Hkv:]
+            y = kn.attend(qk[:, :H].contiguous(), kc, vc, pos + 1, scale)
+            x = x + kn.linear(y.view(B, H * hd), w["wo"])
+            g, u = kn.linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
+            x = x + kn.linear(F.silu(g) * u, w["w2"])
+        return kn.linear(self._norm(x, self.dec_norm), self.lm_head)
 
     # ---- sampling ----
     def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:

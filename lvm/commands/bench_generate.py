@@ -4,7 +4,9 @@ Both sides use the same weights (a randomly initialised model of the chosen conf
 the same sampling (temperature, top-k 50, ids >= K forbidden; HF gets them as `suppress_tokens`). HF runs
 with its default settings: the model as loaded (float32), its default dynamic cache and attention. Runs
 alternate ours / HF in one process so background load hits both alike; the median of --repeats runs is
-reported. Time includes the prompt's prefill; tokens/s = candidates * 256 / time.
+reported. Time includes the prompt's prefill; tokens/s = candidates * 256 / time. The engine decodes
+with the compiled CPU kernels of `lvm.kernels` when it can (setup includes their one-time build);
+LVM_KERNELS=0 shows the plain-PyTorch engine.
 
     lvm bench generate --model tiny --batch 1,4
     lvm bench generate --model 100m --batch 1 --repeats 2 --threads 1
@@ -71,8 +73,13 @@ def run(args):
     g = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, K, (args.prompt_images, tpi), generator=g)
     samp = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=1.0, seed=args.seed)
+    from lvm import kernels
+
+    decode = "compiled CPU decode kernels" if engine.kernels is not None else (
+        f"PyTorch decode ops: {kernels.why_not() or 'fp32 engine'}")
     print(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {args.prompt_images} images "
-          f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens); engine {args.dtype} (setup {setup:.2f}s), "
+          f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens); engine {args.dtype}, {decode} "
+          f"(setup {setup:.2f}s), "
           f"HF generate() float32 defaults; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}")
 

@@ -1,0 +1,96 @@
+"""The CPU decode kernels (lvm/csrc/decode.cpp), compiled once per machine and cached.
+
+`load()` returns the compiled module, or None when it cannot be had (no C++ compiler, a failed build, or
+LVM_KERNELS=0), in which case the engine decodes with plain PyTorch ops (slower, same results up to
+rounding). The build takes ~40 s the first time and is cached by torch.utils.cpp_extension under
+$TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), keyed by the source, the flags and this CPU's
+instruction set (the code is compiled with -march=native).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+_SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
+_module = None
+_tried = False
+_why_not: str | None = None
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU's feature flags: a binary built with -march=native is only good for them."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    import platform
+
+    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
+
+
+def load(verbose: bool = True):
+    """The compiled kernels, building them on first use; None if unavailable (see `why_not()`)."""
+    global _module, _tried, _why_not
+    if _tried:
+        return _module
+    _tried = True
+    if os.environ.get("LVM_KERNELS", "1") == "0":
+        _why_not = "LVM_KERNELS=0"
+        return None
+    import torch
+
+    if sys.platform == "win32":
+        _why_not = "not built on Windows"
+        return None
+    try:
+        import ninja  # the pip package: torch's builder needs the `ninja` binary on PATH
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    import logging
+
+    # Importing the builder logs "No CUDA runtime is found" on CPU machines: true and irrelevant here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    name = f"lvm_decode_{_cpu_tag()}"
+    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    lock = build_dir / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+        # A build killed hard (SIGKILL) leaves torch's lock file behind, and every later load would wait on it
+        # forever; a build takes under a minute, so an old lock is a dead one.
+        lock.unlink(missing_ok=True)
+    fresh = not any(build_dir.glob("*.so"))
+    if fresh and verbose:
+        print("lvm: compiling the CPU decode kernels (once per machine, ~40 s) ...", file=sys.stderr, flush=True)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no CUDA runtime found": these kernels are CPU-only
+            _module = cpp_extension.load(
+                name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as e:  # no compiler, no ninja, a compile error: decode without them
+        lines = str(e).strip().splitlines()
+        _why_not = f"build failed ({lines[-1] if lines else type(e).__name__})"
+        if verbose:
+            print(f"lvm: CPU decode kernels unavailable: {_why_not}; decoding with plain PyTorch ops",
+                  file=sys.stderr, flush=True)
+        _module = None
+    del torch
+    return _module
+
+
+def why_not() -> str | None:
+    """Why `load()` returned None (None if it has not been called or succeeded)."""
+    return _why_not

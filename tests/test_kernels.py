@@ -1,0 +1,76 @@
+"""The compiled CPU decode kernels against PyTorch, and the engine with them against the engine without."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lvm import kernels
+from lvm.generate import Engine, Sampling
+from lvm.model import ModelConfig
+from lvm.tokens import TokenLayout
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def kn():
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: the engine decodes with PyTorch ops (tested in test_generate)")
+    k = kernels.load()
+    assert k is not None, f"kernels failed to build: {kernels.why_not()}"
+    return k
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 9])
+def test_linear_matches_torch(kn, B):
+    g = torch.Generator().manual_seed(B)
+    w = torch.randn(37, 70, generator=g).bfloat16()  # 70 inputs: a 16-lane body and a tail
+    x = torch.randn(B, 70, generator=g)
+    ref = x.double() @ w.double().T
+    torch.testing.assert_close(kn.linear(x, w).double(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("T", [1, 5, 300])  # 300 > the kernel's 128-key chunk: the running max rescales
+def test_attend_matches_sdpa_with_gqa_and_cache_views(kn, T):
+    g = torch.Generator().manual_seed(T)
+    B, H, Hkv, D, Tmax = 2, 6, 3, 16, 320
+    # Views of a bigger cache (more rows, longer context), as the engine passes them.
+    kc = torch.randn(3, Hkv, Tmax, D, generator=g).bfloat16()[:B]
+    vc = torch.randn(3, Hkv, Tmax, D, generator=g).bfloat16()[:B]
+    q = torch.randn(B, H, D, generator=g) * 3
+    out = kn.attend(q, kc, vc, T, D ** -0.5)
+    ref = F.scaled_dot_product_attention(q[:, :, None].double(), kc[:, :, :T].double(), vc[:, :, :T].double(),
+                                         enable_gqa=True)[:, :, 0]
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_with_kernels_close_to_without(kn):
+    K = 64
+    layout = TokenLayout(codebook_size=K, tokens_per_image=16, images_per_context=4)
+    torch.manual_seed(0)
+    m = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, codebook_size=K, max_position_embeddings=256).build().eval()
+    fast = Engine(m, layout=layout, dtype=torch.bfloat16, max_context=64)
+    plain = Engine(m, layout=layout, dtype=torch.bfloat16, max_context=64, kernels=False)
+    assert fast.kernels is not None and fast.k_cache.dtype == torch.bfloat16
+    assert plain.kernels is None and plain.k_cache.dtype == torch.float32
+    prompt = torch.randint(0, K, (2, 40), generator=torch.Generator().manual_seed(1))
+    for e in (fast, plain):
+        e.forward(prompt, 0)
+    for pos in range(40, 44):  # several decode steps: each reads what the previous ones cached
+        tok = torch.randint(0, K, (2, 1), generator=torch.Generator().manual_seed(pos))
+        a, b = fast.forward(tok, pos), plain.forward(tok, pos)
+        # Only rounding differs (bf16 cache vs fp32 cache, fp32 vs bf16 matrix inputs).
+        assert (a - b).abs().max() <= 0.02 * b.abs().max(), pos
+    out = fast.generate(prompt[0, :32].view(-1, 16), n_new=1, candidates=3, sampling=Sampling(temperature=1.0))
+    assert out.images.shape == (3, 1, 16) and int(out.images.max()) < K
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_why_not", None)
+    monkeypatch.setenv("LVM_KERNELS", "0")
+    assert kernels.load() is None and kernels.why_not() == "LVM_KERNELS=0"
