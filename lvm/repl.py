@@ -333,7 +333,9 @@ class Session:
             save_png(self.last["grid_image"], d / "grid.png")
             from tokenizer.files import atomic_write_text
 
-            atomic_write_text(d / "generation.json", json.dumps(self.last["info"], indent=2) + "\n")
+            # The saved folder stands alone: its generation.json names the copies, not the session's files.
+            info = dict(self.last["info"], files=[Path(f).name for f in self.last["files"]])
+            atomic_write_text(d / "generation.json", json.dumps(info, indent=2) + "\n")
             msg += f", {len(self.last['files'])} candidate PNGs and grid.png"
         self.print(msg)
 
