@@ -109,7 +109,30 @@ def build_encoder_decoder(cfg: VQGANConfig) -> tuple[nn.Module, nn.Module]:
     if not cfg.mid_attention:
         encoder.mid.attn_1 = nn.Identity()
         decoder.mid.attn_1 = nn.Identity()
+    for net in (encoder, decoder):
+        _swap_group_norms(net)
     return encoder, decoder
+
+
+class TrainingGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that hands its input over contiguous when autograd is on.
+
+    oneDNN's bf16 convolutions return channels-last tensors, and PyTorch's CPU GroupNorm backward on
+    those is ~7x slower than on contiguous ones (a third of a training step, measured on Zen4). Inference
+    stays channels-last, where the forward is the faster layout. Same parameters, same state-dict keys.
+    """
+
+    def forward(self, x):
+        return super().forward(x.contiguous() if torch.is_grad_enabled() else x)
+
+
+def _swap_group_norms(net: nn.Module):
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.GroupNorm:
+                new = TrainingGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+                new.load_state_dict(child.state_dict())
+                setattr(parent, name, new)
 
 
 def _resblock(blk, x):
