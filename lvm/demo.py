@@ -62,7 +62,7 @@ class DemoConfig:
     train: str = "configs/train/tiny.yaml"
     train_overrides: list[str] = field(default_factory=list)
     train_steps: int = 600                  # at most; fewer when the timing probe says they do not fit
-    train_minutes: float = 6.5              # the transformer stage's time budget (+ ~1.5 min probe, saving)
+    train_minutes: float = 7.5              # the transformer stage's time budget (+ ~1.5 min probe, saving)
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
     eval_episodes: int = 4
