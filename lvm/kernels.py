@@ -45,8 +45,6 @@ def load(verbose: bool = True):
     if os.environ.get("LVM_KERNELS", "1") == "0":
         _why_not = "LVM_KERNELS=0"
         return None
-    import torch
-
     if sys.platform == "win32":
         _why_not = "not built on Windows"
         return None
@@ -87,7 +85,6 @@ def load(verbose: bool = True):
             print(f"lvm: CPU decode kernels unavailable: {_why_not}; decoding with plain PyTorch ops",
                   file=sys.stderr, flush=True)
         _module = None
-    del torch
     return _module
 
 
