@@ -87,6 +87,13 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w) if w.dtype == x.dtype else F.linear(x.to(w.dtype), w).to(x.dtype)
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: float) -> torch.Tensor:
+    """PyTorch twin of the `attend` kernel: one query per head (B, H, hd) over the first T cached positions."""
+    H, Hkv = q.shape[1], k.shape[1]
+    return F.scaled_dot_product_attention(q[:, :, None], k[:, :, :T], v[:, :, :T], scale=scale,
+                                          enable_gqa=Hkv != H)[:, :, 0]
+
+
 def _layer_weights(layer, dtype, consume: bool = False):
     at, mlp = layer.self_attn, layer.mlp
     for lin in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
@@ -208,9 +215,7 @@ class Engine:
             raise InputError(f"sequence of {end} tokens passes the context of {self.context}")
         self._alloc(B)
         if T == 1:
-            if self.kernels is not None:
-                return self._decode_kernels(tokens[:, 0], start)
-            return self._decode(tokens, start)
+            return self._decode(tokens[:, 0], start)
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # broadcast over heads
         x = F.embedding(tokens, self.embed)
@@ -235,44 +240,27 @@ class Engine:
         return F.linear(x, self.lm_head).float()
 
     def _decode(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        """One new token per row (B, 1) at position `pos`: fp32 activations (module docstring)."""
-        B = tokens.shape[0]
-        H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
-        cos, sin = self.cos32[pos], self.sin32[pos]
-        x = F.embedding(tokens, self.embed).float()
-        for i, w in enumerate(self.dec_layers):
-            h = self._norm(x, w["attn_norm"])
-            qkv = _linear(h, w["wqkv"]).view(B, 1, H + 2 * Hkv, hd)
-            qk = self._rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)
-            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
-            kc[:, :, pos] = qk[:, H:, 0]
-            vc[:, :, pos] = qkv[:, 0, H + Hkv:]
-            y = F.scaled_dot_product_attention(qk[:, :H], kc[:, :, :pos + 1], vc[:, :, :pos + 1],
-                                               enable_gqa=Hkv != H)
-            x = x + _linear(y.transpose(1, 2).reshape(B, 1, H * hd), w["wo"])
-            g, u = _linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
-            x = x + _linear(F.silu(g) * u, w["w2"])
-        return _linear(self._norm(x[:, -1], self.dec_norm), self.lm_head)
-
-    def _decode_kernels(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        """`_decode` with the compiled kernels: bf16 weights and cache, fp32 activations, rows (B, D)."""
+        """One new token per row (tokens (B,) at position `pos`): fp32 activations (module docstring), with
+        the compiled kernels when the engine has them, else PyTorch ops (same math, rows (B, D))."""
         kn = self.kernels
+        linear = kn.linear if kn is not None else _linear
+        attend = kn.attend if kn is not None else _attend
         B = tokens.shape[0]
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos32[pos], self.sin32[pos]
         scale = 1.0 / hd ** 0.5
         x = F.embedding(tokens, self.embed).float()
         for i, w in enumerate(self.dec_layers):
-            qkv = kn.linear(self._norm(x, w["attn_norm"]), w["wqkv"]).view(B, H + 2 * Hkv, hd)
+            qkv = linear(self._norm(x, w["attn_norm"]), w["wqkv"]).view(B, H + 2 * Hkv, hd)
             qk = self._rope(qkv[:, : H + Hkv], cos, sin)
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
             kc[:, :, pos] = qk[:, H:]
             vc[:, :, pos] = qkv[:, H + Hkv:]
-            y = kn.attend(qk[:, :H].contiguous(), kc, vc, pos + 1, scale)
-            x = x + kn.linear(y.view(B, H * hd), w["wo"])
-            g, u = kn.linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
-            x = x + kn.linear(F.silu(g) * u, w["w2"])
-        return kn.linear(self._norm(x, self.dec_norm), self.lm_head)
+            y = attend(qk[:, :H].contiguous(), kc, vc, pos + 1, scale)
+            x = x + linear(y.view(B, H * hd), w["wo"])
+            g, u = linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
+            x = x + linear(F.silu(g) * u, w["w2"])
+        return linear(self._norm(x, self.dec_norm), self.lm_head)
 
     # ---- sampling ----
     def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,6 @@ def _cpu_tag() -> str:
                 break
     except OSError:
         pass
-    import platform
-
     return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
 
 
@@ -71,13 +70,9 @@ def load(verbose: bool = True):
     if fresh and verbose:
         print("lvm: compiling the CPU decode kernels (once per machine, ~40 s) ...", file=sys.stderr, flush=True)
     try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "no CUDA runtime found": these kernels are CPU-only
-            _module = cpp_extension.load(
-                name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
-                extra_ldflags=["-fopenmp"], verbose=False)
+        _module = cpp_extension.load(
+            name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # no compiler, no ninja, a compile error: decode without them
         lines = str(e).strip().splitlines()
         _why_not = f"build failed ({lines[-1] if lines else type(e).__name__})"
