@@ -98,6 +98,19 @@ def test_best_baseline_and_checks():
     res["model"]["abs_rel"] = 0.4
     checks = dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))
     assert not checks["depth beats the best baseline"]
+    ceiling = "depth: the tokenizer's reconstruction of the truth can reach the bar (the best baseline)"
+    assert ceiling not in checks  # no reconstruction measured: no ceiling line
+    res["tokenizer_recon"] = {"abs_rel": 0.35}
+    assert not dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))[ceiling]
+    res["tokenizer_recon"] = {"abs_rel": 0.1}
+    assert dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))[ceiling]
+    seg = {"metric": "miou", "higher_is_better": True, "model": {"miou": 0.1},
+           "baselines": {"copy_last_answer": {"miou": 0.65}}, "tokenizer_recon": {"miou": 0.7},
+           "ppl_curve": {"x": [7], "ppl": [3.0], "axis": "shots"}}
+    seg_ceiling = "segmentation: the tokenizer's reconstruction of the truth can reach the bar (>= 0.75 and the best baseline)"
+    assert not dict((c, ok) for c, ok, _ in te.quality_checks({"segmentation": seg}))[seg_ceiling]
+    seg["tokenizer_recon"]["miou"] = 0.8
+    assert dict((c, ok) for c, ok, _ in te.quality_checks({"segmentation": seg}))[seg_ceiling]
 
 
 def test_suite_config_validates():

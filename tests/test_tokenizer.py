@@ -219,9 +219,9 @@ def test_weights_only_refuses_pickled_objects(tmp_path):
 
 
 def _tiny(quantizer="l2", **kw):
-    return VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                       attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8,
-                       codebook_size=64, quantizer=quantizer, **kw)
+    base = dict(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                mid_attention=False, z_channels=8, embed_dim=8, codebook_size=64, quantizer=quantizer)
+    return VQGANConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize("quantizer", ["l2", "normed"])
@@ -252,6 +252,8 @@ def test_own_format_round_trip_and_api(tmp_path, quantizer):
 def test_norm_groups(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="norm_groups"):
         _tiny(norm_groups=5)
+    with pytest.raises(ValueError, match="num_res_blocks"):
+        _tiny(num_res_blocks=0)
     torch.manual_seed(0)
     tok = VQGAN(_tiny(norm_groups=1)).eval()
     norms = [m for m in tok.modules() if isinstance(m, torch.nn.GroupNorm)]

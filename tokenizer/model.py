@@ -71,6 +71,9 @@ class VQGANConfig:
             raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor {f}")
         if self.hidden_channels % 32:
             raise ValueError("hidden_channels must be a multiple of 32 (taming builds GroupNorms of 32 groups)")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1 (taming's encoder has no path without a block), "
+                             f"got {self.num_res_blocks}")
         if self.norm_groups < 1 or self.hidden_channels % self.norm_groups:
             raise ValueError(f"norm_groups {self.norm_groups} must divide hidden_channels {self.hidden_channels}")
         if self.quantizer not in ("l2", "normed"):
