@@ -51,13 +51,10 @@ class DemoConfig:
     # tokenizer: a tokenizer training config + overrides; stops at whichever comes first
     tokenizer: str = "configs/tokenizer/small-128-f8.yaml"
     # 64 px crops: a step costs a quarter of a 128 px one, so the tokenizer sees 4x more images in its
-    # budget (9-10 dB after 4.5 min of 128 px steps; ~18 dB with crops on one core). Batch 8, not 16:
-    # object colour is learned late and by step count more than by images seen (same ~8 min: 1600 steps
-    # of 8 give RGB 27.3 dB and blue/green segmentation colours, 780 of 16 gave 24.4 dB and gray objects).
-    # K = 1024: on this little data a smaller codebook is better used, and the transformer's softmax is
-    # 8x smaller.
+    # budget (9-10 dB after 4.5 min of 128 px steps; ~18 dB with crops on one core). K = 1024: on this
+    # little data a smaller codebook is better used, and the transformer's softmax is 8x smaller.
     tokenizer_overrides: list[str] = field(default_factory=lambda: [
-        "data.crop=64", "batch_size=8", "model.codebook_size=1024", "lr=1e-3", "min_lr=1e-4",
+        "data.crop=64", "batch_size=16", "model.codebook_size=1024", "lr=1e-3", "min_lr=1e-4",
         "warmup_steps=30"])
     tokenizer_steps: int = 3000             # at most; fewer when a timing probe says they do not fit:
     tokenizer_minutes: float = 6.0          # the stage's time budget (also a hard stop)
