@@ -121,7 +121,7 @@ def test_cli_print_config_and_help():
                           "--print-config"], capture_output=True, text=True)
     assert out.returncode == 0 and "max_steps: 7" in out.stdout and "hidden_size: 256" in out.stdout
     out = subprocess.run([sys.executable, "-m", "lvm", "train", "--help"], capture_output=True, text=True)
-    assert "--init-from" in out.stdout and "--resume" in out.stdout
+    assert "--init-from" in out.stdout and "--resume" in out.stdout and "--no-progress" in out.stdout
 
 
 def test_shipped_tiny_yaml_trains_on_full_contract_shards(tmp_path):

@@ -21,6 +21,7 @@ from lvm.config import add_config_arguments, resolve_config
 def add_arguments(p):
     add_config_arguments(p, default="configs/tokenizer/small-128-f8.yaml")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt/latest if present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only), e.g. for log files")
 
 
 def run(args):
@@ -32,5 +33,5 @@ def run(args):
     from lvm.config import save_config
     from tokenizer.train import Trainer
 
-    Trainer(cfg, save_config=save_config).train(resume=args.resume)
+    Trainer(cfg, save_config=save_config, progress=not args.no_progress).train(resume=args.resume)
     return 0

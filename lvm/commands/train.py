@@ -24,6 +24,7 @@ def add_arguments(p):
                    help="continue from the newest checkpoint in out_dir (exactly: data position, optimizer, RNG)")
     p.add_argument("--init-from", metavar="HF_DIR", default=None,
                    help="start from the weights of a Hugging Face LlamaForCausalLM directory (fine-tuning)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only), e.g. for log files")
 
 
 def run(args):
@@ -34,7 +35,7 @@ def run(args):
         return 0
     from lvm.trainer import train
 
-    summary = train(cfg, resume=args.resume, init_from=args.init_from)
+    summary = train(cfg, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:
