@@ -62,6 +62,8 @@ def reference_encode(sd, x, n_levels, n_blocks, attn_levels=()):
         h = _attn(h, sd, "encoder.mid.attn_1")
     h = _resblock(h, sd, "encoder.mid.block_2")
     h = _conv(_swish(_gn(h, sd, "encoder.norm_out")), sd, "encoder.conv_out")
+    if "color_in.weight" in sd:  # the patch-colour shortcut: each patch's mean colour, 1x1 conv, added
+        h = h + _conv(F.avg_pool2d(x, 2 ** (n_levels - 1)), sd, "color_in", padding=0)
     z = _conv(h, sd, "quant_conv", padding=0)
     b, c, hh, ww = z.shape
     z = z.permute(0, 2, 3, 1).reshape(-1, c)
@@ -267,6 +269,33 @@ def test_norm_groups(tmp_path, monkeypatch):
     assert torch.equal(tok.encode(x), reference_encode(sd, x, 2, 1))
     tok.save_pretrained(tmp_path / "tok")
     assert load_tokenizer(tmp_path / "tok").config.norm_groups == 1
+
+
+def test_color_skip(tmp_path):
+    torch.manual_seed(0)
+    tok = VQGAN(_tiny("l2", color_skip=True)).eval()
+    with torch.no_grad():
+        tok.quantize.embedding.weight.normal_(0, 0.5)
+    extra = set(tok.state_dict()) - set(VQGAN(_tiny("l2")).state_dict())
+    assert extra == {"color_in.weight", "color_in.bias", "color_out.weight", "color_out.bias"}
+    x = _images(3, 32) * 2 - 1
+    fast = tok.encode(x)
+    tok.config.precision = "fp32"
+    codes = tok.encode(x)
+    assert (fast == codes).float().mean() > 0.9  # the bf16 copies carry the shortcut too
+    sd = {k: v.float() for k, v in tok.state_dict().items()}
+    assert torch.equal(codes, reference_encode(sd, x, 2, 1))
+    # decoding: the inference path equals the training path, and that is taming's decoder plus the
+    # per-patch colour (nearest-upsampled 1x1 conv of the latent)
+    with torch.no_grad():
+        q = tok.quantize.lookup(codes.flatten().clone()).view(3, 16, 16, 8).permute(0, 3, 1, 2)
+        h = tok.post_quant_conv(q)
+        want = tok.decoder(h) + F.interpolate(tok.color_out(h), scale_factor=2, mode="nearest")
+        assert torch.allclose(tok.decode_latent(q), want)
+    assert torch.allclose(tok.decode(codes), want.clamp(-1, 1), atol=1e-5)
+    tok.save_pretrained(tmp_path / "tok")
+    back = load_tokenizer(tmp_path / "tok")
+    assert back.config.color_skip and torch.equal(back.encode(x), codes)
 
 
 def test_training_forward_and_commitment_direction():

@@ -59,6 +59,12 @@ class VQGANConfig:
     # per group (32 groups over 32-128 channels is near instance norm) absolute colors are normalised away
     # and a small tokenizer comes out nearly colour-blind; small models want fewer groups.
     norm_groups: int = 32
+    # Patch-colour shortcut (ours, off for taming/released weights): each f x f patch's mean colour enters
+    # the latent through a 1x1 conv, and a 1x1 conv of the latent adds a per-patch colour back to the
+    # output. The deep encoder/decoder of a small tokenizer learns to carry colour very slowly: demo data,
+    # 400 steps, objects come back gray and segmentation answers snap to mIoU 0.31; with the shortcut they
+    # keep their colours and reach 0.63, RGB PSNR unchanged. Adds keys color_in.* and color_out.*.
+    color_skip: bool = False
 
     def __post_init__(self):
         self.channel_mult = tuple(int(c) for c in self.channel_mult)
@@ -192,6 +198,11 @@ class VQGAN(nn.Module):
         self.quantize = build_quantizer(config.quantizer, config.codebook_size, config.embed_dim,
                                         config.code_dim, config.beta)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        if config.color_skip:
+            self.color_in = nn.Conv2d(config.in_channels, config.z_channels, 1)
+            self.color_out = nn.Conv2d(config.z_channels, config.in_channels, 1)
+        else:
+            self.color_in = self.color_out = None
         self._channels_last = False
 
     # ---- the facts other packages read ----
@@ -226,10 +237,24 @@ class VQGAN(nn.Module):
     # ---- training forward ----
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels -> pre-quantization latent (B, embed_dim, h, w)."""
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self._features(self.encoder, self.color_in, x, fast=False))
 
     def decode_latent(self, q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(q))
+        return self._pixels(self.decoder, self.color_out, self.post_quant_conv(q), fast=False)
+
+    # The two halves around the quantizer, given the modules to use (the model's own for training, the
+    # cached bf16 copies for inference): taming's encoder/decoder plus the optional colour shortcut.
+    def _features(self, enc, color_in, x, fast: bool) -> torch.Tensor:
+        h = encoder_forward(enc, x) if fast else enc(x)
+        if color_in is not None:
+            h = h + color_in(F.avg_pool2d(x, self.config.downsample))
+        return h
+
+    def _pixels(self, dec, color_out, h, fast: bool) -> torch.Tensor:
+        x = decoder_forward(dec, h) if fast else dec(h)
+        if color_out is not None:
+            x = x + F.interpolate(color_out(h), scale_factor=self.config.downsample, mode="nearest")
+        return x
 
     def _to_rows(self, z: torch.Tensor) -> torch.Tensor:
         return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -247,7 +272,7 @@ class VQGAN(nn.Module):
 
     # ---- inference: the fast path ----
     def _fast_modules(self):
-        """(encoder, quant_conv, post_quant_conv, decoder, dtype) for inference.
+        """(encoder, quant_conv, post_quant_conv, decoder, color_in, color_out, dtype) for inference.
 
         bf16: a cached bf16 channels-last copy of the network (rebuilt when any parameter changes), so no
         weight is re-cast per call and GroupNorm/SiLU run on half the bytes. fp32: the model itself.
@@ -256,15 +281,18 @@ class VQGAN(nn.Module):
             if not self._channels_last:
                 self.to(memory_format=torch.channels_last)
                 self._channels_last = True
-            return self.encoder, self.quant_conv, self.post_quant_conv, self.decoder, torch.float32
+            return (self.encoder, self.quant_conv, self.post_quant_conv, self.decoder, self.color_in,
+                    self.color_out, torch.float32)
         key = (str(self.device), tuple(p._version for p in self.parameters()),
                tuple(p.data_ptr() for p in self.parameters()))
         cache = self.__dict__.get("_bf16_cache")
         if cache is None or cache[0] != key:
             import copy
 
-            mods = tuple(copy.deepcopy(m).to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
-                         for m in (self.encoder, self.quant_conv, self.post_quant_conv, self.decoder))
+            mods = tuple(None if m is None else
+                         copy.deepcopy(m).to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
+                         for m in (self.encoder, self.quant_conv, self.post_quant_conv, self.decoder,
+                                   self.color_in, self.color_out))
             cache = (key, mods)
             self.__dict__["_bf16_cache"] = cache  # not a submodule: stays out of state_dict/parameters
         return (*cache[1], torch.bfloat16)
@@ -278,10 +306,10 @@ class VQGAN(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, R, R) in `value_range` -> codes long (B, codes_per_image), row-major over the grid."""
         self._check_pixels(x)
-        enc, qc, _, _, dtype = self._fast_modules()  # outside inference mode: it may copy parameters
+        enc, qc, _, _, cin, _, dtype = self._fast_modules()  # outside inference mode: it may copy parameters
         with torch.inference_mode():
             x = x.to(self.device, dtype).contiguous(memory_format=torch.channels_last)
-            z = qc(encoder_forward(enc, x)).float()
+            z = qc(self._features(enc, cin, x, fast=True)).float()
             b, _, h, w = z.shape
             return self.quantize.codes(self._to_rows(z)).view(b, h * w)
 
@@ -296,12 +324,12 @@ class VQGAN(nn.Module):
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise InputError(f"codes must lie in [0, {self.codebook_size - 1}], got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
-        _, _, pqc, dec, dtype = self._fast_modules()
+        _, _, pqc, dec, _, cout, dtype = self._fast_modules()
         with torch.inference_mode():
             b, g = codes.shape[0], self.grid
             q = self.quantize.lookup(codes.flatten()).float()
             q = self._from_rows(q, b, g, g).to(dtype).contiguous(memory_format=torch.channels_last)
-            x = decoder_forward(dec, pqc(q))
+            x = self._pixels(dec, cout, pqc(q), fast=True)
             lo, hi = self.value_range
             return x.float().clamp(lo, hi).contiguous()
 
