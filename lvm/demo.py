@@ -60,12 +60,14 @@ class DemoConfig:
         "data.crop=64", "batch_size=8", "model.codebook_size=1024", "lr=1e-3", "min_lr=1e-4",
         "warmup_steps=30"])
     tokenizer_steps: int = 3000             # at most; fewer when a timing probe says they do not fit:
-    tokenizer_minutes: float = 8.0          # the stage's time budget (also a hard stop)
+    tokenizer_minutes: float = 4.0          # the stage's time budget (also a hard stop)
     # transformer: a train config + overrides (its codebook size is always set to the tokenizer's)
     train: str = "configs/train/tiny.yaml"
-    train_overrides: list[str] = field(default_factory=list)
-    train_steps: int = 600                  # at most; fewer when the timing probe says they do not fit
-    train_minutes: float = 7.0              # the transformer stage's time budget (+ ~1.5 min probe, saving)
+    # One 4096-token row per optimizer step: in a budget of a few hundred steps, twice the updates of the
+    # config's two-row steps.
+    train_overrides: list[str] = field(default_factory=lambda: ["tokens_per_step=4096"])
+    train_steps: int = 2000                 # at most; fewer when the timing probe says they do not fit
+    train_minutes: float = 12.0             # the transformer stage's time budget (+ ~1.5 min probe, saving)
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
     eval_episodes: int = 4
