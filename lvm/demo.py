@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -437,7 +438,9 @@ def _probe_tokenizer(tc) -> float:
 
 def _probe_transformer(tc, scratch: Path) -> float:
     """Seconds per optimizer step of `lvm train` itself (packing, varlen attention, optimizer) on this
-    machine now: three real steps into a scratch run, timed from its metrics (the first is warm-up).
+    machine now: five real steps into a scratch run, timed from its metrics; the median step after the
+    first (warm-up). With only two timed steps a fresh venv's probe read 1.83 s/step for steps that then
+    ran at ~1.45 s, and the stage planned a fifth fewer steps than fit.
 
     A bare forward/backward of one row underestimated the real step ~3x on this machine.
     """
@@ -447,7 +450,7 @@ def _probe_transformer(tc, scratch: Path) -> float:
 
     shutil.rmtree(scratch, ignore_errors=True)
     pc = copy.deepcopy(tc)
-    pc.out_dir, pc.max_steps, pc.log_every, pc.save_every, pc.keep_last = str(scratch), 3, 1, 10**9, 1
+    pc.out_dir, pc.max_steps, pc.log_every, pc.save_every, pc.keep_last = str(scratch), 5, 1, 10**9, 1
     pc.data.eval_shards = None
     pc.peak_tflops = pc.peak_tflops or 1.0  # skip the matmul-peak measurement: MFU is not needed here
     try:
@@ -455,7 +458,7 @@ def _probe_transformer(tc, scratch: Path) -> float:
         recs = [json.loads(ln) for ln in (scratch / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         recs = [r for r in recs if "tokens_per_s" in r and r["tokens_per_s"] > 0]
         secs = [(b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_s"] for a, b in zip(recs, recs[1:])]
-        return sum(secs) / len(secs)
+        return statistics.median(secs)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
