@@ -6,6 +6,7 @@ unchanged) and the rest of the HF ecosystem can load and serve what we train.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from lvm.tokens import NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
@@ -72,3 +73,18 @@ class ModelConfig:
         from transformers import LlamaForCausalLM
 
         return LlamaForCausalLM(self.to_hf())
+
+
+@contextlib.contextmanager
+def quiet_hf_progress():
+    """No HF progress bars inside (one-shard saves and tiny loads would print a bar each time); the
+    caller's setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -278,10 +278,10 @@ def load_pair(model_dir, tokenizer_dir):
         raise InputError(f"{model_dir}: not a model directory (no config.json)")
     from transformers import LlamaForCausalLM
 
-    from transformers.utils import logging as hf_logging
+    from lvm.model import quiet_hf_progress
 
-    hf_logging.disable_progress_bar()
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with quiet_hf_progress():
+        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = load_tokenizer(tokenizer_dir).eval()
     fits_model(TokenLayout.from_vocab_size(model.config.vocab_size), tok.codebook_size)
     if tok.codes_per_image != 256:

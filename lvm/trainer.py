@@ -17,7 +17,6 @@ Checkpoints appear atomically (written under a temporary name, then renamed); th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from data_builders.token_stream import TokenStream
 from lvm.config import save_config
 from lvm.flops import measure_matmul_peak, train_flops
-from lvm.model import ModelConfig
+from lvm.model import ModelConfig, quiet_hf_progress
 from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
 from lvm.train_config import TrainConfig
 from tokenizer.errors import InputError
@@ -141,25 +140,12 @@ def list_checkpoints(out_dir) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file())
 
 
-@contextlib.contextmanager
-def _no_hf_progress_bar():
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def save_checkpoint(accelerator, model, optimizer, scheduler, out_dir, state: dict, keep_last: int) -> Path:
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
     full_state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
     if accelerator.is_main_process:
-        with atomic_dir(final) as tmp, _no_hf_progress_bar():  # HF's one-shard bar would litter every save
+        with atomic_dir(final) as tmp, quiet_hf_progress():  # HF's one-shard bar would litter every save
             accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
             # Optimizer/scheduler/RNG: tensors and numbers only, loaded back with weights_only=True.
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -107,11 +107,11 @@ def run(args):
         model = VQGAN(load_config(TokenizerTrainConfig, args.config).model).eval()
         source = f"{args.config} (random weights)"
     cfg = model.config
+    from tokenizer.errors import InputError
+
     if cfg.quantizer != "l2":
-        from tokenizer.errors import InputError
         raise InputError("the taming reference path has only the plain 'l2' quantizer; use an l2 config")
     if cfg.color_skip:
-        from tokenizer.errors import InputError
         raise InputError("the taming reference path has no colour shortcut; use a config with color_skip: false")
     cfg.precision = "bf16"
     lo, hi = cfg.value_range
