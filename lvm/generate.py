@@ -87,6 +87,10 @@ def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w) if w.dtype == x.dtype else F.linear(x.to(w.dtype), w).to(x.dtype)
 
 
+def _add_bias(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return y if b is None else y + b
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: float) -> torch.Tensor:
     """PyTorch twin of the `attend` kernel: one query per head (B, H, hd) over the first T cached positions."""
     H, Hkv = q.shape[1], k.shape[1]
@@ -96,9 +100,9 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: fl
 
 def _layer_weights(layer, dtype, consume: bool = False):
     at, mlp = layer.self_attn, layer.mlp
-    for lin in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+    for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
         if getattr(lin, "bias", None) is not None:
-            raise InputError("attention/MLP biases are not supported (LLaMA has none)")
+            raise InputError("MLP biases are not supported (LLaMA has none)")
     cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
     w = dict(
         attn_norm=cast(layer.input_layernorm.weight),
@@ -108,6 +112,9 @@ def _layer_weights(layer, dtype, consume: bool = False):
         w13=cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
         w2=cast(mlp.down_proj.weight),
     )
+    if at.q_proj.bias is not None:  # HF Llama's attention_bias (grid heads, lvm.model)
+        w["bqkv"] = cast(torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]))
+        w["bo"] = cast(at.o_proj.bias)
     if consume:  # free the unfused copies now, so loading a big model never holds its weights twice
         for lin in (at.q_proj, at.k_proj, at.v_proj, mlp.gate_proj, mlp.up_proj):
             lin.weight.data = torch.empty(0, dtype=lin.weight.dtype)
@@ -223,7 +230,7 @@ class Engine:
         mask = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start) if start else None
         for i, w in enumerate(self.layers):
             h = self._norm(x, w["attn_norm"])
-            qkv = F.linear(h, w["wqkv"]).view(B, T, H + 2 * Hkv, hd)
+            qkv = F.linear(h, w["wqkv"], w.get("bqkv")).view(B, T, H + 2 * Hkv, hd)
             # q and k share one rope call; the cache takes k and v in (B, heads, T, hd) layout.
             qk = self._rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)
             k, v = qk[:, H:], qkv[:, :, H + Hkv:].transpose(1, 2)
@@ -233,7 +240,7 @@ class Engine:
                 k, v = (c[i, :B, :, :end].to(x.dtype) for c in (self.k_cache, self.v_cache))
             y = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=Hkv != H)
-            x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w["wo"])
+            x = x + F.linear(y.transpose(1, 2).reshape(B, T, H * hd), w["wo"], w.get("bo"))
             g, u = F.linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + F.linear(F.silu(g) * u, w["w2"])
         x = self._norm(x[:, -1], self.norm)
@@ -251,13 +258,14 @@ class Engine:
         scale = 1.0 / hd ** 0.5
         x = F.embedding(tokens, self.embed).float()
         for i, w in enumerate(self.dec_layers):
-            qkv = linear(self._norm(x, w["attn_norm"]), w["wqkv"]).view(B, H + 2 * Hkv, hd)
+            qkv = _add_bias(linear(self._norm(x, w["attn_norm"]), w["wqkv"]), w.get("bqkv"))
+            qkv = qkv.view(B, H + 2 * Hkv, hd)
             qk = self._rope(qkv[:, : H + Hkv], cos, sin)
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
             kc[:, :, pos] = qk[:, H:]
             vc[:, :, pos] = qkv[:, H + Hkv:]
             y = attend(qk[:, :H].contiguous(), kc, vc, pos + 1, scale)
-            x = x + linear(y.view(B, H * hd), w["wo"])
+            x = x + _add_bias(linear(y.view(B, H * hd), w["wo"]), w.get("bo"))
             g, u = linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + linear(F.silu(g) * u, w["w2"])
         return linear(self._norm(x, self.dec_norm), self.lm_head)

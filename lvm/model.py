@@ -7,7 +7,11 @@ unchanged) and the rest of the HF ecosystem can load and serve what we train.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 from dataclasses import dataclass
+
+import torch
 
 from lvm.tokens import NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
 
@@ -27,6 +31,15 @@ class ModelConfig:
     rope_theta: float = 10000.0
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
+    # Visual-sequence priors for small models trained from scratch (all three off = the released recipe).
+    # A model that predicts token p+1 from token p gains most from the token at p+1 of the earlier images,
+    # 255 tokens (one image less one) back. Learning that positional look-up from scratch is slow: the
+    # tiny model sits on a ~2,000-step plateau before it copies across 256 tokens (a few hundred steps at
+    # 16 tokens). `grid_rope` + `grid_heads` give the heads that look-up at init; it is then trained as any
+    # weight. The checkpoint stays a plain HF Llama (config fields `rope_parameters`, `attention_bias`).
+    grid_rope: bool = False  # rope frequencies pi / 2**i: periods 2, 4, ..., 256, ... tokens (binary digits)
+    attention_bias: bool = False  # HF Llama's q/k/v/o biases; the grid heads' fixed query/key live there
+    grid_heads: int = 0  # heads per layer that start out looking 1, 2, ... images back (needs the two above)
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -34,6 +47,23 @@ class ModelConfig:
                              f"num_attention_heads {self.num_attention_heads}")
         if self.max_position_embeddings % TOKENS_PER_IMAGE:
             raise ValueError(f"max_position_embeddings must be a multiple of {TOKENS_PER_IMAGE}")
+        if self.grid_heads and not (self.grid_rope and self.attention_bias):
+            raise ValueError("grid_heads needs grid_rope: true and attention_bias: true")
+        top = min(self.num_attention_heads, len(GRID_OFFSETS))
+        if not 0 <= self.grid_heads <= top:
+            raise ValueError(f"grid_heads {self.grid_heads} must be in 0..{top}")
+        if self.grid_rope and self.head_dim < 2 * (GRID_HARMONICS + IMAGE_HARMONICS):
+            raise ValueError(f"grid_rope needs head_dim >= {2 * (GRID_HARMONICS + IMAGE_HARMONICS)}, got {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_parameters(self) -> dict:
+        if not self.grid_rope:
+            return {"rope_type": "default", "rope_theta": self.rope_theta}
+        return grid_rope_parameters(self.head_dim)
 
     @property
     def layout(self) -> TokenLayout:
@@ -57,7 +87,8 @@ class ModelConfig:
             num_key_value_heads=self.num_key_value_heads or self.num_attention_heads,
             max_position_embeddings=self.max_position_embeddings,
             rms_norm_eps=self.rms_norm_eps,
-            rope_theta=self.rope_theta,
+            rope_parameters=self.rope_parameters,
+            attention_bias=self.attention_bias,
             initializer_range=self.initializer_range,
             tie_word_embeddings=self.tie_word_embeddings,
             hidden_act="silu",
@@ -72,7 +103,69 @@ class ModelConfig:
         """A freshly initialised `LlamaForCausalLM` of this shape."""
         from transformers import LlamaForCausalLM
 
-        return LlamaForCausalLM(self.to_hf())
+        model = LlamaForCausalLM(self.to_hf())
+        if self.grid_heads:
+            init_grid_heads(model, self.grid_heads)
+        return model
+
+
+def grid_rope_parameters(head_dim: int) -> dict:
+    """HF `rope_parameters` of grid rope. HF's inv_freq_i = theta**(-2i/head_dim) / factor: theta =
+    2**(head_dim/2) halves the frequency from pair to pair and factor 1/pi starts it at pi, so pair i
+    turns by pi/2**i per token (period 2**(i+1) tokens)."""
+    return {"rope_type": "linear", "rope_theta": 2.0 ** (head_dim // 2), "factor": 1 / math.pi}
+
+
+class _GridRopeFactorFilter(logging.Filter):
+    """HF warns that a linear rope factor below 1 is unusual; grid rope's 1/pi is meant, so that one
+    warning goes (every load of a grid-rope checkpoint would print it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "factor field must be a float or int >= 1, got 0.318309886" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_rope_utils").addFilter(_GridRopeFactorFilter())
+
+GRID_HARMONICS = 8  # rope pairs whose period divides one image (2, 4, ..., 256 tokens): the grid cell
+GRID_ROW = 16  # tokens per row of the 16 x 16 code grid
+IMAGE_HARMONICS = 4  # the next pairs (periods 2, 4, 8, 16 images): which earlier image, in a 16-image context
+# What grid head j looks at, as offsets back from the query (which predicts the token one ahead of it):
+# the next cell in the image 1 back, in the image 2 back (an analogy's last example answer), the cell above
+# the next one in this image; further heads look further back.
+GRID_OFFSETS = (TOKENS_PER_IMAGE - 1, 2 * TOKENS_PER_IMAGE - 1, GRID_ROW - 1) + tuple(
+    k * TOKENS_PER_IMAGE - 1 for k in range(3, 16))
+GRID_SCORE = 4.0  # attention logit per harmonic: a wrong offset scores at least 2 * 4 lower (e^-8)
+
+
+@torch.no_grad()
+def init_grid_heads(model, heads_per_layer: int) -> None:
+    """Make head j (< heads_per_layer) of every layer attend, whatever the content, GRID_OFFSETS[j] tokens
+    back: the next token's grid cell in the previous image, in the one before, the cell above it, ...
+
+    With grid rope, the score of a query/key pair is sum_i |q_i||k_i| cos(w_i offset + phase_i), and pair i
+    turns by pi / 2**i per token: the pairs are the binary digits of the offset. The bias terms set a
+    constant q and k on the first GRID_HARMONICS + IMAGE_HARMONICS pairs (cell and image), phased to peak
+    together at the head's offset. Scores are summed then exponentiated, so the peak is the product of
+    one peak per digit: sharp (every other offset in a 16-image context has a wrong digit). Content
+    still enters through the weights, and training moves the biases as any weight.
+    """
+    cfg = model.config
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    inv_freq = model.model.rotary_emb.inv_freq.float()
+    r = math.sqrt(GRID_SCORE * math.sqrt(hd))  # |q||k| / sqrt(hd) = GRID_SCORE per harmonic
+    group = cfg.num_attention_heads // (cfg.num_key_value_heads or cfg.num_attention_heads)
+    for layer in model.model.layers:
+        att = layer.self_attn
+        for h in range(heads_per_layer):
+            q0, k0 = h * hd, (h // group) * hd  # with GQA the head's key is its group's
+            offset = GRID_OFFSETS[h]
+            for i in range(GRID_HARMONICS + IMAGE_HARMONICS):
+                phase = -offset * inv_freq[i].item()
+                # HF rotate-half pairs dim i with dim i + hd/2 (real and imaginary parts).
+                att.k_proj.bias[k0 + i] = r
+                att.k_proj.bias[k0 + hd // 2 + i] = 0.0
+                att.q_proj.bias[q0 + i] = r * math.cos(phase)
+                att.q_proj.bias[q0 + hd // 2 + i] = r * math.sin(phase)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from data_builders.token_stream import TokenStream
 from lvm.config import save_config
 from lvm.flops import measure_matmul_peak, train_flops
-from lvm.model import ModelConfig, quiet_hf_progress
+from lvm.model import ModelConfig, grid_rope_parameters, quiet_hf_progress
 from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
 from lvm.train_config import TrainConfig
 from tokenizer.errors import InputError
@@ -97,12 +97,14 @@ def seq_lens(batch: dict, pad_id: int) -> list[int]:
 
 def model_config_from_hf(hf) -> ModelConfig:
     """The ModelConfig describing an existing HF Llama config (for --init-from and saved runs)."""
+    rope = dict(getattr(hf, "rope_parameters", None) or {})
     return ModelConfig(hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
                        num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
                        num_key_value_heads=hf.num_key_value_heads, codebook_size=hf.vocab_size - 100,
                        max_position_embeddings=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
-                       rope_theta=float(getattr(hf, "rope_theta", None) or
-                                        (getattr(hf, "rope_parameters", None) or {}).get("rope_theta", 10000.0)),
+                       rope_theta=float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0),
+                       grid_rope=rope == grid_rope_parameters(hf.hidden_size // hf.num_attention_heads),
+                       attention_bias=bool(getattr(hf, "attention_bias", False)),
                        initializer_range=hf.initializer_range, tie_word_embeddings=hf.tie_word_embeddings)
 
 
@@ -231,7 +233,10 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     start_dir = ckpts[-1] if ckpts else (Path(init_from) if init_from else None)
     if start_dir is not None:
         model = load_hf_model(start_dir)
+        # grid_heads only shapes a fresh init: a resumed run keeps the value it was started with.
+        grid_heads = cfg.model.grid_heads if ckpts else 0
         cfg.model = model_config_from_hf(model.config)
+        cfg.model.grid_heads = grid_heads
     else:
         model = cfg.model.build()
     model.set_attn_implementation(register_packed_attention() if cfg.attention == "varlen" else cfg.attention)

@@ -21,12 +21,22 @@ def engine(m, dtype=torch.bfloat16):
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: decoding is latency-bound
 
 
-@pytest.fixture(scope="module")
-def model():
+# "grid": attention biases and binary rope (lvm.model's grid priors) must reach the engine too.
+@pytest.fixture(scope="module", params=["plain", "grid"])
+def model(request):
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, codebook_size=K, max_position_embeddings=256)
+    if request.param == "plain":
+        cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, codebook_size=K, max_position_embeddings=256)
+    else:
+        cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, codebook_size=K, max_position_embeddings=256, grid_rope=True,
+                          attention_bias=True, grid_heads=1)
     m = cfg.build().eval()
+    with torch.no_grad():  # biases that matter (HF initialises them to zero; grid heads set only q/k)
+        for p in m.parameters():
+            if p.ndim == 1 and p.abs().sum() == 0:
+                p.normal_(0, 0.5)
     # Make the reserved ids the most likely ones, so masking them is really exercised.
     with torch.no_grad():
         m.lm_head.weight[K:] = m.lm_head.weight[:K].abs().mean() * 50 * torch.sign(torch.randn(100, 64))
@@ -66,11 +76,13 @@ def test_greedy_cached_equals_uncached(model):
 def test_bf16_engine_close_to_hf_logits(model):
     e = engine(model)
     seq = torch.randint(0, K, (1, 60), generator=torch.Generator().manual_seed(2))
-    ours = e.forward(seq[:, :32], 0)
-    ours = e.forward(seq[:, 32:], 32)  # a chunk after cached tokens (masked path)
+    e.forward(seq[:, :32], 0)
+    ours = e.forward(seq[:, 32:59], 32)  # a chunk after cached tokens (masked path)
+    step = e.forward(seq[:, 59:], 59)  # one-token decoding (the compiled kernels when built)
     with torch.no_grad():
-        ref = model(seq).logits[:, -1]
-    assert torch.allclose(ours, ref, atol=0.05 * ref.abs().max().item())
+        ref = model(seq).logits[:, -2:]
+    assert torch.allclose(ours, ref[:, 0], atol=0.05 * ref.abs().max().item())
+    assert torch.allclose(step, ref[:, 1], atol=0.05 * ref.abs().max().item())
 
 
 def test_never_samples_reserved_ids(model):

@@ -1,0 +1,96 @@
+"""ModelConfig's grid priors: binary rope, heads that start out looking at the earlier images' next grid
+cell, and checkpoints that stay plain HF Llama directories."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lvm.model import ModelConfig
+from lvm.trainer import model_config_from_hf
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TPI = 256
+
+
+def _grid_cfg(**kw):
+    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                codebook_size=64, max_position_embeddings=4 * TPI, grid_rope=True, attention_bias=True,
+                grid_heads=2)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_grid_rope_periods_are_binary():
+    m = _grid_cfg(grid_heads=0).build()
+    periods = 2 * torch.pi / m.model.rotary_emb.inv_freq.double()
+    assert torch.allclose(periods[:9], torch.tensor([2.0 ** (i + 1) for i in range(9)], dtype=torch.double))
+
+
+def test_grid_heads_look_at_next_cell_of_earlier_images():
+    torch.manual_seed(0)
+    m = _grid_cfg(num_hidden_layers=2).build().eval()
+    m.config._attn_implementation = "eager"
+    ids = torch.randint(0, 64, (1, 4 * TPI))
+    with torch.no_grad():
+        att = m(input_ids=ids, output_attentions=True).attentions
+    q = torch.arange(2 * TPI, 4 * TPI)  # queries from the third image on: both heads' targets exist
+    for layer in att:  # layer 1 sees layer 0's output: the look-up does not depend on content
+        for head, back in ((0, 1), (1, 2)):
+            w = layer[0, head, q, q - (back * TPI - 1)]
+            assert w.min() > 0.9, (head, w.min())
+
+
+def test_grid_heads_copy_across_an_image_where_plain_init_cannot():
+    """Rows [a, a] of random codes: the second half is a copy 256 tokens back. The grid-initialised model
+    learns it in a few dozen steps; the plain one sits on its plateau (ln K) far longer."""
+    K = 64
+
+    def copy_loss(cfg, steps=40):
+        torch.manual_seed(0)
+        m = cfg.build()
+        m.config._attn_implementation = "sdpa"
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            a = torch.randint(0, K, (4, TPI), generator=g)
+            ids = torch.cat([a, a], 1)
+            logits = m(input_ids=ids).logits
+            loss = F.cross_entropy(logits[:, TPI - 1:-1].reshape(-1, logits.shape[-1]), ids[:, TPI:].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    grid = copy_loss(_grid_cfg(grid_heads=1))
+    plain = copy_loss(_grid_cfg(grid_rope=False, attention_bias=False, grid_heads=0))
+    assert grid < 1.0 and plain > 0.9 * torch.log(torch.tensor(float(K))).item(), (grid, plain)
+
+
+def test_grid_checkpoint_is_plain_hf_and_round_trips(tmp_path, caplog):
+    from transformers import LlamaForCausalLM
+
+    cfg = _grid_cfg()
+    m = cfg.build()
+    m.save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        back = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert not [r for r in caplog.records if "factor" in r.getMessage()]  # our 1/pi is meant: no warning
+    assert torch.equal(back.model.rotary_emb.inv_freq, m.model.rotary_emb.inv_freq)
+    assert torch.equal(back.model.layers[1].self_attn.q_proj.bias, m.model.layers[1].self_attn.q_proj.bias)
+    again = model_config_from_hf(back.config)
+    assert again.grid_rope and again.attention_bias and again.grid_heads == 0  # init-time only
+    plain = model_config_from_hf(_grid_cfg(grid_rope=False, attention_bias=False, grid_heads=0).to_hf())
+    assert not plain.grid_rope and not plain.attention_bias and plain.rope_theta == 10000.0
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(grid_rope=False), "grid_heads needs"),
+    (dict(attention_bias=False), "grid_heads needs"),
+    (dict(grid_heads=3), "must be in 0..2"),
+    (dict(hidden_size=32, num_attention_heads=2, grid_heads=0), "head_dim >= 24"),
+])
+def test_bad_grid_configs(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _grid_cfg(**kw)
