@@ -39,7 +39,7 @@ def shards(tmp_path_factory):
 
 def _cfg(shards, out, **kw):
     over = [f"out_dir={out}", f"data.shards={shards / 'train'}", f"data.eval_shards={shards / 'eval'}",
-            f"model.codebook_size={K}", "model.max_position_embeddings=512", "model.hidden_size=64",
+            f"model.codebook_size={K}", "model.max_position_embeddings=512", "model.hidden_size=96",
             "model.intermediate_size=128", "model.num_hidden_layers=2", "model.num_attention_heads=4",
             "micro_batch=2", "lr=3e-3", "min_lr=3e-4", "warmup_steps=3", "peak_tflops=1.0", "log_every=5",
             "data.shuffle_buffer=16"] + [f"{k}={v}" for k, v in kw.items()]
@@ -79,6 +79,8 @@ def test_resume_continues_exactly(shards, tmp_path):
     assert first["step"] == 3 and len(list_checkpoints(tmp_path / "b")) == 1
     second = train(_cfg(shards, tmp_path / "b", **common), resume=True, progress=False)["losses"]
     assert sorted(second) == [4, 5, 6]
+    saved = load_config(TrainConfig, tmp_path / "b" / "config.yaml")
+    assert saved.model.grid_rope and saved.model.grid_heads == 3  # the shipped tiny priors, kept on resume
     for k in (1, 2, 3):
         assert first["losses"][k] == full[k]
     for k in (4, 5, 6):
