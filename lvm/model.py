@@ -7,7 +7,6 @@ unchanged) and the rest of the HF ecosystem can load and serve what we train.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from dataclasses import dataclass
 
@@ -53,7 +52,8 @@ class ModelConfig:
         if not 0 <= self.grid_heads <= top:
             raise ValueError(f"grid_heads {self.grid_heads} must be in 0..{top}")
         if self.grid_rope and self.head_dim < 2 * (GRID_HARMONICS + IMAGE_HARMONICS):
-            raise ValueError(f"grid_rope needs head_dim >= {2 * (GRID_HARMONICS + IMAGE_HARMONICS)}, got {self.head_dim}")
+            raise ValueError(f"grid_rope needs head_dim >= {2 * (GRID_HARMONICS + IMAGE_HARMONICS)}, "
+                             f"got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -115,16 +115,6 @@ def grid_rope_parameters(head_dim: int) -> dict:
     turns by pi/2**i per token (period 2**(i+1) tokens)."""
     return {"rope_type": "linear", "rope_theta": 2.0 ** (head_dim // 2), "factor": 1 / math.pi}
 
-
-class _GridRopeFactorFilter(logging.Filter):
-    """HF warns that a linear rope factor below 1 is unusual; grid rope's 1/pi is meant, so that one
-    warning goes (every load of a grid-rope checkpoint would print it)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "factor field must be a float or int >= 1, got 0.318309886" not in record.getMessage()
-
-
-logging.getLogger("transformers.modeling_rope_utils").addFilter(_GridRopeFactorFilter())
 
 GRID_HARMONICS = 8  # rope pairs whose period divides one image (2, 4, ..., 256 tokens): the grid cell
 GRID_ROW = 16  # tokens per row of the 16 x 16 code grid
