@@ -1,6 +1,7 @@
 """lvm: the sequence model of Large Vision Models: configs, training, generation, prompting, evaluation, CLI."""
 
 import logging
+import math
 
 __version__ = "0.1.0"
 
@@ -11,7 +12,7 @@ class _GridRopeFactorFilter(logging.Filter):
     checkpoint (training, the generation engine, evaluation) stays quiet about it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "factor field must be a float or int >= 1, got 0.318309886" not in record.getMessage()
+        return f"factor field must be a float or int >= 1, got {1 / math.pi}" not in record.getMessage()
 
 
 logging.getLogger("transformers.modeling_rope_utils").addFilter(_GridRopeFactorFilter())

@@ -105,7 +105,7 @@ class ModelConfig:
 
         model = LlamaForCausalLM(self.to_hf())
         if self.grid_heads:
-            init_grid_heads(model, self.grid_heads)
+            init_grid_heads(model, self)
         return model
 
 
@@ -128,8 +128,8 @@ GRID_SCORE = 4.0  # attention logit per harmonic: a wrong offset scores at least
 
 
 @torch.no_grad()
-def init_grid_heads(model, heads_per_layer: int) -> None:
-    """Make head j (< heads_per_layer) of every layer attend, whatever the content, GRID_OFFSETS[j] tokens
+def init_grid_heads(model, cfg: ModelConfig) -> None:
+    """Make head j (< cfg.grid_heads) of every layer attend, whatever the content, GRID_OFFSETS[j] tokens
     back: the next token's grid cell in the previous image, in the one before, the cell above it, ...
 
     With grid rope, the score of a query/key pair is sum_i |q_i||k_i| cos(w_i offset + phase_i), and pair i
@@ -139,14 +139,13 @@ def init_grid_heads(model, heads_per_layer: int) -> None:
     one peak per digit: sharp (every other offset in a 16-image context has a wrong digit). Content
     still enters through the weights, and training moves the biases as any weight.
     """
-    cfg = model.config
-    hd = cfg.hidden_size // cfg.num_attention_heads
+    hd = cfg.head_dim
     inv_freq = model.model.rotary_emb.inv_freq.float()
     r = math.sqrt(GRID_SCORE * math.sqrt(hd))  # |q||k| / sqrt(hd) = GRID_SCORE per harmonic
     group = cfg.num_attention_heads // (cfg.num_key_value_heads or cfg.num_attention_heads)
     for layer in model.model.layers:
         att = layer.self_attn
-        for h in range(heads_per_layer):
+        for h in range(cfg.grid_heads):
             q0, k0 = h * hd, (h // group) * hd  # with GQA the head's key is its group's
             offset = GRID_OFFSETS[h]
             for i in range(GRID_HARMONICS + IMAGE_HARMONICS):

@@ -12,9 +12,9 @@ from lvm.demo import STAGES, Demo, DemoConfig, demo_checkpoints
 TINY_TOKENIZER = ["model.resolution=32", "model.hidden_channels=32", "model.channel_mult=[1, 2]",
                   "model.z_channels=8", "model.embed_dim=8", "model.codebook_size=64", "batch_size=4",
                   "warmup_steps=1", "save_every=100", "log_every=1"]
-TINY_MODEL = ["model.hidden_size=48", "model.grid_heads=2", "model.intermediate_size=64", "model.num_hidden_layers=1",
-              "model.num_attention_heads=2", "model.codebook_size=64", "tokens_per_step=4096", "warmup_steps=1",
-              "log_every=1", "save_every=100", "precision=fp32"]
+TINY_MODEL = ["model.hidden_size=48", "model.grid_heads=2", "model.intermediate_size=64",
+              "model.num_hidden_layers=1", "model.num_attention_heads=2", "model.codebook_size=64",
+              "tokens_per_step=4096", "warmup_steps=1", "log_every=1", "save_every=100", "precision=fp32"]
 
 
 def tiny_config(out) -> DemoConfig:
