@@ -51,6 +51,7 @@ class SourceConfig:
     orbits_per_object: int = 1
     up: str = "z"  # multiview_mesh: up axis of the OBJ files (y = rotate upright)
     tasks: list = field(default_factory=list)  # pairs / annotate / builtin tasks
+    task_weights: dict = field(default_factory=dict)  # builtin pairs: task -> weight (unlisted tasks: 1)
     pairs_per_sequence: int = 8
     tuples: bool = False  # k annotations of one image as (image, a1..ak) m-tuples instead of pairs
     image_dir: str = "images"  # pairs: folder of inputs; annotation folders are named by `tasks`

@@ -118,6 +118,13 @@ class BuiltinSource(Source):
         bad = set(self.tasks) - set(render.TASKS)
         if bad:
             raise InputError(f"builtin source: unknown tasks {sorted(bad)}; valid: {list(render.TASKS)}")
+        extra = set(cfg.task_weights) - set(self.tasks)
+        if extra:
+            raise InputError(f"builtin source: task_weights names tasks not in `tasks`: {sorted(extra)}")
+        tw = np.array([float(cfg.task_weights.get(t, 1.0)) for t in self.tasks])
+        if (tw < 0).any() or tw.sum() <= 0:
+            raise InputError(f"builtin source: task_weights must be >= 0 with a positive sum, got {cfg.task_weights}")
+        self.task_p = tw / tw.sum()
 
     def plan(self):
         return list(range(self.cfg.count or 1000))
@@ -154,7 +161,7 @@ class BuiltinSource(Source):
             return [self.seq(images, "class_group", group_size=g, groups=groups,
                              classes=[x["class"] for x in groups], split=split)]
         if kind == "pairs":
-            task = self.tasks[int(rng.integers(len(self.tasks)))]
+            task = self.tasks[int(rng.choice(len(self.tasks), p=self.task_p))]
             images, names = [], []
             for j in range(self.cfg.pairs_per_sequence):
                 v = render.render_object_view(pick(), seed=int(rng.integers(2**31)), size=sz)

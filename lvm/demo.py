@@ -193,6 +193,8 @@ class Demo:
             raise InputError(f"{c.data}: the demo needs a data config whose first source is the built-in renderer")
         dc.sources[0].count = c.sequences
         dc.sources[0].tasks = list(c.tasks)
+        # the data config weighs its tasks; a demo run that leaves some out keeps the others' weights
+        dc.sources[0].task_weights = {t: w for t, w in dc.sources[0].task_weights.items() if t in c.tasks}
         dc.sources[0].split = "train"  # training objects only: held-out ones are for prompts and evaluation
         return dc
 

@@ -7,14 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_builders.build import DataConfig, SourceConfig, build, collect_stats
 from data_builders.sequence import sample_images, sample_meta
 from data_builders.shards import iter_tar_samples, iter_token_shard, list_shards
+from tokenizer.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -271,6 +274,17 @@ def test_builtin_every_kind_and_split(tmp_path):
             assert np.allclose(np.diff(m["azimuths"]) % 360, 15.0) and 1.5 <= m["radius"] <= 2.2
         if m["kind"] == "video":
             assert m["n_images"] == 6 and m["scenario"] in render.SCENARIOS
+
+
+def test_builtin_task_weights(tmp_path):
+    src = SourceConfig(type="builtin", count=12, n_frames=2, pairs_per_sequence=1, kinds={"pairs": 1},
+                       tasks=["segmentation", "edges", "depth"], task_weights={"edges": 0, "depth": 3})
+    _, samples, _ = run_build(tmp_path, [src], shard_size=4)
+    tasks = [m["task"] for m in metas(samples)]
+    assert "edges" not in tasks and tasks.count("depth") > tasks.count("segmentation")
+    for i, bad in enumerate(({"boxes": 1}, {"edges": -1})):
+        with pytest.raises(InputError, match="task_weights"):
+            run_build(tmp_path, [replace(src, task_weights=bad)], name=f"bad{i}", shard_size=4)
 
 
 def test_render_deterministic_and_depth_metric():
