@@ -1,12 +1,12 @@
 """The whole system end to end on this machine: data, tokenizer, transformer, prompts, evaluation, report.
 
-Stages (progress bar and time estimate for each): render a mixed dataset with the built-in renderer (multi-
-view orbits, physics videos, rgb -> segmentation / depth / normals / edges, colorization and inpainting
-pairs; 128 px; training objects only) -> train the small tokenizer -> tokenize the shards -> train the tiny
-transformer -> prompt it on held-out objects (rotation and video continuation, two analogies) -> run the in-
-context task suite (`lvm eval tasks`) -> write OUT/report.md with loss curves, prompt | prediction | truth
-grids, the task table and the quality checks. The trained checkpoints are left in OUT/model and
-OUT/tokenizer, which `lvm prompt` and `lvm eval tasks` use by default.
+Stages (progress bar and time estimate for each): render a mixed dataset with the built-in renderer
+(multi-view orbits, physics videos, rgb -> segmentation / depth / normals / edges, colorization and
+inpainting pairs; 128 px; training objects only) -> train the small tokenizer -> tokenize the shards ->
+train the tiny transformer -> prompt it on held-out objects (rotation and video continuation, two analogies)
+-> run the in-context task suite (`lvm eval tasks`) -> write OUT/report.md with loss curves, prompt |
+prediction | truth grids, the task table and the quality checks. The trained checkpoints are left in
+OUT/model and OUT/tokenizer, which `lvm prompt` and `lvm eval tasks` use by default.
 
 Each stage is skipped when it finished before (OUT/stages/<stage>.json); a killed stage resumes where it
 stopped. --fresh redoes everything. Default budget: about 20 minutes on a 2-core CPU; --quick is a ~3 minute
