@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from lvm import task_eval as te
+from tokenizer.errors import InputError
 from data_builders.annotations import PALETTE
 
 
@@ -39,6 +40,23 @@ def test_miou_snaps_noisy_colors_to_the_palette():
     wrong = lab.copy()
     wrong[4:12, 4:8] = 3
     assert te.miou(_seg(wrong), truth) == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+
+
+def test_miou_with_the_prompts_classes_has_no_phantom_class():
+    lab = np.zeros((16, 16), int)
+    lab[4:12, 4:12] = 1
+    truth = _seg(lab)
+    pred = np.asarray(truth).copy()
+    pred[4:12, 4] = PALETTE[1] // 2  # a blurred edge: half blue, half black, nearest to label 5's purple
+    assert te.snap_to_palette(pred, te.seg_palette())[4, 4] == 6
+    assert te.miou(_img(pred), truth) == pytest.approx((1.0 + 56 / 64 + 0.0) / 3)  # class 6: IoU 0
+    classes = te.seg_classes([truth, _seg(np.full((4, 4), 2))])
+    assert classes == [0, 1, 2]
+    # snapped to what the prompt shows, the edge is background or object, as a reader of the map would see it
+    m = te.miou(_img(pred), truth, classes=classes)
+    assert m == pytest.approx((192 / 200 + 56 / 64) / 2)
+    assert te.task_metrics("segmentation", _img(pred), truth, classes=classes) == {
+        "miou": pytest.approx(m), "miou_palette": pytest.approx(te.miou(_img(pred), truth))}
 
 
 def test_snap_to_palette_nearest():
@@ -186,6 +204,34 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     for f in ("tasks.md", "tasks.png", "ppl.png", "grids/model-segmentation.png", "suite_config.yaml"):
         assert (out / f).is_file(), f
     assert "| segmentation |" in (out / "tasks.md").read_text()
+    assert tasks["segmentation"]["decoding"] == "greedy" and tasks["depth"]["decoding"] == "mean"
+
+
+def test_predict_modes(tmp_path):
+    """greedy = the temperature-0 image; mean = the pixel mean of the sampled candidates, which differ."""
+    import torch
+
+    from lvm.generate import Engine, Sampling
+    from lvm.tokens import TokenLayout
+
+    lm, tokp = tiny_pair(tmp_path, 0)
+    model, tok = te.load_pair(lm, tokp)
+    engine = Engine(model, layout=TokenLayout.from_vocab_size(model.config.vocab_size), dtype=torch.float32,
+                    max_batch=4)
+    prompt = torch.randint(0, 64, (2, tok.codes_per_image))
+    s = Sampling(temperature=1.0, top_k=0, seed=3)
+    greedy = te.predict(engine, tok, prompt, "greedy", 4, s)
+    ref = tok.decode_to_pil(engine.generate(prompt, sampling=Sampling(temperature=0)).images[:, 0])[0]
+    assert np.array_equal(np.asarray(greedy), np.asarray(ref))
+    cands = tok.decode_to_pil(engine.generate(prompt, candidates=4, sampling=s).images[:, 0])
+    assert len({np.asarray(c).tobytes() for c in cands}) > 1
+    mean = np.asarray(te.predict(engine, tok, prompt, "mean", 4, s)).astype(float)
+    assert np.abs(mean - np.mean([np.asarray(c, float) for c in cands], 0)).max() <= 0.5
+    one = te.predict(engine, tok, prompt, "sample", 4, s)
+    # the first candidate's codes (the decoder's batch of 1 vs 4 may round a pixel differently)
+    assert np.abs(np.asarray(one, int) - np.asarray(cands[0], int)).max() <= 1
+    with pytest.raises(InputError, match="decoding"):
+        te.SuiteConfig(decoding={"depth": "blurry"})
 
 
 def test_compare_two_models(tmp_path):

@@ -2,11 +2,12 @@
 
 Tasks, rendered on the fly by the built-in renderer from objects never used for training: next view of a
 rotating object, next frame of a physics video, and four analogies (k example pairs + a query):
-rgb -> segmentation (mIoU after snapping colors to the renderer's palette), rgb -> depth (abs-rel, RMSE),
-colorization (PSNR, MSE), inpainting (PSNR inside the hidden boxes).
+rgb -> segmentation (mIoU after snapping colors to the labels the prompt shows), rgb -> depth (abs-rel,
+RMSE), colorization (PSNR, MSE), inpainting (PSNR inside the hidden boxes).
 
-Per task: the target image's perplexity given the prompt; the task metric of the decoded prediction (greedy
-unless --temperature); the same metric for trivial baselines (copy the last image, copy the last example
+Per task: the target image's perplexity given the prompt; the task metric of the decoded prediction
+(segmentation: greedy; the others: the pixel mean of --samples samples, the model's expected image, since
+PSNR and abs-rel reward it; --decoding sets one mode for all); the same metric for trivial baselines (copy the last image, copy the last example
 answer, the mean image) and for the tokenizer's reconstruction of the truth (the ceiling). Perplexity is also
 measured against the number of context frames (1..--context) and of shots (--shots).
 
@@ -17,6 +18,7 @@ evaluates the checkpoints `lvm demo` leaves (runs/demo/model, runs/demo/tokenize
 examples:
   lvm eval tasks --model runs/demo/model --tokenizer runs/demo/tokenizer --shots 1,3,7 --out runs/eval
   lvm eval tasks --model runs/a --tokenizer runs/tok --compare runs/b --names small,big --episodes 16
+  lvm eval tasks --decoding greedy --tasks next_view,depth
 """
 
 
@@ -32,7 +34,11 @@ def add_arguments(p):
     p.add_argument("--episodes", type=int, default=8, help="held-out episodes per task (default 8)")
     p.add_argument("--shots", default="1,2,3,5,7", help="analogy shots, 1..7; metrics at the largest (default 1,2,3,5,7)")
     p.add_argument("--context", type=int, default=7, help="frames shown for next view / next frame (default 7)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy prediction (default)")
+    p.add_argument("--decoding", choices=["greedy", "sample", "mean"], default=None,
+                   help="how every task's prediction is decoded (default: greedy for segmentation, the pixel mean "
+                        "of --samples samples for the others)")
+    p.add_argument("--samples", type=int, default=8, help="samples averaged by the mean decoding (default 8)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1; top-k 50)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                    help="generation dtype (bf16 default; fp32 is faster for very small test models)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the held-out episodes and of sampling")
@@ -63,7 +69,8 @@ def run(args):
             raise FileNotFoundError(f"{p}: {what} not found (give --{what}, or run 'lvm demo' first)")
     cfg = te.SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(te.TASKS), episodes=args.episodes,
                          shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
-                         temperature=args.temperature, precision=args.precision)
+                         temperature=args.temperature, samples=args.samples, precision=args.precision,
+                         **({"decoding": {t: args.decoding for t in te.TASKS}} if args.decoding else {}))
     pairs = [(model, tok)]
     if args.compare:
         pairs.append((args.compare, args.compare_tokenizer or tok))
