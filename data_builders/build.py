@@ -48,6 +48,9 @@ class SourceConfig:
     views: int = 16  # multi-view: views per sequence (consecutive views of the orbit)
     orbit_views: int = 24  # multi-view: views in the full orbit (360 / step)
     step_deg: float = 15.0
+    # builtin orbits: forward (azimuth grows) | both (each sequence's direction at random, so that a model
+    # has to read the rotation from the frames it is shown rather than assume it)
+    orbit_direction: str = "forward"
     orbits_per_object: int = 1
     up: str = "z"  # multiview_mesh: up axis of the OBJ files (y = rotate upright)
     tasks: list = field(default_factory=list)  # pairs / annotate / builtin tasks

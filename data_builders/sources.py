@@ -125,6 +125,8 @@ class BuiltinSource(Source):
         if (tw < 0).any() or tw.sum() <= 0:
             raise InputError(f"builtin source: task_weights must be >= 0 with a positive sum, got {cfg.task_weights}")
         self.task_p = tw / tw.sum()
+        if cfg.orbit_direction not in ("forward", "both"):
+            raise InputError(f"builtin source: orbit_direction must be forward or both, got {cfg.orbit_direction!r}")
 
     def plan(self):
         return list(range(self.cfg.count or 1000))
@@ -142,9 +144,12 @@ class BuiltinSource(Source):
         pick = lambda: objs[int(rng.integers(len(objs)))]  # noqa: E731
         sz, split = self.size, self.cfg.split
         if kind == "multiview":
-            o = render.render_orbit(pick(), size=sz, seed=seed, views=self.cfg.views, step_deg=self.cfg.step_deg)
+            step = self.cfg.step_deg
+            if self.cfg.orbit_direction == "both" and rng.random() < 0.5:
+                step = -step
+            o = render.render_orbit(pick(), size=sz, seed=seed, views=self.cfg.views, step_deg=step)
             return [self.seq(o["images"], "multiview", object=o["object"], split=split, azimuths=o["azimuths"],
-                             elevation=o["elevation"], radius=o["radius"], step_deg=self.cfg.step_deg)]
+                             elevation=o["elevation"], radius=o["radius"], step_deg=step)]
         if kind == "video":
             v = render.render_video(seed=seed, size=sz, n_frames=self.cfg.n_frames, split=split)
             return [self.seq(v["images"], "video", split=split, frames=list(range(len(v["images"]))), **v["meta"])]

@@ -287,6 +287,17 @@ def test_builtin_task_weights(tmp_path):
             run_build(tmp_path, [replace(src, task_weights=bad)], name=f"bad{i}", shard_size=4)
 
 
+def test_builtin_orbits_both_ways(tmp_path):
+    src = SourceConfig(type="builtin", count=8, views=3, kinds={"multiview": 1}, orbit_direction="both")
+    _, samples, _ = run_build(tmp_path, [src], shard_size=4)
+    steps = [m["step_deg"] for m in metas(samples)]
+    assert set(steps) == {15.0, -15.0}
+    for m in metas(samples):
+        assert np.allclose(np.diff(m["azimuths"]) % 360, m["step_deg"] % 360)
+    with pytest.raises(InputError, match="orbit_direction"):
+        run_build(tmp_path, [replace(src, orbit_direction="left")], name="bad", shard_size=4)
+
+
 def test_render_deterministic_and_depth_metric():
     from data_builders import render
 
