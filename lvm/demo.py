@@ -89,7 +89,7 @@ QUICK = ["sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_s
 # training stages size themselves by a timing probe to 90% of their minutes). From the full demo run on an
 # idle 2-core AMD EPYC (Zen4); a loaded or older machine is slower.
 EST = {"data_per_seq": 0.06, "tokenizer_per_step": 0.3, "tokenize_per_image": 0.011, "train_per_row": 1.2,
-       "prompts": 36.0, "eval_per_episode": 3.4, "report": 1.0}
+       "prompts": 36.0, "eval_per_episode": 4.8, "report": 1.0}
 PLANNED_SHARE = 0.9  # of a training stage's minutes: the rest is for data loading, logging, checkpoints
 
 
