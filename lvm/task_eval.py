@@ -7,7 +7,7 @@
 
 Tasks (all rendered by the built-in renderer from *held-out* objects, `render.list_objects("heldout")`):
 
-    next_view     7 views of an orbit (+-15 deg steps)         -> the 8th view          PSNR (dB)
+    next_view     7 views of an orbit (15 deg steps)           -> the 8th view          PSNR (dB)
     next_frame    7 frames of a physics video                  -> the 8th frame         PSNR (dB)
     segmentation  k (rgb, segmentation) pairs + rgb            -> its segmentation      mIoU (palette-snapped)
     depth         k (rgb, depth) pairs + rgb                   -> its depth             abs-rel (and RMSE)
@@ -243,10 +243,8 @@ def make_episodes(cfg: SuiteConfig, size: int) -> dict[str, list[Episode]]:
             seed = int(rng.integers(2**31))
             if task == "next_view":
                 obj = objs[int(rng.integers(len(objs)))]
-                step = 15.0 if rng.random() < 0.5 else -15.0  # either way round: the frames tell which
-                o = render.render_orbit(obj, size=size, seed=seed, views=cfg.context + 1, step_deg=step)
-                eps.append(Episode(task, o["images"], info={"object": o["object"], "elevation": o["elevation"],
-                                                             "step_deg": step}))
+                o = render.render_orbit(obj, size=size, seed=seed, views=cfg.context + 1)
+                eps.append(Episode(task, o["images"], info={"object": o["object"], "elevation": o["elevation"]}))
             elif task == "next_frame":
                 v = render.render_video(seed=seed, size=size, n_frames=cfg.context + 1, split="heldout")
                 eps.append(Episode(task, v["images"], info={"objects": v["meta"]["objects"],
