@@ -71,7 +71,7 @@ class DemoConfig:
     train_overrides: list[str] = field(default_factory=lambda: ["tokens_per_step=4096", "lr=2e-3",
                                                                 "min_lr=2e-4"])
     train_steps: int = 2000                 # at most; fewer when the timing probe says they do not fit
-    train_minutes: float = 10.5             # the transformer stage's time budget (probe and saving included)
+    train_minutes: float = 10.0             # the transformer stage's time budget (probe and saving included)
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
     eval_episodes: int = 4
