@@ -335,9 +335,7 @@ def predict(engine, tok, prompt_codes, mode: str, samples: int, sampling, thread
     with cpu_threads(threads):
         gen = engine.generate(prompt_codes, n_new=1, candidates=n, sampling=sampling)
     images = tok.decode_to_pil(gen.images[:, 0])
-    if len(images) == 1:
-        return images[0]
-    return Image.fromarray(np.round(np.mean([np.asarray(im, np.float64) for im in images], 0)).astype(np.uint8))
+    return images[0] if len(images) == 1 else mean_image(images)
 
 
 def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteConfig, progress: bool = True,
