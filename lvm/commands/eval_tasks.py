@@ -7,9 +7,10 @@ RMSE), colorization (PSNR, MSE), inpainting (PSNR inside the hidden boxes).
 
 Per task: the target image's perplexity given the prompt; the task metric of the decoded prediction
 (segmentation: greedy; the others: the pixel mean of --samples samples, the model's expected image, since
-PSNR and abs-rel reward it; --decoding sets one mode for all); the same metric for trivial baselines (copy the last image, copy the last example
-answer, the mean image) and for the tokenizer's reconstruction of the truth (the ceiling). Perplexity is also
-measured against the number of context frames (1..--context) and of shots (--shots).
+PSNR and abs-rel reward it; --decoding sets one mode for all); the same metric for trivial baselines (copy
+the last image, copy the last example answer, the mean image) and for the tokenizer's reconstruction of the
+truth (the ceiling). Perplexity is also measured against the number of context frames (1..--context) and of
+shots (--shots).
 
 Writes OUT/tasks.md (table + quality checks), tasks.json, tasks.png (bars), ppl.png (perplexity curves),
 grids/<model>-<task>.png (prompt | prediction | truth) and suite_config.yaml. Without --model/--tokenizer it
