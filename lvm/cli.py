@@ -74,6 +74,8 @@ COMMANDS: dict = {
         "generate": ("image generation tokens/s: this engine vs HF generate()",
                      "lvm bench generate --model tiny --batch 1,4", "lvm.commands.bench_generate"),
     }),
+    "env": ("what this machine has and what --device/--precision auto picks (versions, CPU, GPUs, kernels)",
+            "lvm env", "lvm.commands.env"),
     "demo": ("the whole system end to end on this machine: data, tokenizer, transformer, prompts, report",
              "lvm demo --quick", "lvm.commands.demo"),
 }

@@ -83,6 +83,18 @@ def load(verbose: bool = True):
     return _module
 
 
+def built_path() -> str | None:
+    """The compiled module's file for this CPU if a build is cached, without building (for `lvm env`)."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    build_dir = Path(cpp_extension._get_build_directory(f"lvm_decode_{_cpu_tag()}", verbose=False))
+    found = sorted(build_dir.glob("*.so"))
+    return str(found[0]) if found else None
+
+
 def why_not() -> str | None:
     """Why `load()` returned None (None if it has not been called or succeeded)."""
     return _why_not

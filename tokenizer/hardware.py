@@ -1,0 +1,250 @@
+"""The device and precision policy of every lvm command: one function, `resolve`, used by all packages.
+
+    plan = resolve("auto", "auto", purpose="training")   # -> Plan(device=cpu, precision="fp32", ...)
+    with plan.autocast():
+        loss = model(x)
+
+It lives in `tokenizer`, the bottom of the import graph, so the tokenizer, the data builders and `lvm`
+all share it without `tokenizer` importing anything above it.
+
+What `auto` picks:
+- device: the GPU of this rank (`cuda:LOCAL_RANK`) when CUDA is available, else Apple's `mps`, else `cpu`.
+- CPU precision: bf16 only where the CPU computes it natively, i.e. torch dispatches AVX-512 (or better)
+  kernels, the CPU has AMX-BF16, AVX512-BF16 or AVX512-FP16, and oneDNN is allowed to use them. Everywhere
+  else bf16 is emulated (a 3x3 conv and a 1024^3 matmul ran 90-180x slower than fp32 on an AVX2-only
+  EPYC) and auto picks fp32. The check honours `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so
+  `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` makes a newer CPU behave (and be judged) as AVX2.
+- CUDA precision: bf16 on compute capability >= 8.0 (Ampere and later), else fp16 (training then uses a
+  gradient scaler, which accelerate adds for "fp16").
+- MPS precision: fp32 (its half-precision kernels cover too little of what training needs).
+
+An explicit precision is obeyed; bf16 or fp16 on a CPU that lacks it natively prints one warning line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import InputError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Purpose = Literal["inference", "training"]
+
+# oneDNN ISA names (ONEDNN_MAX_CPU_ISA) from which its bf16 kernels are native, and from which fp16 is.
+_ONEDNN_ISAS = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL"]
+_BF16_FROM = _ONEDNN_ISAS.index("AVX512_CORE_BF16")
+_FP16_FROM = _ONEDNN_ISAS.index("AVX512_CORE_FP16")
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    memory_gb: float
+    capability: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the policy looks at. `detect()` reads it from this machine; tests build their own."""
+
+    cpu_name: str = "unknown CPU"
+    cpu_capability: str = "DEFAULT"          # torch's dispatch level: DEFAULT, AVX2, AVX512 (env-honouring)
+    cpu_flags: frozenset = frozenset()       # avx512_bf16, avx512_fp16, amx_bf16, ... (torch's cpuinfo names)
+    onednn_max_isa: str | None = None        # ONEDNN_MAX_CPU_ISA, upper-cased, if set
+    threads: int = 1
+    gpus: tuple[GPU, ...] = ()
+    mps: bool = False
+
+    @property
+    def cpu_bf16_native(self) -> bool:
+        return self._native(("amx_bf16", "avx512_bf16", "avx512_fp16"), _BF16_FROM)
+
+    @property
+    def cpu_fp16_native(self) -> bool:
+        return self._native(("amx_fp16", "avx512_fp16"), _FP16_FROM)
+
+    def _native(self, flags, isa_from: int) -> bool:
+        if self.cpu_capability.upper() not in ("AVX512", "AMX", "AVX512_BF16", "AVX512_VNNI"):
+            return False  # torch's own kernels (norms, softmax, elementwise) would run the emulated path
+        if not any(f in self.cpu_flags for f in flags):
+            return False
+        isa = self.onednn_max_isa
+        if isa and isa in _ONEDNN_ISAS and _ONEDNN_ISAS.index(isa) < isa_from:
+            return False
+        return True
+
+    def cpu_summary(self) -> str:
+        have = [f for f in ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+                if f in self.cpu_flags]
+        isa = f", ONEDNN_MAX_CPU_ISA={self.onednn_max_isa}" if self.onednn_max_isa else ""
+        return (f"{self.cpu_name} (torch capability {self.cpu_capability}; {' '.join(have) or 'no SIMD flags'}"
+                f"{isa}; bf16 {'native' if self.cpu_bf16_native else 'emulated'})")
+
+
+@functools.lru_cache(maxsize=1)
+def detect() -> Hardware:
+    """This machine's CPU, GPUs and MPS, read once per process."""
+    import torch
+
+    info = {}
+    try:
+        info = torch._C._cpu._get_cpu_capability()  # cpuinfo's flags: the CPU itself, not the env
+    except Exception:  # older or non-x86 torch builds
+        pass
+    flags = frozenset(k for k, v in info.items() if v is True)
+    name = str(info.get("cpu_name") or "")
+    if not name or name == "AMD EPYC" or name == "unknown":
+        name = _cpu_model_name() or name or "unknown CPU"
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append(GPU(i, p.name, p.total_memory / 2 ** 30, (p.major, p.minor)))
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return Hardware(cpu_name=name, cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=flags,
+                    onednn_max_isa=isa.upper() if isa else None, threads=torch.get_num_threads(),
+                    gpus=tuple(gpus), mps=mps)
+
+
+def _cpu_model_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where and in what precision one job computes."""
+
+    device: str                       # "cpu", "cuda:0", "mps"
+    precision: str                    # "fp32", "bf16" or "fp16": what auto resolved to, or what was asked
+    requested: tuple[str, str] = ("auto", "auto")
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+    @property
+    def dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    @property
+    def mixed_precision(self) -> str:
+        """accelerate's name for it ("no" | "bf16" | "fp16")."""
+        return "no" if self.precision == "fp32" else self.precision
+
+    def autocast(self):
+        """Autocast to the plan's dtype on its device, or nothing for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        asked = "" if self.requested == ("auto", "auto") else f" (asked: device={self.requested[0]}, " \
+                                                              f"precision={self.requested[1]})"
+        return f"{self.device} {self.precision}{asked}"
+
+
+_warned: set = set()
+
+
+def _warn_once(key, text: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def _device(device: str | None, hw: Hardware) -> str:
+    d = (device or "auto").strip().lower()
+    if d == "auto":
+        if hw.gpus:
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % len(hw.gpus)}"
+        return "mps" if hw.mps else "cpu"
+    if d == "cpu":
+        return "cpu"
+    if d.startswith("cuda"):
+        if not hw.gpus:
+            raise InputError(f"--device {device}: no CUDA GPU is visible here (torch.cuda.is_available() is "
+                             "False); use --device cpu or auto")
+        idx = d.partition(":")[2]
+        if idx and (not idx.isdigit() or int(idx) >= len(hw.gpus)):
+            raise InputError(f"--device {device}: this machine has {len(hw.gpus)} CUDA GPU(s) "
+                             f"(cuda:0 .. cuda:{len(hw.gpus) - 1})")
+        return f"cuda:{int(idx) if idx else int(os.environ.get('LOCAL_RANK', 0)) % len(hw.gpus)}"
+    if d == "mps":
+        if not hw.mps:
+            raise InputError(f"--device {device}: Apple MPS is not available here; use --device cpu or auto")
+        return "mps"
+    raise InputError(f"--device {device}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def resolve(device: str | None = "auto", precision: str | None = "auto", purpose: Purpose = "inference",
+            hw: Hardware | None = None) -> Plan:
+    """The device and precision for a job, from the user's choice (each "auto" by default) and the hardware.
+
+    Raises InputError (one line) for a device that is not there or a precision that is not a choice.
+    `purpose` matters only where training and inference differ (fp16 on old GPUs, see the module doc).
+    """
+    hw = hw or detect()
+    p = (precision or "auto").strip().lower()
+    p = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "no": "fp32"}.get(p, p)
+    if p not in PRECISIONS:
+        raise InputError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    dev = _device(device, hw)
+    kind = dev.split(":")[0]
+    notes: list[str] = []
+    if p == "auto":
+        if kind == "cuda":
+            cap = hw.gpus[int(dev.split(":")[1])].capability
+            p = "bf16" if cap >= (8, 0) else "fp16"
+        elif kind == "mps":
+            p = "fp32"
+        else:
+            p = "bf16" if hw.cpu_bf16_native else "fp32"
+    elif kind == "cpu" and p in ("bf16", "fp16"):
+        native = hw.cpu_bf16_native if p == "bf16" else hw.cpu_fp16_native
+        if not native:
+            msg = (f"precision={p} on this CPU ({hw.cpu_capability}, no native {p}) runs emulated, about 100x "
+                   f"slower than fp32; precision=auto avoids it")
+            notes.append(msg)
+            _warn_once(("cpu", p), msg)
+    elif kind == "cuda" and p == "bf16" and hw.gpus[int(dev.split(":")[1])].capability < (8, 0):
+        msg = "precision=bf16 on a GPU before compute capability 8.0 is emulated and slow; auto picks fp16"
+        notes.append(msg)
+        _warn_once(("cuda", p), msg)
+    return Plan(device=dev, precision=p, requested=(device or "auto", precision or "auto"), notes=tuple(notes))
+
+
+# ---- the same two flags on every computing command ----
+
+def add_arguments(parser, device_help: str = "", precision_help: str = "") -> None:
+    """`--device` and `--precision` (both default auto, resolved by `resolve`)."""
+    parser.add_argument("--device", default="auto",
+                        help=device_help or "auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                        help=precision_help or "compute precision; auto = bf16 where the hardware computes it "
+                                               "natively (AMX/AVX512-BF16 CPUs, GPUs from Ampere), fp16 on older "
+                                               "GPUs, else fp32 (see `lvm env`)")
+
+
+def from_args(args, purpose: Purpose = "inference") -> Plan:
+    return resolve(getattr(args, "device", "auto"), getattr(args, "precision", "auto"), purpose)
