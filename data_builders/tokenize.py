@@ -3,8 +3,9 @@
 Each input shard becomes one token shard of the same name under the output folder; a token shard exists
 only once complete (atomic write), so a rerun skips finished ones. Shards are split by rank
 (`shards[rank::world]`, rank/world from `accelerate launch` / torchrun / SLURM environment), and images of
-many sequences are batched together through the tokenizer (bf16 autocast and GPU when available are the
-tokenizer's own fast path).
+many sequences are batched together through the tokenizer, on the device and in the precision that the
+hardware policy (`tokenizer.hardware.resolve`) gives for `device`/`precision` (auto: this rank's GPU if
+any; bf16 only where the hardware computes it natively, else fp32).
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ def tokenize_shard(tok, shard: Path, out_path: Path, batch_size: int = 64, token
     return {"sequences": len(samples), "images": n}
 
 
-def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | None = None,
-             rank: int | None = None, world: int | None = None, progress: bool = True, log=print) -> dict:
-    import torch
+def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | None = "auto",
+             precision: str | None = "auto", rank: int | None = None, world: int | None = None,
+             progress: bool = True, log=print) -> dict:
     from tqdm import tqdm
 
     from tokenizer import load_tokenizer
+    from tokenizer.hardware import resolve
 
+    resolve(device, precision, "inference")  # a device that is not there ends here, before any output
     env_rank, env_world = dist_env()
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
@@ -68,21 +71,15 @@ def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | No
     out.mkdir(parents=True, exist_ok=True)
     todo = [(s, out / _relative_name(s, spec_roots)) for s in mine]
     todo = [(s, o) for s, o in todo if not o.is_file()]
-    if device is None:
-        if torch.cuda.is_available():
-            import os
-
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-        else:
-            device = "cpu"
-    tok = load_tokenizer(tokenizer_path).to(device).eval()
+    tok = load_tokenizer(tokenizer_path, device=device, precision=precision).eval()
+    plan = tok.inference_plan()
     if rank == 0:
         info = {"tokenizer": str(tokenizer_path), "codebook_size": int(tok.codebook_size),
                 "codes_per_image": int(tok.codes_per_image), "resolution": int(tok.resolution),
                 "value_range": list(tok.value_range), "resize_mode": tok.resize_mode}
         atomic_write_text(out / "tokens_info.json", json.dumps(info, indent=1))
     log(f"rank {rank}/{world}: {len(mine)} of {len(all_shards)} shards, {len(mine) - len(todo)} already done, "
-        f"tokenizer K={tok.codebook_size} on {device}")
+        f"tokenizer K={tok.codebook_size} on {plan.device} in {plan.precision}")
     t0 = time.perf_counter()
     seqs = imgs = 0
     bar = tqdm(todo, unit="shard", disable=not progress, dynamic_ncols=True)

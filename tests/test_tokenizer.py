@@ -291,10 +291,10 @@ def test_color_skip(tmp_path):
         q = tok.quantize.lookup(codes.flatten().clone()).view(3, 16, 16, 8).permute(0, 3, 1, 2)
         h = tok.post_quant_conv(q)
         want = tok.decoder(h) + F.interpolate(tok.color_out(h), scale_factor=2, mode="nearest")
-        assert torch.allclose(tok.decode_latent(q), want)
+        assert torch.allclose(tok.decode_latent(q), want, atol=1e-5)  # fused SiLU: fp32 rounding apart
     assert torch.allclose(tok.decode(codes), want.clamp(-1, 1), atol=1e-5)
     tok.save_pretrained(tmp_path / "tok")
-    back = load_tokenizer(tmp_path / "tok")
+    back = load_tokenizer(tmp_path / "tok", precision="fp32")  # as the codes were made: loads ignore the stored one
     assert back.config.color_skip and torch.equal(back.encode(x), codes)
 
 

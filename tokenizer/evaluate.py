@@ -91,12 +91,13 @@ def evaluate(model, loader, lpips=None, progress: bool = False, max_images: int 
         if max_images is not None:
             x = x[:max_images - m.n]
         codes = model.encode(x)
-        rec = model.decode(codes)
+        rec = model.decode(codes).to(x.device)  # the model may sit on a GPU; metrics are computed here
         x01, rec01 = ((x - lo) / (hi - lo)).clamp(0, 1), ((rec - lo) / (hi - lo)).clamp(0, 1)
         lp = None
         if lpips is not None:
+            dev = next(lpips.parameters()).device
             with torch.inference_mode():
-                lp = lpips(x01 * 2 - 1, rec01 * 2 - 1)
+                lp = lpips(x01.to(dev) * 2 - 1, rec01.to(dev) * 2 - 1).cpu()
         m.update(x01, rec01, codes, lp)
     return m.result()
 

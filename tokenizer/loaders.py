@@ -168,11 +168,20 @@ def load_taming(path: Path, yaml_path: Path | None = None, **overrides) -> VQGAN
 
 
 def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None = None,
-                   device: str | None = None, **overrides) -> VQGAN:
+                   device: str | None = "auto", precision: str | None = "auto", **overrides) -> VQGAN:
     """Detect the checkpoint format at `path`, build the model and load its weights (eval mode).
 
-    `overrides` set VQGANConfig fields after loading the config (e.g. precision="fp32").
+    `device` and `precision` (each "auto" by default) go through the hardware policy
+    (`tokenizer.hardware.resolve`, purpose "inference"): the model moves to that device and its
+    `config.precision` becomes `precision`, whatever the checkpoint's config records (a "bf16" saved on
+    one machine must not force bf16 on a CPU that emulates it). "auto" stays "auto" in the config, so the
+    model resolves it for the device it is on (`VQGAN.inference_plan()` says what it picked).
+    `overrides` set other VQGANConfig fields after loading the config.
     """
+    from .hardware import resolve
+
+    plan = resolve(device, precision, "inference")  # a device that is not there fails before any reading
+    overrides["precision"] = "auto" if (precision or "auto").strip().lower() == "auto" else plan.precision
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such tokenizer checkpoint")
@@ -186,9 +195,7 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
     else:
         raise InputError(f"{path}: not a tokenizer checkpoint (expected config.json + model.safetensors, "
                          f"config.json + pytorch_model.bin, or a taming .ckpt + YAML)")
-    if device:
-        model.to(device)
-    return model
+    return model.to(plan.device)
 
 
 __all__ = ["load_tokenizer", "load_state_strict", "muse_config", "taming_config", "FORMAT"]

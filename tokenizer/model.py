@@ -9,9 +9,10 @@ State-dict keys are taming's (`encoder.down.0.block.0.norm1.weight`, `quant_conv
 layout) weights load without renaming. With `mid_attention=False` the middle attention blocks are
 replaced by identities, which is how the released LVM tokenizer is built (it has no `mid.attn_1` keys).
 
-Inference (`encode`/`decode`) is the fast path: inference mode, channels-last memory and bf16 autocast
-for the convolutions (set `precision="fp32"` for exact fp32). The nearest-code search always runs in
-fp32 so bf16 rounding cannot flip codes on near-ties.
+Inference (`encode`/`decode`) is the fast path: inference mode, channels-last memory, and the precision
+that `config.precision` resolves to through `tokenizer.hardware.resolve` on the model's device ("auto":
+bf16 where the hardware computes it natively, fp32 elsewhere, e.g. on AVX2-only CPUs). The nearest-code
+search always runs in fp32 so half-precision rounding cannot flip codes on near-ties.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class VQGANConfig:
     resamp_with_conv: bool = True
     value_range: tuple[float, float] = (-1.0, 1.0)   # pixels the network eats and emits
     resize_mode: Literal["crop", "squash"] = "crop"  # how encode_images makes squares ("squash" = released LVM)
-    precision: Literal["bf16", "fp32"] = "bf16"      # inference autocast dtype
+    # Inference precision: auto (the hardware policy, tokenizer.hardware.resolve), fp32, bf16 or fp16.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # GroupNorm groups (taming: 32). Each group loses its own mean and scale per image, so with few channels
     # per group (32 groups over 32-128 channels is near instance norm) absolute colors are normalised away
     # and a small tokenizer comes out nearly colour-blind; small models want fewer groups.
@@ -84,6 +86,8 @@ class VQGANConfig:
             raise ValueError(f"norm_groups {self.norm_groups} must divide hidden_channels {self.hidden_channels}")
         if self.quantizer not in ("l2", "normed"):
             raise ValueError(f"quantizer must be 'l2' or 'normed', got {self.quantizer!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
 
     @property
     def downsample(self) -> int:
@@ -126,20 +130,66 @@ def build_encoder_decoder(cfg: VQGANConfig) -> tuple[nn.Module, nn.Module]:
         decoder.mid.attn_1 = nn.Identity()
     for net in (encoder, decoder):
         _swap_group_norms(net, cfg.norm_groups)
+    for level in decoder.up:
+        if hasattr(level, "upsample"):
+            level.upsample.__class__ = TransposedUpsample  # same parameters, same forward, fewer MACs
     return encoder, decoder
 
 
-class TrainingGroupNorm(nn.GroupNorm):
-    """The network's GroupNorm (config.norm_groups groups): nn.GroupNorm, with its input made contiguous
-    when autograd is on.
+# Nearest-2x upsampling then a 3x3 conv (padding 1) is one stride-2 transposed conv with a 4x4 kernel whose
+# taps are sums of the 3x3 ones, per axis: output parity 0 sees w0 at i-1 and w1+w2 at i, parity 1 sees
+# w0+w1 at i and w2 at i+1. Rows of this matrix give the 4 transposed-conv taps from the 3 conv taps.
+_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 
-    oneDNN's bf16 convolutions return channels-last tensors, and PyTorch's CPU GroupNorm backward on
-    those is ~7x slower than on contiguous ones (a third of a training step, measured on Zen4). Inference
-    stays channels-last, where the forward is the faster layout. Same parameters, same state-dict keys.
+
+def transposed_upsample_weight(w: torch.Tensor) -> torch.Tensor:
+    """3x3 conv weight (Cout, Cin, 3, 3) -> the equivalent stride-2 transposed-conv weight (Cin, Cout, 4, 4)."""
+    a = w.new_tensor(_UP_TAPS)
+    return torch.einsum("ak,oikl,bl->ioab", a, w, a)
+
+
+def _taming_upsample():
+    from taming.modules.diffusionmodules.model import Upsample
+
+    return Upsample
+
+
+class TransposedUpsample(_taming_upsample()):
+    """taming's Upsample (nearest 2x, then conv3x3) computed as the equal transposed conv: 2.25x fewer
+    multiply-adds on the decoder's largest convolutions, the same output up to fp32 rounding (~1e-5) and,
+    since the kernel is a linear function of `conv.weight`, the same gradients. State-dict keys unchanged.
     """
 
     def forward(self, x):
-        return super().forward(x.contiguous() if torch.is_grad_enabled() else x)
+        if not self.with_conv:
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        w = self.conv.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            wt = transposed_upsample_weight(w)  # rebuilt per call so gradients reach conv.weight
+        else:
+            key = (w._version, w.data_ptr(), w.dtype, w.device)
+            cached = self.__dict__.get("_transposed")
+            if cached is None or cached[0] != key:
+                wt = transposed_upsample_weight(w.detach().float()).to(w.dtype)
+                cached = (key, wt.contiguous(memory_format=torch.channels_last))
+                self.__dict__["_transposed"] = cached  # a plain attribute: not in state_dict
+            wt = cached[1]
+        return F.conv_transpose2d(x, wt.to(x.dtype), self.conv.bias.to(x.dtype), stride=2, padding=1)
+
+
+class TrainingGroupNorm(nn.GroupNorm):
+    """The network's GroupNorm (config.norm_groups groups): nn.GroupNorm, with a half-precision input made
+    contiguous when autograd is on.
+
+    oneDNN's bf16 convolutions return channels-last tensors, and PyTorch's CPU GroupNorm backward on
+    those is ~7x slower than on contiguous ones (a third of a training step, measured on Zen4). In fp32
+    the channels-last backward is about as fast as the contiguous one, so fp32 training stays channels-last
+    (the faster layout for fp32 oneDNN convolutions) without copies; inference too. Same parameters, same
+    state-dict keys.
+    """
+
+    def forward(self, x):
+        return super().forward(x.contiguous() if torch.is_grad_enabled() and x.dtype != torch.float32 else x)
 
 
 def _swap_group_norms(net: nn.Module, groups: int):
@@ -151,18 +201,28 @@ def _swap_group_norms(net: nn.Module, groups: int):
                 setattr(parent, name, new)
 
 
+def _conv1x1(conv, x):
+    # A 1x1 conv of a channels-last tensor is one matmul over its (pixels, channels) view; torch sends
+    # such convs to a slow non-oneDNN kernel (2.5x slower in fp32 on an AVX2 CPU).
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return conv(x)
+    return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
+
+
 def _resblock(blk, x):
-    # taming's ResnetBlock.forward (no timestep embedding, eval-mode dropout) with fused SiLU and an
-    # in-place residual add: the elementwise ops, not the convolutions, dominate taming's CPU time.
-    h = blk.conv1(F.silu(blk.norm1(x), inplace=True))
-    h = blk.conv2(F.silu(blk.norm2(h), inplace=True))
+    # taming's ResnetBlock.forward (no timestep embedding) with fused SiLU and an in-place residual add:
+    # taming's x * sigmoid(x) costs three elementwise passes forward and four backward. SiLU is in place
+    # only without autograd (its backward needs its input).
+    inplace = not torch.is_grad_enabled()
+    h = blk.conv1(F.silu(blk.norm1(x), inplace=inplace))
+    h = blk.conv2(blk.dropout(F.silu(blk.norm2(h), inplace=inplace)))
     if blk.in_channels != blk.out_channels:
-        x = blk.conv_shortcut(x) if blk.use_conv_shortcut else blk.nin_shortcut(x)
+        x = blk.conv_shortcut(x) if blk.use_conv_shortcut else _conv1x1(blk.nin_shortcut, x)
     return h.add_(x)
 
 
 def encoder_forward(enc, x):
-    """taming Encoder.forward for inference, same weights and same math."""
+    """taming Encoder.forward (training and inference), same weights and same math."""
     h = enc.conv_in(x)
     for i, level in enumerate(enc.down):
         for j, blk in enumerate(level.block):
@@ -172,11 +232,11 @@ def encoder_forward(enc, x):
         if i != enc.num_resolutions - 1:
             h = level.downsample(h)
     h = _resblock(enc.mid.block_2, enc.mid.attn_1(_resblock(enc.mid.block_1, h)))
-    return enc.conv_out(F.silu(enc.norm_out(h), inplace=True))
+    return enc.conv_out(F.silu(enc.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 def decoder_forward(dec, z):
-    """taming Decoder.forward for inference, same weights and same math."""
+    """taming Decoder.forward (training and inference), same weights and same math."""
     h = _resblock(dec.mid.block_2, dec.mid.attn_1(_resblock(dec.mid.block_1, dec.conv_in(z))))
     for i in reversed(range(dec.num_resolutions)):
         level = dec.up[i]
@@ -186,7 +246,7 @@ def decoder_forward(dec, z):
                 h = level.attn[j](h)
         if i != 0:
             h = level.upsample(h)
-    return dec.conv_out(F.silu(dec.norm_out(h), inplace=True))
+    return dec.conv_out(F.silu(dec.norm_out(h), inplace=not torch.is_grad_enabled()))
 
 
 class VQGAN(nn.Module):
@@ -237,21 +297,22 @@ class VQGAN(nn.Module):
     # ---- training forward ----
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels -> pre-quantization latent (B, embed_dim, h, w)."""
-        return self.quant_conv(self._features(self.encoder, self.color_in, x, fast=False))
+        return self.quant_conv(self._features(self.encoder, self.color_in, x))
 
     def decode_latent(self, q: torch.Tensor) -> torch.Tensor:
-        return self._pixels(self.decoder, self.color_out, self.post_quant_conv(q), fast=False)
+        return self._pixels(self.decoder, self.color_out, self.post_quant_conv(q))
 
-    # The two halves around the quantizer, given the modules to use (the model's own for training, the
-    # cached bf16 copies for inference): taming's encoder/decoder plus the optional colour shortcut.
-    def _features(self, enc, color_in, x, fast: bool) -> torch.Tensor:
-        h = encoder_forward(enc, x) if fast else enc(x)
+    # The two halves around the quantizer, given the modules to use (the model's own for training and fp32
+    # inference, the cached half-precision copies otherwise): taming's encoder/decoder plus the optional
+    # colour shortcut.
+    def _features(self, enc, color_in, x) -> torch.Tensor:
+        h = encoder_forward(enc, x)
         if color_in is not None:
             h = h + color_in(F.avg_pool2d(x, self.config.downsample))
         return h
 
-    def _pixels(self, dec, color_out, h, fast: bool) -> torch.Tensor:
-        x = decoder_forward(dec, h) if fast else dec(h)
+    def _pixels(self, dec, color_out, h) -> torch.Tensor:
+        x = decoder_forward(dec, h)
         if color_out is not None:
             x = x + F.interpolate(color_out(h), scale_factor=self.config.downsample, mode="nearest")
         return x
@@ -262,8 +323,17 @@ class VQGAN(nn.Module):
     def _from_rows(self, rows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
         return rows.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
+    def use_channels_last(self, on: bool = True) -> "VQGAN":
+        """Keep parameters (and, in `forward`, the input) channels-last: the faster layout of fp32 oneDNN
+        convolutions (an fp32 training step on AVX2 a few percent faster); bf16 training is faster contiguous."""
+        self.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        self._channels_last = on
+        return self
+
     def forward(self, x: torch.Tensor):
         """Training pass: returns (reconstruction, quantizer loss, codes (B, h*w))."""
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         z = self.encode_latent(x)
         b, _, h, w = z.shape
         q, qloss, idx = self.quantize(self._to_rows(z))
@@ -271,31 +341,48 @@ class VQGAN(nn.Module):
         return xrec, qloss, idx.view(b, h * w)
 
     # ---- inference: the fast path ----
-    def _fast_modules(self):
-        """(encoder, quant_conv, post_quant_conv, decoder, color_in, color_out, dtype) for inference.
+    def inference_plan(self):
+        """What `encode`/`decode` compute in: config.precision resolved by the policy on the model's device."""
+        from .hardware import resolve
 
-        bf16: a cached bf16 channels-last copy of the network (rebuilt when any parameter changes), so no
-        weight is re-cast per call and GroupNorm/SiLU run on half the bytes. fp32: the model itself.
+        dev = self.device
+        name = dev.type if dev.index is None else f"{dev.type}:{dev.index}"
+        return resolve(name, self.config.precision, "inference")
+
+    def _fast_modules(self):
+        """(encoder, quant_conv, post_quant_conv, decoder, color_in, color_out, plan) for inference.
+
+        fp32: the model itself, channels-last. bf16/fp16: a cached channels-last copy of the network in
+        that dtype (rebuilt when any parameter changes), so no weight is re-cast per call and
+        GroupNorm/SiLU run on half the bytes; fp16 copies keep their GroupNorms in fp32, where fp16
+        statistics could overflow (the autocast region feeds them).
         """
-        if self.config.precision == "fp32":
+        plan = self.inference_plan()
+        if plan.precision == "fp32":
             if not self._channels_last:
-                self.to(memory_format=torch.channels_last)
-                self._channels_last = True
+                self.use_channels_last()
             return (self.encoder, self.quant_conv, self.post_quant_conv, self.decoder, self.color_in,
-                    self.color_out, torch.float32)
-        key = (str(self.device), tuple(p._version for p in self.parameters()),
+                    self.color_out, plan)
+        key = (plan.precision, str(self.device), tuple(p._version for p in self.parameters()),
                tuple(p.data_ptr() for p in self.parameters()))
-        cache = self.__dict__.get("_bf16_cache")
+        cache = self.__dict__.get("_half_cache")
         if cache is None or cache[0] != key:
             import copy
 
-            mods = tuple(None if m is None else
-                         copy.deepcopy(m).to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
-                         for m in (self.encoder, self.quant_conv, self.post_quant_conv, self.decoder,
-                                   self.color_in, self.color_out))
+            def half(m):
+                m = copy.deepcopy(m).to(dtype=plan.dtype, memory_format=torch.channels_last).eval()
+                if plan.precision == "fp16":
+                    for g in m.modules():
+                        if isinstance(g, nn.GroupNorm):
+                            g.float()
+                return m
+
+            mods = tuple(None if m is None else half(m) for m in (self.encoder, self.quant_conv,
+                                                                   self.post_quant_conv, self.decoder,
+                                                                   self.color_in, self.color_out))
             cache = (key, mods)
-            self.__dict__["_bf16_cache"] = cache  # not a submodule: stays out of state_dict/parameters
-        return (*cache[1], torch.bfloat16)
+            self.__dict__["_half_cache"] = cache  # not a submodule: stays out of state_dict/parameters
+        return (*cache[1], plan)
 
     def _check_pixels(self, x: torch.Tensor):
         if x.ndim != 4 or x.shape[1] != self.config.in_channels or x.shape[2] != self.resolution \
@@ -306,10 +393,10 @@ class VQGAN(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, R, R) in `value_range` -> codes long (B, codes_per_image), row-major over the grid."""
         self._check_pixels(x)
-        enc, qc, _, _, cin, _, dtype = self._fast_modules()  # outside inference mode: it may copy parameters
-        with torch.inference_mode():
-            x = x.to(self.device, dtype).contiguous(memory_format=torch.channels_last)
-            z = qc(self._features(enc, cin, x, fast=True)).float()
+        enc, qc, _, _, cin, _, plan = self._fast_modules()  # outside inference mode: it may copy parameters
+        with torch.inference_mode(), plan.autocast():
+            x = x.to(self.device, plan.dtype).contiguous(memory_format=torch.channels_last)
+            z = qc(self._features(enc, cin, x)).float()
             b, _, h, w = z.shape
             return self.quantize.codes(self._to_rows(z)).view(b, h * w)
 
@@ -324,12 +411,12 @@ class VQGAN(nn.Module):
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise InputError(f"codes must lie in [0, {self.codebook_size - 1}], got "
                              f"[{int(codes.min())}, {int(codes.max())}]")
-        _, _, pqc, dec, _, cout, dtype = self._fast_modules()
-        with torch.inference_mode():
+        _, _, pqc, dec, _, cout, plan = self._fast_modules()
+        with torch.inference_mode(), plan.autocast():
             b, g = codes.shape[0], self.grid
             q = self.quantize.lookup(codes.flatten()).float()
-            q = self._from_rows(q, b, g, g).to(dtype).contiguous(memory_format=torch.channels_last)
-            x = self._pixels(dec, cout, pqc(q), fast=True)
+            q = self._from_rows(q, b, g, g).to(plan.dtype).contiguous(memory_format=torch.channels_last)
+            x = self._pixels(dec, cout, pqc(q))
             lo, hi = self.value_range
             return x.float().clamp(lo, hi).contiguous()
 

@@ -1,7 +1,8 @@
 """Vector quantizers: latent vectors (N, dim) <-> integer codes.
 
 Two kinds, both with the same small interface used by `VQGAN`:
-  codes(z)        -> long (N,)        nearest code of each row (always in fp32: bf16 flips near-ties)
+  codes(z)        -> long (N,)        nearest code of each row (always fp32, autocast or not: bf16 flips
+                                      near-ties)
   lookup(codes)   -> float (N, dim)   the vectors the decoder sees
   forward(z)      -> (z_q straight-through, loss, codes)   for training
 
@@ -23,7 +24,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_CHUNK = 8192  # rows per distance matrix: bounds memory at _CHUNK * K floats
+_CHUNK = 8192  # rows per similarity matrix of the "normed" quantizer: bounds memory at _CHUNK * K floats
+_BLOCK_FLOATS = 1 << 19  # distance block of the l2 search: 2 MiB of fp32 stays in cache for the argmin pass
+
+
+def argmin_rows(d: torch.Tensor, width: int = 128) -> torch.Tensor:
+    """d.argmin(1), first occurrence on ties, via block minima: torch's argmin does not vectorize (~1 ns per
+    element on AVX2) while amin does, so the min of each `width`-wide block picks the block, and one small
+    argmin inside it the index (~4x faster on a (32, 8192) distance block)."""
+    n, k = d.shape
+    if k % width or k <= width:
+        return d.argmin(1)
+    blocks = d.view(n, k // width, width)
+    first = blocks.amin(2).argmin(1)  # the first block holding the row minimum
+    return first * width + blocks[torch.arange(n, device=d.device), first].argmin(1)
+
+
+def _no_autocast(t: torch.Tensor):
+    """The code search runs in fp32 even inside a training/inference autocast region."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def _vq_loss(z: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
@@ -43,14 +62,18 @@ class L2Quantizer(nn.Module):
 
     @torch.no_grad()
     def codes(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.float()
-        e = self.embedding.weight.float()
-        e2 = (e * e).sum(1)
-        out = []
-        for part in z.split(_CHUNK):
-            # ||z||^2 + ||e||^2 - 2 z.e, the same expansion taming uses, so ties break the same way.
-            d = (part * part).sum(1, keepdim=True) + e2 - 2.0 * (part @ e.t())
-            out.append(d.argmin(1))
+        """argmin_k ||z - e_k||^2, computed as argmin_k (||e_k||^2 - 2 z.e_k) in fp32, one addmm per block.
+
+        ||z||^2 is the same for every code of a row, so dropping it does not move the minimum; it does
+        change fp32 rounding, so on exact or near ties (distances within ~1e-6 relative) the chosen code
+        can differ from taming's ||z||^2 + ||e||^2 - 2 z.e expansion.
+        """
+        with _no_autocast(z):
+            z = z.float()
+            e = self.embedding.weight.float()
+            e2 = (e * e).sum(1)
+            rows = max(16, _BLOCK_FLOATS // max(1, e.shape[0]))
+            out = [argmin_rows(torch.addmm(e2, part, e.t(), alpha=-2.0)) for part in z.split(rows)]
         return torch.cat(out) if out else z.new_zeros(0, dtype=torch.long)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
@@ -85,8 +108,9 @@ class NormedQuantizer(nn.Module):
 
     @torch.no_grad()
     def _nearest(self, zn: torch.Tensor) -> torch.Tensor:
-        e = self.codebook()
-        return torch.cat([(part @ e.t()).argmax(1) for part in zn.split(_CHUNK)])
+        with _no_autocast(zn):
+            e = self.codebook()
+            return torch.cat([(part.float() @ e.t()).argmax(1) for part in zn.split(_CHUNK)])
 
     @torch.no_grad()
     def codes(self, z: torch.Tensor) -> torch.Tensor:

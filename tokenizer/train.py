@@ -11,12 +11,17 @@ disc.safetensors and train_state.pt (optimizers, schedulers, step, data position
 kill at any moment leaves a loadable checkpoint. The newest model is also exported to `out_dir/`
 (config.json + model.safetensors), so `load_tokenizer(out_dir)` works. `resume=True` continues from
 `latest`.
+
+Device and precision come from `cfg.device` / `cfg.precision` through the hardware policy
+(`training_plan`: bf16 where the hardware computes it natively, fp16 with accelerate's gradient scaler on
+pre-Ampere GPUs, else fp32); the resolved values are written into the config before it is saved.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -29,6 +34,23 @@ import torch.nn.functional as F
 from .errors import InputError
 from .files import atomic_dir, atomic_write_text, rng_state, set_rng_state
 from .train_config import TokenizerTrainConfig
+
+
+def training_plan(cfg: TokenizerTrainConfig):
+    """The device/precision Plan a training run of `cfg` uses (the legacy `mixed_precision` wins when set)."""
+    from .hardware import resolve
+
+    return resolve(cfg.device, cfg.mixed_precision or cfg.precision, "training")
+
+
+def training_model(cfg: TokenizerTrainConfig, plan):
+    """A fresh VQGAN of cfg.model in the layout that trains fastest in `plan`'s precision."""
+    from .model import VQGAN
+
+    model = VQGAN(cfg.model).train()
+    if plan.precision == "fp32" and plan.device_type == "cpu":
+        model.use_channels_last()  # fp32 oneDNN convolutions are faster channels-last; bf16 ones are not
+    return model
 
 
 def lr_lambda(cfg: TokenizerTrainConfig):
@@ -74,7 +96,6 @@ class Trainer:
         from accelerate.utils import set_seed
 
         from .lpips import maybe_lpips
-        from .model import VQGAN
 
         cfg = self.cfg
         if cfg.data.path is None:
@@ -82,8 +103,16 @@ class Trainer:
         f = cfg.model.downsample
         if cfg.data.crop is not None and (cfg.data.crop < f or cfg.data.crop % f):
             raise InputError(f"data.crop={cfg.data.crop} must be a positive multiple of the downsampling factor {f}")
-        self.acc = Accelerator(mixed_precision="bf16" if cfg.mixed_precision == "bf16" else "no", gradient_accumulation_steps=cfg.grad_accum,
-                               cpu=not torch.cuda.is_available())
+        self.plan = plan = training_plan(cfg)
+        if plan.device_type == "cuda" and "LOCAL_RANK" not in os.environ:
+            torch.cuda.set_device(plan.device)  # one process: accelerate trains on the current GPU
+        # fp16 gets accelerate's gradient scaler with mixed_precision="fp16"
+        self.acc = Accelerator(mixed_precision=plan.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                               cpu=plan.device_type == "cpu")
+        # what auto resolved to goes into the saved config
+        cfg.device, cfg.precision, cfg.mixed_precision = str(self.acc.device), plan.precision, None
+        if self.acc.is_main_process:
+            self.log(f"training on {self.acc.device} in {plan.precision}")
         set_seed(cfg.seed + self.acc.process_index)
         self.lpips = maybe_lpips(cfg.loss.lpips_vgg_path, cfg.loss.lpips_lin_path)
         cfg.loss.perceptual_used = self.lpips is not None and cfg.loss.perceptual_weight > 0
@@ -95,7 +124,7 @@ class Trainer:
 
         from taming.modules.discriminator.model import NLayerDiscriminator, weights_init
 
-        self.model = VQGAN(cfg.model)
+        self.model = training_model(cfg, plan)
         self.disc = NLayerDiscriminator(input_nc=3, ndf=cfg.loss.disc_channels, n_layers=cfg.loss.disc_layers)
         self.disc.apply(weights_init)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
@@ -198,8 +227,10 @@ class Trainer:
         d = self._ckpt_root() / latest.read_text().strip()
         saved = json.loads((d / "config.json").read_text())
         saved.pop("format", None)
-        if saved != self.cfg.model.to_dict():
-            diff = sorted(k for k in saved if saved.get(k) != self.cfg.model.to_dict().get(k))
+        now = self.cfg.model.to_dict()
+        saved["precision"] = now["precision"]  # inference precision: not part of what was trained
+        if saved != now:
+            diff = sorted(k for k in saved if saved.get(k) != now.get(k))
             raise InputError(f"{d}: checkpoint model config differs from this config in: {', '.join(diff)}")
         load_state_strict(self.model, load_file(str(d / "model.safetensors")), d)
         self.model.train()
@@ -278,7 +309,7 @@ class Trainer:
                 x = random_crops(next(batches), cfg.data.crop).to(self.acc.device)
                 with self.acc.accumulate(model, disc):
                     gan_on = self.step >= cfg.loss.disc_start
-                    with self.acc.autocast():
+                    with self.plan.autocast():
                         xrec, qloss, codes = model(x)
                     xrec = xrec.float()
                     rec = (x - xrec).abs() if cfg.loss.recon == "l1" else (x - xrec) ** 2
@@ -291,7 +322,7 @@ class Trainer:
                         logs["lpips"] = p.item()
                     loss = nll + cfg.loss.codebook_weight * qloss
                     if gan_on:
-                        with self.acc.autocast():
+                        with self.plan.autocast():
                             g_loss = -disc(xrec).float().mean()
                         d_w = adaptive_weight(nll, g_loss, last_layer, cfg.loss.disc_weight)
                         loss = loss + d_w * g_loss
@@ -302,7 +333,7 @@ class Trainer:
                     self.opt_g.step()
                     self.opt_g.zero_grad(set_to_none=True)
                     if gan_on:
-                        with self.acc.autocast():
+                        with self.plan.autocast():
                             d_loss = hinge_d_loss(disc(x).float(), disc(xrec.detach()).float())
                         self.acc.backward(d_loss)
                         self.opt_d.step()

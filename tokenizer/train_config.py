@@ -65,7 +65,13 @@ class TokenizerTrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    mixed_precision: Literal["bf16", "fp32"] = "bf16"
+    # Where and in what precision to train; "auto" = tokenizer.hardware.resolve(purpose="training"): bf16
+    # where the CPU/GPU computes it natively, fp16 (with a grad scaler) on pre-Ampere GPUs, else fp32.
+    # The saved config.yaml records what auto resolved to.
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Older name of `precision`, still read from old configs and overrides; wins when set.
+    mixed_precision: Literal["fp32", "bf16", "fp16"] | None = None
     dead_code_max_idle: int = 100    # "normed" quantizer: restart codes unused for this many steps (0 = off)
     log_every: int = 10
     eval_every: int = 500

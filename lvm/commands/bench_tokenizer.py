@@ -1,21 +1,24 @@
 """Tokenizer speed: this package's fast path against a taming fp32 eager reference, side by side.
 
 Both paths get the same weights and the same batch of procedurally drawn scenes, in one process, timed
-interleaved (reference, ours, reference, ours, ...) so machine load hits both alike:
+interleaved (reference, ours in each precision, reference, ...) so machine load hits all alike:
 
 - reference: taming's Encoder/Decoder + taming's VectorQuantizer, fp32, eager, default memory format,
-  torch.no_grad (what taming's VQModel.encode / decode_code do);
-- ours: `VQGAN.encode` / `VQGAN.decode` (inference mode, channels-last, bf16 autocast for the network,
-  fp32 nearest-code search).
+  torch.no_grad (what taming's VQModel.encode / decode_code do), with the config's GroupNorm groups
+  (taming's own modules, so it is the same network as ours);
+- ours: `VQGAN.encode` / `VQGAN.decode` in each --precision (a comma list; `auto` is what the hardware
+  policy picks here, and the header says what that is).
 
 Prints images/s for encode and decode, the speed-up ratios, the code agreement (%) and the PSNR of our
 reconstruction against the reference's. Without --checkpoint the weights are random; the codebook is
 then placed on encoder outputs of other scenes (plus noise), as a trained codebook is, so that codes are
 diverse and near-ties happen: otherwise random codebooks collapse onto a few codes and agreement is
-meaningless.
+meaningless. key=value arguments override the config (nested keys with dots).
 
 Example:
   lvm bench tokenizer --config configs/tokenizer/lvm-f16-8192.yaml --batch 4 --iters 3
+  lvm bench tokenizer --config configs/tokenizer/small-128-f8.yaml model.quantizer=l2 model.color_skip=false \\
+      --precision auto,fp32,bf16
 """
 
 from __future__ import annotations
@@ -23,19 +26,37 @@ from __future__ import annotations
 import statistics
 import time
 
+from tokenizer.hardware import PRECISIONS
+
 
 def add_arguments(p):
     p.add_argument("--config", default="configs/tokenizer/lvm-f16-8192.yaml",
                    help="tokenizer config YAML (its model: section is used)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="override config values, e.g. model.quantizer=l2 model.color_skip=false")
     p.add_argument("--checkpoint", default=None, help="load real weights instead of random ones")
     p.add_argument("--batch", type=int, default=4, help="images per batch")
     p.add_argument("--iters", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (GPU if any, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", default="auto", metavar="{" + ",".join(PRECISIONS) + "}",
+                   help="our side's precision(s), a comma list timed side by side (e.g. auto,fp32,bf16); auto = "
+                        "what the hardware policy picks here (see `lvm env`); the reference is always fp32")
 
 
-def _reference(model):
-    """taming modules with our weights: fp32, eager, no channels-last."""
+def _precisions(text: str) -> list[str]:
+    from tokenizer.errors import InputError
+
+    out = [p.strip().lower() for p in text.split(",") if p.strip()]
+    bad = [p for p in out if p not in PRECISIONS]
+    if bad or not out:
+        raise InputError(f"--precision {text}: expected a comma list of {', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(out))
+
+
+def reference_network(model):
+    """taming modules with our weights: fp32, eager, no channels-last, the config's GroupNorm groups."""
     import contextlib
     import io
 
@@ -54,15 +75,21 @@ def _reference(model):
     if not cfg.mid_attention:  # the architecture being measured has none (released LVM)
         ref.encoder.mid.attn_1 = torch.nn.Identity()
         ref.decoder.mid.attn_1 = torch.nn.Identity()
+    for net in (ref.encoder, ref.decoder):  # taming hard-codes 32 groups; the config may say otherwise
+        for parent in list(net.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.GroupNorm):
+                    setattr(parent, name, torch.nn.GroupNorm(cfg.norm_groups, child.num_channels, child.eps,
+                                                             child.affine))
     ref.quant_conv = torch.nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
     ref.quantize = VectorQuantizer(cfg.codebook_size, cfg.embed_dim, cfg.beta)
     ref.post_quant_conv = torch.nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     ref.load_state_dict(state, strict=True)
-    return ref.eval()
+    return ref.to(model.device).eval()
 
 
-def _ref_encode(ref, x):
+def reference_encode(ref, x):
     import torch
 
     with torch.no_grad():
@@ -71,7 +98,7 @@ def _ref_encode(ref, x):
     return idx.view(x.shape[0], -1)
 
 
-def _ref_decode(ref, codes, grid, value_range):
+def reference_decode(ref, codes, grid, value_range):
     import torch
 
     with torch.no_grad():
@@ -85,7 +112,20 @@ def _psnr(a, b):
     """PSNR of the whole batch as one signal (images in [0, 1])."""
     from tokenizer.evaluate import psnr_per_image
 
-    return float(psnr_per_image(a.reshape(1, -1), b.reshape(1, -1)))
+    return float(psnr_per_image(a.reshape(1, -1).cpu(), b.reshape(1, -1).cpu()))
+
+
+def place_codebook(model, seed_images):
+    """Codebook on the data manifold: fp32 encoder outputs of other scenes + noise (see the docstring)."""
+    import torch
+
+    cfg = model.config
+    with torch.no_grad():
+        z = model.encode_latent(seed_images.to(model.device)).float()
+        rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        pick = torch.randint(0, rows.shape[0], (cfg.codebook_size,)).to(rows.device)
+        noise = torch.randn(cfg.codebook_size, rows.shape[1]).to(rows.device) * rows.std(0) * 0.3
+        model.quantize.embedding.weight.copy_(rows[pick] + noise)
 
 
 def run(args):
@@ -93,86 +133,97 @@ def run(args):
 
     from lvm.config import load_config
     from tokenizer import VQGAN, load_tokenizer
+    from tokenizer.errors import InputError
+    from tokenizer.hardware import detect, resolve
     from tokenizer.image_io import pil_to_tensor
     from tokenizer.synthetic import scene
     from tokenizer.train_config import TokenizerTrainConfig
 
+    precisions = _precisions(args.precision)
+    plans = {p: resolve(args.device, p, "inference") for p in precisions}  # bad device: one line, exit 2
+    device = plans[precisions[0]].device
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        model = load_tokenizer(args.checkpoint)
+        if args.overrides:
+            raise InputError("key=value overrides apply to --config; a --checkpoint brings its own config")
+        model = load_tokenizer(args.checkpoint, device=device, precision="fp32")
         source = args.checkpoint
     else:
-        model = VQGAN(load_config(TokenizerTrainConfig, args.config).model).eval()
-        source = f"{args.config} (random weights)"
+        model = VQGAN(load_config(TokenizerTrainConfig, args.config, args.overrides).model).eval().to(device)
+        source = f"{args.config}{' ' + ' '.join(args.overrides) if args.overrides else ''} (random weights)"
     cfg = model.config
-    from tokenizer.errors import InputError
-
     if cfg.quantizer != "l2":
-        raise InputError("the taming reference path has only the plain 'l2' quantizer; use an l2 config")
+        raise InputError("the taming reference path has only the plain 'l2' quantizer; use an l2 config "
+                         "(e.g. add model.quantizer=l2)")
     if cfg.color_skip:
-        raise InputError("the taming reference path has no colour shortcut; use a config with color_skip: false")
-    cfg.precision = "bf16"
+        raise InputError("the taming reference path has no colour shortcut; use a config with color_skip: false "
+                         "(e.g. add model.color_skip=false)")
     lo, hi = cfg.value_range
     R = cfg.resolution
 
     def images(seed, n):
-        return torch.stack([pil_to_tensor(scene(seed, i, R), cfg.value_range) for i in range(n)])
+        return torch.stack([pil_to_tensor(scene(seed, i, R), cfg.value_range) for i in range(n)]).to(device)
 
     x = images(args.seed + 1000, args.batch)
     if not args.checkpoint:
-        # Codebook on the data manifold: encoder outputs of other scenes + noise (see the docstring).
-        with torch.no_grad():
-            calib = images(args.seed + 2000, max(2, min(8, cfg.codebook_size // model.codes_per_image)))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                z = model.encode_latent(calib).float()
-            rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-            pick = torch.randint(0, rows.shape[0], (cfg.codebook_size,))
-            noise = torch.randn(cfg.codebook_size, rows.shape[1]) * rows.std(0) * 0.3
-            model.quantize.embedding.weight.copy_(rows[pick] + noise)
-    ref = _reference(model)
+        place_codebook(model, images(args.seed + 2000, max(2, min(8, cfg.codebook_size // model.codes_per_image))))
+    ref = reference_network(model)
 
     print(f"tokenizer: {source}")
     print(f"  {R}px, f={cfg.downsample}, {model.codes_per_image} codes/image, K={cfg.codebook_size}, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; batch {args.batch}, "
-          f"{torch.get_num_threads()} threads, {args.iters} timed iters (median)")
+          f"norm_groups {cfg.norm_groups}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
+          f"batch {args.batch}, {torch.get_num_threads()} threads, {args.iters} timed iters (median)")
+    print(f"  CPU: {detect().cpu_summary()}")
+    print(f"  device {device}; reference: taming fp32 eager; ours: "
+          + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
 
-    # warm-up both paths (allocator, oneDNN primitive caches)
-    ours_codes = model.encode(x)
-    ref_codes = _ref_encode(ref, x)
-    model.decode(ours_codes)
-    _ref_decode(ref, ref_codes, model.grid, cfg.value_range)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    t = {"ref_enc": [], "our_enc": [], "ref_dec": [], "our_dec": []}
+    def set_precision(p):
+        model.config.precision = plans[p].precision
 
     def timed(key, fn):
+        sync()
         t0 = time.perf_counter()
         out = fn()
-        t[key].append(time.perf_counter() - t0)
+        sync()
+        t.setdefault(key, []).append(time.perf_counter() - t0)
         return out
 
+    # warm-up every path (allocator, oneDNN primitive caches, the half-precision copies)
+    ref_codes = reference_encode(ref, x)
+    reference_decode(ref, ref_codes, model.grid, cfg.value_range)
+    for p in precisions:
+        set_precision(p)
+        model.decode(model.encode(x))
+    t: dict = {}
+    ours_codes, our_rec = {}, {}
     for _ in range(args.iters):
-        ref_codes = timed("ref_enc", lambda: _ref_encode(ref, x))
-        ours_codes = timed("our_enc", lambda: model.encode(x))
-        ref_rec = timed("ref_dec", lambda: _ref_decode(ref, ref_codes, model.grid, cfg.value_range))
-        our_rec = timed("our_dec", lambda: model.decode(ours_codes))
+        ref_codes = timed("ref_enc", lambda: reference_encode(ref, x))
+        for p in precisions:
+            set_precision(p)
+            ours_codes[p] = timed(("enc", p), lambda: model.encode(x))
+        ref_rec = timed("ref_dec", lambda: reference_decode(ref, ref_codes, model.grid, cfg.value_range))
+        for p in precisions:
+            set_precision(p)
+            our_rec[p] = timed(("dec", p), lambda: model.decode(ours_codes[p]))
 
     ips = {k: args.batch / statistics.median(v) for k, v in t.items()}
-    agree = float((ours_codes == ref_codes).float().mean()) * 100
-    # PSNR in [0, 1] pixel units, whatever the value range.
-    psnr = _psnr((our_rec - lo) / (hi - lo), (ref_rec - lo) / (hi - lo))
-    # The decoder alone (same codes in): isolates bf16 decoding error from code flips.
-    our_same = model.decode(ref_codes)
-    psnr_dec = _psnr((our_same - lo) / (hi - lo), (ref_rec - lo) / (hi - lo))
     ref01 = (ref_rec - lo) / (hi - lo)
-    print(f"  encode  reference {ips['ref_enc']:7.3f} img/s   ours {ips['our_enc']:7.3f} img/s   "
-          f"speed-up {ips['our_enc'] / ips['ref_enc']:.2f}x")
-    print(f"  decode  reference {ips['ref_dec']:7.3f} img/s   ours {ips['our_dec']:7.3f} img/s   "
-          f"speed-up {ips['our_dec'] / ips['ref_dec']:.2f}x")
-    print(f"  code agreement: {agree:.2f}% of {ours_codes.numel()} codes "
-          f"({ref_codes.unique().numel()} distinct codes in the reference's output)")
-    print(f"  reconstruction PSNR ours vs reference: {psnr:.2f} dB (decoder alone, same codes: {psnr_dec:.2f} dB; "
-          f"reference output pixel std {float(ref01.std()):.3f}, range [{float(ref01.min()):.2f}, "
-          f"{float(ref01.max()):.2f}])")
+    print(f"  {'':18s} {'encode img/s':>12s} {'speed-up':>8s}   {'decode img/s':>12s} {'speed-up':>8s}   "
+          f"{'codes agree':>11s}   PSNR vs reference (decoder alone)")
+    print(f"  {'reference fp32':18s} {ips['ref_enc']:12.3f} {'1.00x':>8s}   {ips['ref_dec']:12.3f} {'1.00x':>8s}")
+    for p in precisions:
+        set_precision(p)
+        agree = float((ours_codes[p] == ref_codes).float().mean()) * 100
+        psnr = _psnr((our_rec[p] - lo) / (hi - lo), ref01)
+        psnr_dec = _psnr((model.decode(ref_codes) - lo) / (hi - lo), ref01)  # same codes in: decoder only
+        name = f"ours {p}" + (f" = {plans[p].precision}" if p == "auto" else "")
+        print(f"  {name:18s} {ips[('enc', p)]:12.3f} {ips[('enc', p)] / ips['ref_enc']:7.2f}x   "
+              f"{ips[('dec', p)]:12.3f} {ips[('dec', p)] / ips['ref_dec']:7.2f}x   {agree:10.2f}%   "
+              f"{psnr:.2f} dB ({psnr_dec:.2f} dB)")
+    print(f"  ({ref_codes.numel()} codes, {ref_codes.unique().numel()} distinct in the reference's output; reference "
+          f"output pixel std {float(ref01.std()):.3f}, range [{float(ref01.min()):.2f}, {float(ref01.max()):.2f}])")
     return 0

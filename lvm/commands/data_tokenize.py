@@ -1,8 +1,9 @@
 """Turn image-sequence shards into token shards with a tokenizer checkpoint (stage 2).
 
-Every image goes through the tokenizer (batched across sequences; bf16 autocast and the GPU when there is
-one); each input shard becomes a token shard of the same name: per sequence `tokens.npy` (n_images, 256)
-+ the sequence's JSON (plus tokenizer provenance). Finished token shards are skipped on a rerun. Under
+Every image goes through the tokenizer (batched across sequences) on --device in --precision (both auto
+by default: this rank's GPU if any, and bf16 only where the hardware computes it natively); each input
+shard becomes a token shard of the same name: per sequence `tokens.npy` (n_images, 256) + the sequence's
+JSON (plus tokenizer provenance). Finished token shards are skipped on a rerun. Under
 `accelerate launch` (or torchrun / SLURM) each rank takes shards[rank::world] and its own GPU.
 
 example:
@@ -10,13 +11,15 @@ example:
   accelerate launch --num_processes 8 -m lvm data tokenize data/images --tokenizer runs/tok --out data/tokens
 """
 
+from tokenizer.hardware import add_arguments as add_hardware_arguments
+
 
 def add_arguments(p):
     p.add_argument("shards", nargs="+", help="image shard folder(s), globs or .tar files")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM dir, taming .ckpt)")
     p.add_argument("--out", required=True, help="output folder for token shards")
     p.add_argument("--batch-size", type=int, default=64, help="images per tokenizer batch")
-    p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: this rank's GPU if any, else CPU)")
+    add_hardware_arguments(p, device_help="auto (this rank's GPU if any, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--world-size", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -28,7 +31,7 @@ def run(args):
     from data_builders.tokenize import tokenize
 
     res = tokenize(args.shards if len(args.shards) > 1 else args.shards[0], args.tokenizer, args.out,
-                   batch_size=args.batch_size, device=args.device, rank=args.rank, world=args.world_size,
-                   progress=not args.no_progress)
+                   batch_size=args.batch_size, device=args.device, precision=args.precision, rank=args.rank,
+                   world=args.world_size, progress=not args.no_progress)
     print(json.dumps(res))
     return 0

@@ -5,14 +5,18 @@ Example:
   lvm tokenizer decode runs/tok codes/ --out decoded/
 """
 
+from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", help="tokenizer checkpoint (dir or .ckpt)")
     p.add_argument("codes", help="a .npy file or a folder of them (recursive)")
     p.add_argument("--out", required=True, help="output folder for PNGs")
+    add_hardware_arguments(p)
 
 
 def run(args):
+    from_args(args)  # a device that is not there ends here, before any input is read
     from pathlib import Path
 
     import numpy as np
@@ -31,7 +35,7 @@ def run(args):
         raise InputError(f"{src}: no such file or folder")
     if not files:
         raise InputError(f"{src}: no .npy files")
-    tok = load_tokenizer(args.checkpoint)
+    tok = load_tokenizer(args.checkpoint, device=args.device, precision=args.precision)
     out, bad, n = Path(args.out), [], 0
     for f in tqdm(files, desc="decode", unit="file"):
         try:

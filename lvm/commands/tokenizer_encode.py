@@ -7,15 +7,19 @@ Example:
   lvm tokenizer encode runs/tok images/ --out codes/
 """
 
+from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", help="tokenizer checkpoint (dir or .ckpt)")
     p.add_argument("images", help="an image, a folder (recursive) or a .txt list")
     p.add_argument("--out", required=True, help="output folder for .npy files")
     p.add_argument("--batch-size", type=int, default=16)
+    add_hardware_arguments(p)
 
 
 def run(args):
+    from_args(args)  # a device that is not there ends here, before any input is read
     import io
     from pathlib import Path
 
@@ -37,7 +41,7 @@ def run(args):
         return (out / rel).with_suffix(".npy")
 
     todo = [p for p in paths if not target(p).exists()]
-    tok = load_tokenizer(args.checkpoint)
+    tok = load_tokenizer(args.checkpoint, device=args.device, precision=args.precision)
     bad, done = [], 0
     for i in tqdm(range(0, len(todo), args.batch_size), desc="encode", unit="batch"):
         imgs, keep = [], []

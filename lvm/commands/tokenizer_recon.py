@@ -5,15 +5,19 @@ Example:
   lvm tokenizer recon runs/tok held_out/ --max-images 8 --out recon.png
 """
 
+from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", help="tokenizer checkpoint (dir or .ckpt)")
     p.add_argument("images", nargs="+", help="image files, or folders / .txt lists of images")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--max-images", type=int, default=16)
+    add_hardware_arguments(p)
 
 
 def run(args):
+    from_args(args)  # a device that is not there ends here, before any input is read
     from pathlib import Path
 
     from tokenizer import load_tokenizer
@@ -22,7 +26,7 @@ def run(args):
     from tokenizer.image_io import load_image, make_grid, pil_to_tensor, resize_square, save_png
 
     paths = [q for p in args.images for q in image_paths(p)][: args.max_images]
-    tok = load_tokenizer(args.checkpoint)
+    tok = load_tokenizer(args.checkpoint, device=args.device, precision=args.precision)
     originals = [resize_square(load_image(p), tok.resolution, tok.resize_mode) for p in paths]
     codes = tok.encode_images(originals)
     recons = tok.decode_to_pil(codes)

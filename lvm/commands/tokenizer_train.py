@@ -8,7 +8,9 @@ linear layers); without them the perceptual term is off, which the log and the s
 
 Writes to out_dir: config.yaml (resolved), config.json + model.safetensors (newest weights, loadable with
 load_tokenizer), ckpt/ (resumable checkpoints), train_log.jsonl, eval.jsonl, tb/ (TensorBoard).
---resume continues a killed run from its newest checkpoint.
+--resume continues a killed run from its newest checkpoint. --device/--precision (default auto: the
+hardware policy, see `lvm env`) override the config's device/precision when not auto; config.yaml
+records what auto resolved to.
 
 Example:
   lvm tokenizer train configs/tokenizer/small-128-f8.yaml data.path=images/ data.val_path=held_out/ \\
@@ -16,10 +18,15 @@ Example:
 """
 
 from lvm.config import add_config_arguments, resolve_config
+from tokenizer.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
     add_config_arguments(p, default="configs/tokenizer/small-128-f8.yaml")
+    add_hardware_arguments(p, device_help="training device; overrides the config's `device` unless auto",
+                           precision_help="training precision; overrides the config's `precision` unless auto "
+                                          "(auto = bf16 where the hardware computes it natively, fp16 with a "
+                                          "grad scaler on pre-Ampere GPUs, else fp32; see `lvm env`)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt/latest if present")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only), e.g. for log files")
 
@@ -31,7 +38,13 @@ def run(args):
     if cfg is None:
         return 0
     from lvm.config import save_config
-    from tokenizer.train import Trainer
+    from tokenizer.train import Trainer, training_plan
+
+    if args.device != "auto":
+        cfg.device = args.device
+    if args.precision != "auto":
+        cfg.precision, cfg.mixed_precision = args.precision, None
+    training_plan(cfg)  # a device that is not there ends here, before any data is read
 
     Trainer(cfg, save_config=save_config, progress=not args.no_progress).train(resume=args.resume)
     return 0
