@@ -1,18 +1,21 @@
 """Fast image generation for any HF `LlamaForCausalLM` checkpoint: complete a visual sequence image by image.
 
 The model's weights are copied once into a small gpt-fast style decoder (fused QKV and gate/up matrices)
-with a static, preallocated KV cache. One decoding step is ~15 torch ops per layer and no HF machinery (no
-cache objects, logits processors or stopping criteria), which is where HF `generate()` spends most of its
-time on small models.
+with a static, preallocated KV cache on the model's device. One decoding step is ~15 torch ops per layer
+and no HF machinery (no cache objects, logits processors or stopping criteria), which is where HF
+`generate()` spends most of its time on small models.
 
-Precision, chosen for what a CPU does fast (measured on AMD Zen4 with AVX512-BF16 and on Intel with AMX):
-- the prompt (prefill, many tokens at once) runs in `dtype` (bf16 by default): big matrix products;
-- one-token decoding steps run fp32 activations (norms, rope, residual stream) and keep the weight matrices
-  in `dtype`: one-row products are bandwidth-bound, so half the bytes is nearly half the time;
-- with bf16 weights, decoding uses the compiled CPU kernels of `lvm.kernels` (bf16 weights and a bf16 KV
-  cache streamed with fp32 arithmetic, ~2x PyTorch's bandwidth on these shapes, attention in one pass).
-  Without them (no compiler, LVM_KERNELS=0, fp32 engines) it uses PyTorch ops over an fp32 KV cache:
-  PyTorch's one-query attention over 1,800 bf16 keys took ~1 ms per layer on Zen4 against ~0.16 ms in fp32.
+Device and precision come from the policy (`tokenizer.hardware.resolve`, `engine.plan`):
+- the prompt (prefill, many tokens at once) runs in the plan's dtype: big matrix products;
+- on a CPU, one-token decoding steps run fp32 activations (norms, rope, residual stream) and keep the
+  weight matrices in the plan's dtype: one-row products are bandwidth-bound, so half the bytes is nearly
+  half the time where bf16 is native. The compiled CPU kernels of `lvm.kernels` stream the weights and
+  the KV cache (bf16 or fp32, as the plan says) with fp32 arithmetic, attention in one pass; ~2x
+  PyTorch's bandwidth on these shapes. Without them (no compiler, LVM_KERNELS=0) decoding uses PyTorch
+  ops over an fp32 KV cache: PyTorch's one-query attention over 1,800 bf16 keys took ~1 ms per layer on
+  Zen4 against ~0.16 ms in fp32;
+- on CUDA (and MPS), decoding runs PyTorch ops (SDPA) in the plan's dtype as a graph-safe step with a
+  static cache span, captured once per batch size and span as a CUDA graph and replayed (gpt-fast).
 
 Token contract (LVM_REFERENCE.md section 3): a sequence is raw image tokens, 256 per image, image i at
 positions 256*i .. 256*i+255 from the start of the sequence, no BOS. When the prompt plus the next image
@@ -20,16 +23,18 @@ would pass the context, the sequence is cut to its last `context_images - 1` who
 at 0, as the released inference does) and the caller is told how many images were dropped. Ids >= K are
 never sampled: their logits are masked before temperature / top-k / top-p.
 
-Each candidate has its own torch.Generator (seed = seed + candidate index by default), so a candidate's
-image does not depend on which other candidates share its batch.
+Each candidate has its own torch.Generator on the engine's device (seed = seed + candidate index by
+default), so a candidate's image does not depend on which other candidates share its batch.
 
-    engine = Engine.from_pretrained("runs/lvm")            # or Engine(hf_model)
+    engine = Engine.from_pretrained("runs/lvm", device="auto", precision="auto")   # or Engine(hf_model)
     out = engine.generate(prompt_codes, n_new=1, candidates=4, sampling=Sampling(temperature=1.0))
     out.images  # long (4, 1, 256)
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -68,6 +73,7 @@ class Generation:
     seconds: float = 0.0
     new_tokens: int = 0
     notes: list[str] = field(default_factory=list)
+    prefill_seconds: float = 0.0  # the first token of the first image, which includes the prompt's prefill
 
     @property
     def tokens_per_s(self) -> float:
@@ -78,7 +84,7 @@ ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in t
 
 
 def _decode_weight(w: torch.Tensor) -> torch.Tensor:
-    """What one-token decoding uses of `w`: vectors (norm weights) in fp32, matrices as they are."""
+    """What the CPU's one-token decoding uses of `w`: vectors (norm weights) in fp32, matrices as they are."""
     return w.float() if w.ndim == 1 else w
 
 
@@ -98,40 +104,84 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: fl
                                           enable_gqa=Hkv != H)[:, :, 0]
 
 
-def _layer_weights(layer, dtype, consume: bool = False):
+def _precision_of(dtype) -> str:
+    """The policy's name for a torch dtype or its name (the engine's older `dtype=` keyword)."""
+    name = str(dtype).replace("torch.", "")
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
+
+def _hand_over(lins, fused: torch.Tensor) -> None:
+    """Make the model's unfused weights views of the fused matrix (the model keeps working and nothing is held
+    twice), or free them where the engine's copy has another dtype or device."""
+    row = 0
+    for lin in lins:
+        n = lin.weight.shape[0]
+        if lin.weight.dtype == fused.dtype and lin.weight.device == fused.device:
+            lin.weight.data = fused[row:row + n]
+        else:
+            lin.weight.data = torch.empty(0, dtype=lin.weight.dtype, device=lin.weight.device)
+        row += n
+
+
+def _layer_weights(layer, dtype, device, consume: bool = False):
     at, mlp = layer.self_attn, layer.mlp
     for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
         if getattr(lin, "bias", None) is not None:
             raise InputError("MLP biases are not supported (LLaMA has none)")
-    cast = lambda t: t.detach().to(dtype).contiguous()  # noqa: E731
+    # Same dtype and device: no copy, the engine shares the model's tensor.
+    cast = lambda t: t.detach().to(device=device, dtype=dtype).contiguous()  # noqa: E731
+    fuse = lambda lins: torch.cat([cast(lin.weight) for lin in lins])  # noqa: E731
+    qkv, gate_up = (at.q_proj, at.k_proj, at.v_proj), (mlp.gate_proj, mlp.up_proj)
     w = dict(
         attn_norm=cast(layer.input_layernorm.weight),
-        wqkv=cast(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight])),
+        wqkv=fuse(qkv),
         wo=cast(at.o_proj.weight),
         mlp_norm=cast(layer.post_attention_layernorm.weight),
-        w13=cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+        w13=fuse(gate_up),
         w2=cast(mlp.down_proj.weight),
     )
     if at.q_proj.bias is not None:  # HF Llama's attention_bias (grid heads, lvm.model)
         w["bqkv"] = cast(torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]))
         w["bo"] = cast(at.o_proj.bias)
-    if consume:  # free the unfused copies now, so loading a big model never holds its weights twice
-        for lin in (at.q_proj, at.k_proj, at.v_proj, mlp.gate_proj, mlp.up_proj):
-            lin.weight.data = torch.empty(0, dtype=lin.weight.dtype)
+    if consume:  # loading a big model never holds its weights twice
+        _hand_over(qkv, w["wqkv"])
+        _hand_over(gate_up, w["w13"])
     return w
 
 
 class Engine:
-    """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`."""
+    """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`.
 
-    def __init__(self, model, layout: TokenLayout | None = None, dtype: torch.dtype = torch.bfloat16,
+    `device` (None = the model's) and `precision` (auto | fp32 | bf16 | fp16) go through the policy,
+    `tokenizer.hardware.resolve`; `engine.plan` records the outcome. Decoding one token:
+    - on a CPU: fp32 activations, the weight matrices in the plan's dtype, the compiled kernels of
+      `lvm.kernels` for bf16 and fp32 engines (PyTorch ops without them);
+    - elsewhere (CUDA, MPS): PyTorch ops in the plan's dtype, as a graph-safe step (`_step_static`: the
+      position is a tensor, attention runs over a static span of the cache under a position mask), which
+      on CUDA is captured once per (batch, span) as a CUDA graph and replayed (`cuda_graphs=True`).
+    `static_step=True` runs that step on a CPU too (the code the graph captures, testable without a GPU).
+    `consume=True` turns the model's q/k/v/gate/up weights into views of the fused matrices (or frees them
+    where dtype or device differ), so a big model is never held twice.
+    """
+
+    SPAN = 256  # the static step attends over the cache in blocks of one image: one graph per image
+
+    def __init__(self, model, layout: TokenLayout | None = None, precision: str = "auto", device=None,
                  max_batch: int = 8, max_context: int | None = None, consume: bool = False,
-                 kernels: bool = True):
+                 kernels: bool = True, cuda_graphs: bool = True, static_step: bool | None = None,
+                 dtype=None):
+        from tokenizer.hardware import resolve
+
         cfg = model.config
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise InputError(f"only SiLU LLaMA models are supported, got hidden_act={cfg.hidden_act}")
+        if dtype is not None:  # the older keyword: a torch dtype (or its name) instead of a precision
+            precision = _precision_of(dtype)
+        here = next(model.parameters()).device
+        self.plan = resolve(str(device or here), precision, "inference")
+        self.device = torch.device(self.plan.device)
+        self.dtype = self.plan.dtype
         self.config = cfg
-        self.dtype = dtype
         self.vocab_size = cfg.vocab_size
         self.layout = layout or TokenLayout.from_vocab_size(cfg.vocab_size)
         if self.layout.vocab_size > cfg.vocab_size:
@@ -146,63 +196,104 @@ class Engine:
         self.context_images = self.context // tpi
         if self.context_images < 2:
             raise InputError(f"context {self.context} holds fewer than 2 images of {tpi} tokens")
+        dev, dt = self.device, self.dtype
         with torch.no_grad():
             m = model.model
-            self.embed = m.embed_tokens.weight.detach().to(dtype).contiguous()
-            # consume=True (from_pretrained) empties the model's q/k/v/gate/up weights once fused.
-            self.layers = [_layer_weights(l, dtype, consume) for l in m.layers]
-            self.norm = m.norm.weight.detach().to(dtype).contiguous()
-            self.lm_head = model.lm_head.weight.detach().to(dtype).contiguous()
+            self.embed = m.embed_tokens.weight.detach().to(device=dev, dtype=dt).contiguous()
+            self.layers = [_layer_weights(l, dt, dev, consume) for l in m.layers]
+            self.norm = m.norm.weight.detach().to(device=dev, dtype=dt).contiguous()
+            self.lm_head = model.lm_head.weight.detach().to(device=dev, dtype=dt).contiguous()
             # The model's own rotary module gives cos/sin for every position, so any rope variant the
             # checkpoint's config asks for (scaling, theta) is reproduced exactly.
-            pos = torch.arange(self.context).unsqueeze(0)
-            probe = torch.zeros(1, 1, self.head_dim, dtype=torch.float32)
+            pos = torch.arange(self.context, device=here).unsqueeze(0)
+            probe = torch.zeros(1, 1, self.head_dim, dtype=torch.float32, device=here)
             cos, sin = m.rotary_emb(probe, pos)
-            self.cos = cos[0].to(dtype)  # (T, head_dim)
-            self.sin = sin[0].to(dtype)
-            self.cos32, self.sin32 = cos[0].float(), sin[0].float()
-            # One-token decoding (module docstring): fp32 norm weights, the matrices as they are.
+            self.cos, self.sin = cos[0].to(device=dev, dtype=dt), sin[0].to(device=dev, dtype=dt)  # (T, hd)
+            self.cos32, self.sin32 = cos[0].to(device=dev, dtype=torch.float32), sin[0].to(dev, torch.float32)
+        on_cpu = dev.type == "cpu"
+        self.static = (not on_cpu) if static_step is None else bool(static_step)
+        if not self.static:
+            # CPU decoding (class doc): fp32 norm weights, the matrices as they are.
             self.dec_layers = [{k: _decode_weight(v) for k, v in w.items()} for w in self.layers]
             self.dec_norm = self.norm.float()
-        # The compiled decode kernels take bf16 weights only; fp32 engines are the exact reference path.
+        # The compiled kernels are CPU code for bf16 or fp32 weights; everything else decodes with PyTorch.
         self.kernels = None
-        if kernels and dtype == torch.bfloat16:
+        if kernels and on_cpu and not self.static and dt in (torch.bfloat16, torch.float32):
             from lvm import kernels as _k
 
             self.kernels = _k.load()
-        self.cache_dtype = torch.bfloat16 if self.kernels is not None else torch.float32
+        self._no_kernels = "kernels=False" if not kernels else (
+            f"no kernels for {self.plan.precision}" if self.kernels is None and dt == torch.float16 else None)
+        if self.kernels is None and self._no_kernels is None and on_cpu and not self.static:
+            from lvm import kernels as _k
+
+            self._no_kernels = _k.why_not() or "kernels unavailable"
+        # PyTorch's CPU attention for one query over a bf16 cache is slow (module doc): fp32 cache without kernels.
+        self.cache_dtype = dt if (self.static or self.kernels is not None) else torch.float32
+        self.cuda_graphs = bool(cuda_graphs) and dev.type == "cuda" and self.static
+        self.notes: list[str] = list(self.plan.notes)
+        self._graphs: dict = {}
+        self._pool = None
+        self._positions = torch.arange(self.context, device=dev)
+        self._pos = torch.zeros(1, dtype=torch.long, device=dev)
         self.max_batch = 0
-        self._alloc(max_batch)
+        self.k_cache = self.v_cache = None
+        # Accelerator memory is precious (a 7B cache row is 2 GB): one row now, more when a batch asks.
+        self._alloc(max_batch if on_cpu else 1)
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype = torch.bfloat16, **kw) -> "Engine":
-        """Load an HF Llama directory (ours or the released LVM layout) straight into the engine."""
+    def from_pretrained(cls, path, device: str | None = "auto", precision: str = "auto", **kw) -> "Engine":
+        """Load an HF Llama directory (ours or the released LVM layout) straight onto the device in the
+        plan's precision (a half-precision 7B never has an fp32 copy in RAM) and into the engine."""
         from pathlib import Path
 
         from transformers import LlamaForCausalLM
 
+        from tokenizer.hardware import resolve
+
+        if kw.get("dtype") is not None:
+            precision = _precision_of(kw.pop("dtype"))
+        kw.pop("dtype", None)
         path = Path(path)
         if not (path / "config.json").is_file():
             raise InputError(f"{path}: not a model directory (no config.json)")
+        plan = resolve(device, precision, "inference")
+        load = {"dtype": plan.dtype}
+        if plan.device_type != "cpu":
+            load["device_map"] = {"": plan.device}
         try:
-            model = LlamaForCausalLM.from_pretrained(path, dtype=dtype)
+            model = LlamaForCausalLM.from_pretrained(path, **load)
         except (OSError, ValueError) as e:
             raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-        return cls(model, dtype=dtype, consume=True, **kw)
+        engine = cls(model, precision=plan.precision, device=plan.device, consume=True, **kw)
+        engine.plan = plan  # what was asked for, and what it resolved to
+        return engine
 
     # ---- cache ----
     def _alloc(self, batch: int):
         if batch <= self.max_batch:
             return
         shape = (len(self.layers), batch, self.n_kv, self.context, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype)
-        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype)
+        self.k_cache = self.v_cache = None  # the old cache goes before the new one comes
+        self._graphs = {}  # captured graphs point into the old cache
+        if self.device.type == "cuda":
+            need = 2 * math.prod(shape) * torch.empty(0, dtype=self.cache_dtype).element_size()
+            free = torch.cuda.mem_get_info(self.device)[0]
+            if need > free:
+                raise InputError(f"the KV cache for {batch} candidate(s) needs {need / 2 ** 30:.1f} GiB, "
+                                 f"{free / 2 ** 30:.1f} GiB are free on {self.device}; use fewer candidates")
+        self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
         self.max_batch = batch
 
     # ---- the decoder ----
     def _norm(self, x, w):
-        # Written out: F.rms_norm's bf16 path costs ~3x these four ops on one row.
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and x.device.type == "cpu"):
+            # Written out: F.rms_norm's bf16 path costs ~3x these four ops on one CPU row.
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+        # Half precision off the CPU: statistics in fp32 as HF does (fp16 squares overflow past 256).
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * w
 
     def _rope(self, x, cos, sin):
         # HF Llama's rotate-half convention: (x1, x2) -> (x1*cos - x2*sin, x2*cos + x1*sin).
@@ -214,20 +305,21 @@ class Engine:
     def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
         """Run `tokens` (B, T) at positions start..start+T-1 through the model, filling the cache.
 
-        Returns float32 logits of the last position (B, vocab).
+        Returns float32 logits of the last position (B, vocab), on the engine's device.
         """
         B, T = tokens.shape
         end = start + T
         if end > self.context:
             raise InputError(f"sequence of {end} tokens passes the context of {self.context}")
         self._alloc(B)
+        tokens = tokens.to(self.device)
         if T == 1:
-            return self._decode(tokens[:, 0], start)
+            return self._step(tokens[:, 0], start) if self.static else self._decode(tokens[:, 0], start)
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos[start:end, None], self.sin[start:end, None]  # broadcast over heads
         x = F.embedding(tokens, self.embed)
         # A chunk after cached tokens is causal within itself and sees the whole cache.
-        mask = torch.ones(T, end, dtype=torch.bool).tril(diagonal=start) if start else None
+        mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(diagonal=start) if start else None
         for i, w in enumerate(self.layers):
             h = self._norm(x, w["attn_norm"])
             qkv = F.linear(h, w["wqkv"], w.get("bqkv")).view(B, T, H + 2 * Hkv, hd)
@@ -247,7 +339,7 @@ class Engine:
         return F.linear(x, self.lm_head).float()
 
     def _decode(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        """One new token per row (tokens (B,) at position `pos`): fp32 activations (module docstring), with
+        """CPU: one new token per row (tokens (B,) at position `pos`), fp32 activations (class doc), with
         the compiled kernels when the engine has them, else PyTorch ops (same math, rows (B, D))."""
         kn = self.kernels
         linear = kn.linear if kn is not None else _linear
@@ -269,6 +361,82 @@ class Engine:
             g, u = linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + linear(F.silu(g) * u, w["w2"])
         return linear(self._norm(x, self.dec_norm), self.lm_head)
+
+    def _step_static(self, tokens: torch.Tensor, pos: torch.Tensor, span: int) -> torch.Tensor:
+        """One new token per row, graph-safe (gpt-fast style): `pos` is a (1,) tensor, rope rows come by
+        index_select, k/v go into the cache by index_copy_, and attention reads the cache's first `span`
+        positions under the mask `arange(span) <= pos`. No shape or Python value depends on `pos`, so one
+        capture serves every position below `span`. Activations in the engine's dtype, as HF computes."""
+        B = tokens.shape[0]
+        H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
+        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)  # (1, hd)
+        mask = (self._positions[:span] <= pos).view(1, 1, 1, span)
+        x = F.embedding(tokens, self.embed)
+        for i, w in enumerate(self.layers):
+            qkv = F.linear(self._norm(x, w["attn_norm"]), w["wqkv"], w.get("bqkv")).view(B, H + 2 * Hkv, hd)
+            qk = self._rope(qkv[:, : H + Hkv], cos, sin)
+            kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
+            kc.index_copy_(2, pos, qk[:, H:, None])
+            vc.index_copy_(2, pos, qkv[:, H + Hkv:, None])
+            y = F.scaled_dot_product_attention(qk[:, :H, None], kc[:, :, :span], vc[:, :, :span], attn_mask=mask,
+                                               enable_gqa=Hkv != H)
+            x = x + F.linear(y.reshape(B, H * hd), w["wo"], w.get("bo"))
+            g, u = F.linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, w["w2"])
+        return F.linear(self._norm(x, self.norm), self.lm_head).float()
+
+    def _span(self, pos: int) -> int:
+        return min(self.context, (pos // self.SPAN + 1) * self.SPAN)
+
+    def _step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """The static step at `pos`: replayed from a CUDA graph where there is one, else run eagerly."""
+        span = self._span(pos)
+        if self.cuda_graphs:
+            g = self._graphs.get((tokens.shape[0], span)) or self._capture(tokens, pos, span)
+            if g is not None:
+                graph, tok, p, out = g
+                tok.copy_(tokens)
+                p.fill_(pos)
+                graph.replay()
+                return out.clone()  # the next replay overwrites `out`
+        self._pos.fill_(pos)
+        return self._step_static(tokens, self._pos, span)
+
+    def _capture(self, tokens: torch.Tensor, pos: int, span: int):
+        """Capture the static step for this batch size and span (warm-up on a side stream, then capture);
+        None, and eager steps from now on, if capture fails. The warm-up runs the real step at `pos`, which
+        the replay repeats exactly (same inputs, same cache writes)."""
+        tok, p = tokens.clone(), torch.full((1,), pos, dtype=torch.long, device=self.device)
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._step_static(tok, p, span)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self._step_static(tok, p, span)
+        except Exception as e:  # an op that cannot be captured on this build: eager steps, same results
+            self.cuda_graphs = False
+            note = f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
+                   "decoding with eager steps"
+            self.notes.append(note)
+            print(f"note: {note}", file=sys.stderr, flush=True)
+            return None
+        self._graphs[(tokens.shape[0], span)] = entry = (graph, tok, p, out)
+        return entry
+
+    def describe(self) -> str:
+        """How this engine decodes, in one line (benchmarks and the REPL print it)."""
+        if self.device.type == "cpu" and not self.static:
+            how = "compiled CPU decode kernels" if self.kernels is not None else \
+                f"PyTorch decode ops ({self._no_kernels})"
+        else:
+            how = "static step" + (", CUDA graphs" if self.cuda_graphs else ", eager")
+        return f"{self.plan.device} {self.plan.precision}, {how}"
 
     # ---- sampling ----
     def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
@@ -302,7 +470,7 @@ class Engine:
         s = sampling or Sampling()
         L = self.layout
         tpi = L.tokens_per_image
-        prompt = torch.as_tensor(prompt).long().reshape(-1)
+        prompt = torch.as_tensor(prompt).long().reshape(-1).cpu()
         if prompt.numel() == 0:
             raise InputError("the prompt has no images")
         L.n_images(prompt.numel())
@@ -312,11 +480,11 @@ class Engine:
         seeds = list(seeds) if seeds is not None else [s.seed + c for c in range(candidates)]
         if len(seeds) != candidates:
             raise InputError(f"{len(seeds)} seeds for {candidates} candidates")
-        gens = [torch.Generator().manual_seed(int(sd)) for sd in seeds]
+        gens = [torch.Generator(device=self.device).manual_seed(int(sd)) for sd in seeds]
         B = candidates
         self._alloc(B)
         # Preallocated token rows; `n` of them are valid. Positions are indices into this buffer.
-        seq = torch.empty(B, self.context, dtype=torch.long)
+        seq = torch.empty(B, self.context, dtype=torch.long, device=self.device)
         dropped = 0
         notes: list[str] = []
         if prompt.numel() + tpi > self.context:
@@ -327,8 +495,9 @@ class Engine:
         seq[:, :n] = prompt
         shared = True  # all rows still equal (only the prompt): prefill one row and copy its cache
         cached = 0
-        new = torch.empty(B, n_new, tpi, dtype=torch.long)
+        new = torch.empty(B, n_new, tpi, dtype=torch.long, device=self.device)
         t0 = time.perf_counter()
+        prefill = 0.0
         done = 0
         for j in range(n_new):
             if n + tpi > self.context:
@@ -356,10 +525,20 @@ class Engine:
                 new[:, j, t] = tok
                 shared = False
                 done += B
+                if j == 0 and t == 0:
+                    self._sync()
+                    prefill = time.perf_counter() - t0
                 if progress is not None:
                     progress(j, t + 1, done / max(time.perf_counter() - t0, 1e-9))
+        new = new.cpu()  # waits for the device
         return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - t0,
-                          new_tokens=done, notes=notes)
+                          new_tokens=done, notes=notes, prefill_seconds=prefill)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
 
 
 def fits_model(layout: TokenLayout, codebook_size: int) -> None:
@@ -368,3 +547,15 @@ def fits_model(layout: TokenLayout, codebook_size: int) -> None:
         raise InputError(f"tokenizer has {codebook_size} codes but the model's vocabulary "
                          f"{layout.vocab_size} is for a codebook of {layout.codebook_size}")
 
+
+def load_tokenizer_on(path, device: str, precision: str = "auto"):
+    """The tokenizer at `path` on `device` (eval); its precision follows the same request where the loader
+    takes one (an explicit fp32/bf16/fp16 is passed on, "auto" lets the tokenizer's policy decide)."""
+    import inspect
+
+    from tokenizer import load_tokenizer
+
+    kw = {"device": device}
+    if "precision" in inspect.signature(load_tokenizer).parameters:
+        kw["precision"] = precision
+    return load_tokenizer(path, **kw).eval()

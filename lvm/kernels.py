@@ -4,7 +4,9 @@
 LVM_KERNELS=0), in which case the engine decodes with plain PyTorch ops (slower, same results up to
 rounding). The build takes ~40 s the first time and is cached by torch.utils.cpp_extension under
 $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), keyed by the source, the flags and this CPU's
-instruction set (the code is compiled with -march=native).
+instruction set. The code is compiled for the ISA torch itself dispatches to: -march=native where torch
+runs AVX-512 (or on non-x86 CPUs), -march=x86-64-v3 (AVX2+FMA+F16C) where torch runs AVX2, as it does on
+an AVX2-only CPU or under ATEN_CPU_CAPABILITY=avx2, so that simulation measures AVX2 code.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ def _cpu_tag() -> str:
     return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
 
 
+def march() -> str:
+    """The -march the kernels are built with: what torch's own CPU kernels use here (module doc)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "native"
+    import torch
+
+    cap = (os.environ.get("ATEN_CPU_CAPABILITY") or torch.backends.cpu.get_cpu_capability() or "").upper()
+    if cap == "AVX2":
+        return "x86-64-v3"
+    if cap == "DEFAULT":
+        return "x86-64-v2"
+    return "native"
+
+
+def _name() -> str:
+    tag = march().replace("-", "")
+    return f"lvm_decode_{_cpu_tag()}" if tag == "native" else f"lvm_decode_{_cpu_tag()}_{tag}"
+
+
 def load(verbose: bool = True):
     """The compiled kernels, building them on first use; None if unavailable (see `why_not()`)."""
     global _module, _tried, _why_not
@@ -59,7 +80,7 @@ def load(verbose: bool = True):
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
-    name = f"lvm_decode_{_cpu_tag()}"
+    name = _name()
     build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
     lock = build_dir / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > 600:
@@ -71,7 +92,7 @@ def load(verbose: bool = True):
         print("lvm: compiling the CPU decode kernels (once per machine, ~40 s) ...", file=sys.stderr, flush=True)
     try:
         _module = cpp_extension.load(
-            name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", f"-march={march()}", "-ffast-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # no compiler, no ninja, a compile error: decode without them
         lines = str(e).strip().splitlines()
@@ -90,7 +111,7 @@ def built_path() -> str | None:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
-    build_dir = Path(cpp_extension._get_build_directory(f"lvm_decode_{_cpu_tag()}", verbose=False))
+    build_dir = Path(cpp_extension._get_build_directory(_name(), verbose=False))
     found = sorted(build_dir.glob("*.so"))
     return str(found[0]) if found else None
 

@@ -35,17 +35,49 @@ def build_example(input_codes, target_codes, layout) -> tuple[np.ndarray, int]:
     return np.concatenate([inp.reshape(-1), tgt.reshape(-1)]), inp.size
 
 
+def load_causal_lm(path, device: str = "auto", precision: str = "auto"):
+    """(HF LlamaForCausalLM in eval mode, its Plan) for scoring and generating on the policy's device.
+
+    On a CPU the weights stay fp32 (autocast computes in the plan's precision); elsewhere they are loaded
+    straight onto the device in the plan's dtype, so a half-precision 7B never has an fp32 copy in RAM.
+    """
+    from pathlib import Path
+
+    from transformers import LlamaForCausalLM
+
+    from lvm.model import quiet_hf_progress
+    from tokenizer.hardware import resolve
+
+    plan = resolve(device, precision, "inference")
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: not a model directory (no config.json)")
+    load = {"dtype": torch.float32}
+    if plan.device_type != "cpu":
+        load = {"dtype": plan.dtype, "device_map": {"": plan.device}}
+    try:
+        with quiet_hf_progress():
+            model = LlamaForCausalLM.from_pretrained(path, **load)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+    return model.eval(), plan
+
+
 @torch.no_grad()
 def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "fp32") -> tuple[float, int, list]:
     """Sum of NLL over target tokens and their count, over all examples; plus per-example (nll, count).
 
     `examples`: iterable of (input_codes, target_codes), each (n_images, tokens_per_image) (or flat).
+    `precision` (auto | fp32 | bf16 | fp16) is resolved by the policy on the model's device and applied
+    as autocast (fp32: none); the log-softmax is always taken in fp32.
     """
+    from tokenizer.hardware import resolve
+
     device = next(model.parameters()).device
     built = [build_example(i, t, layout) for i, t in examples]
     per = [None] * len(built)
     order = sorted(range(len(built)), key=lambda k: len(built[k][0]))  # similar lengths share a batch
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    plan = resolve(str(device), precision, "inference")
     for b0 in range(0, len(order), batch_size):
         idx = order[b0:b0 + batch_size]
         T = max(len(built[k][0]) for k in idx)
@@ -55,13 +87,13 @@ def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "f
             toks = torch.from_numpy(built[k][0])
             ids[r, :len(toks)], mask[r, :len(toks)] = toks, 1
         ids, mask = ids.to(device), mask.to(device)
-        with amp:
+        with plan.autocast():
             hidden = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         for r, k in enumerate(idx):
             toks, start = built[k]
             first = max(start, 1)  # position of the first scored token
             h = hidden[r, first - 1:len(toks) - 1]  # hidden state at t predicts token t + 1
-            with amp:
+            with plan.autocast():
                 logits = model.lm_head(h)
             nll = F.cross_entropy(logits.float(), ids[r, first:len(toks)], reduction="sum")
             per[k] = (float(nll), len(toks) - first)

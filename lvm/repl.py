@@ -41,8 +41,12 @@ HELP = """\
 
 class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
-                 engine=None, tokenizer=None, dtype: str = "bfloat16", print_fn=print):
-        from lvm.generate import Sampling
+                 engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
+                 dtype: str | None = None, print_fn=print):
+        from lvm.generate import Sampling, _precision_of
+
+        if dtype is not None:  # the older keyword: "bfloat16" / "float32"
+            precision = _precision_of(dtype)
 
         self.print = print_fn
         self.out_dir = Path(out_dir)
@@ -53,17 +57,16 @@ class Session:
         self.last: dict | None = None
         self._codes: dict = {}
         self._runs = 0
-        self.engine = engine or self._load_model(model_dir, dtype)
-        self.tok = tokenizer or self._load_tokenizer(tokenizer_dir)
+        self.engine = engine or self._load_model(model_dir, device, precision)
+        # The tokenizer computes where the model does, under the same precision request.
+        self.tok = tokenizer or self._load_tokenizer(tokenizer_dir, self.engine.plan.device, precision)
         try:
             self.check_match()
         except InputError as e:
             self.print(f"warning: {e}; /gen will refuse until they match")
 
     # ---- loading ----
-    def _load_model(self, model_dir, dtype):
-        import torch
-
+    def _load_model(self, model_dir, device, precision):
         from lvm.generate import Engine
 
         if model_dir is None:
@@ -73,21 +76,22 @@ class Session:
             model_dir = DEFAULT_MODEL
             self.print(f"using the demo model {model_dir}")
         t = time.perf_counter()
-        engine = Engine.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        engine = Engine.from_pretrained(model_dir, device=device, precision=precision)
         self.print(f"model {model_dir}: vocab {engine.vocab_size} (codebook {engine.layout.codebook_size}), "
-                   f"{len(engine.layers)} layers, context {engine.context_images} images "
-                   f"[{time.perf_counter() - t:.1f}s]")
+                   f"{len(engine.layers)} layers, context {engine.context_images} images, "
+                   f"{engine.describe()} [{time.perf_counter() - t:.1f}s]")
         return engine
 
-    def _load_tokenizer(self, tokenizer_dir):
-        from tokenizer import load_tokenizer
+    def _load_tokenizer(self, tokenizer_dir, device, precision):
 
         if tokenizer_dir is None:
             if not DEFAULT_TOKENIZER.exists():
                 raise InputError(f"no --tokenizer given and the demo tokenizer {DEFAULT_TOKENIZER} does not exist "
                                  f"(run 'lvm demo' first, or pass --tokenizer DIR)")
             tokenizer_dir = DEFAULT_TOKENIZER
-        tok = load_tokenizer(tokenizer_dir).eval()
+        from lvm.generate import load_tokenizer_on
+
+        tok = load_tokenizer_on(tokenizer_dir, device, precision)
         self.print(f"tokenizer {tokenizer_dir}: {tok.codebook_size} codes, {tok.resolution} px, "
                    f"pixels {tok.value_range}, resize {tok.resize_mode}")
         return tok
@@ -294,6 +298,7 @@ class Session:
         info = {"prompt": [str(p) for p in paths], "mode": self.prompt.mode, "n": n,
                 "candidates": self.candidates, "sampling": vars(self.sampling), "seeds": seeds,
                 "tokens_per_s": round(out.tokens_per_s, 2), "seconds": round(out.seconds, 2),
+                "device": self.engine.plan.device, "precision": self.engine.plan.precision,
                 "dropped_images": out.dropped_images, "files": [str(f) for f in files]}
         from tokenizer.files import atomic_write_text
 

@@ -71,7 +71,8 @@ class SuiteConfig:
     samples: int = 8                  # samples averaged by "mean"
     temperature: float = 1.0          # of "sample" and "mean"
     top_k: int = 50
-    precision: str = "bf16"           # generation engine dtype: bf16 (AMX/tensor cores) or fp32 (tiny models)
+    device: str = "auto"              # where the model computes (tokenizer.hardware.resolve); saved resolved
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
     gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
     grid_rows: int = 3                # episodes drawn per task grid
 
@@ -84,8 +85,10 @@ class SuiteConfig:
             raise InputError(f"shots must be between 1 and 7 (k pairs + query + answer <= 16 images), got {self.shots}")
         if not 1 <= self.context <= 15:
             raise InputError(f"context must be 1..15 frames, got {self.context}")
-        if self.precision not in ("bf16", "fp32"):
-            raise InputError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        from tokenizer.hardware import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.episodes < 1:
             raise InputError("episodes must be >= 1")
         bad = {t: m for t, m in self.decoding.items() if t not in TASKS or m not in DECODINGS}
@@ -300,24 +303,16 @@ class cpu_threads:
             torch.set_num_threads(self.old)
 
 
-def load_pair(model_dir, tokenizer_dir):
-    """(HF LlamaForCausalLM fp32 eval, tokenizer eval) after checking that they fit each other."""
-    import torch
-
-    from lvm.generate import fits_model
+def load_pair(model_dir, tokenizer_dir, device: str = "auto", precision: str = "auto"):
+    """(HF LlamaForCausalLM eval, tokenizer eval), both on the policy's device, after checking that they fit
+    each other. On a CPU the model is fp32 (the engine and autocast compute in the plan's precision);
+    elsewhere it is loaded straight onto the device in the plan's dtype (`lvm.perplexity.load_causal_lm`)."""
+    from lvm.generate import fits_model, load_tokenizer_on
+    from lvm.perplexity import load_causal_lm
     from lvm.tokens import TokenLayout
-    from tokenizer import load_tokenizer
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"{model_dir}: not a model directory (no config.json)")
-    from transformers import LlamaForCausalLM
-
-    from lvm.model import quiet_hf_progress
-
-    with quiet_hf_progress():
-        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tok = load_tokenizer(tokenizer_dir).eval()
+    model, plan = load_causal_lm(model_dir, device, precision)
+    tok = load_tokenizer_on(tokenizer_dir, plan.device, precision)
     fits_model(TokenLayout.from_vocab_size(model.config.vocab_size), tok.codebook_size)
     if tok.codes_per_image != 256:
         raise InputError(f"{tokenizer_dir}: {tok.codes_per_image} codes per image; the token contract needs 256")
@@ -348,10 +343,14 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     from lvm.generate import Engine, Sampling
     from lvm.perplexity import target_nll
     from lvm.tokens import TokenLayout
+    from tokenizer.hardware import resolve
 
     layout = TokenLayout.from_vocab_size(model.config.vocab_size)
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    engine = Engine(model, layout=layout, dtype=dtype, max_batch=cfg.samples)
+    w = next(model.parameters())
+    plan = resolve(str(w.device), cfg.precision, "inference")
+    # Same dtype and device: the engine shares the model's weights (the model still scores perplexity).
+    engine = Engine(model, layout=layout, precision=plan.precision, device=plan.device, max_batch=cfg.samples,
+                    consume=w.dtype == plan.dtype)
     sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
     results = {}
     total = sum(len(v) for v in episodes.values())
@@ -373,7 +372,7 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
                     torch.cat([codes[14 - 2 * x:14], codes[14:15]])
                 assert sl.shape[0] == n_in
                 examples.append((sl.numpy(), codes[-1:].numpy()))
-            _, _, per = target_nll(model, examples, layout, batch_size=4)
+            _, _, per = target_nll(model, examples, layout, batch_size=4, precision=plan.precision)
             for x, (nll, n) in zip(xs, per):
                 nll_x[x][0] += nll
                 nll_x[x][1] += n

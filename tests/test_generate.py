@@ -14,8 +14,8 @@ K, TPI = 64, 16
 LAYOUT = TokenLayout(codebook_size=K, tokens_per_image=TPI, images_per_context=4)
 
 
-def engine(m, dtype=torch.bfloat16):
-    return Engine(m, layout=LAYOUT, dtype=dtype, max_context=LAYOUT.context_length)
+def engine(m, precision="bf16", **kw):
+    return Engine(m, layout=LAYOUT, precision=precision, max_context=LAYOUT.context_length, **kw)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: decoding is latency-bound
@@ -59,8 +59,10 @@ def _hf_greedy(m, prompt, n_new, context_images=4):
     return torch.tensor(out).view(n_new, TPI)
 
 
-def test_greedy_cached_equals_uncached(model):
-    e = engine(model, torch.float32)
+# fp32 decodes with the compiled kernels where they build, "torch" with PyTorch ops; both must equal HF.
+@pytest.mark.parametrize("decode", ["kernels", "torch"])
+def test_greedy_cached_equals_uncached(model, decode):
+    e = engine(model, "fp32", kernels=decode == "kernels")
     prompt = torch.randint(0, K, (2, TPI), generator=torch.Generator().manual_seed(1))
     greedy = Sampling(temperature=0)
     # 2 prompt images + 3 new ones > 4-image context: the third new image follows a crop.
@@ -119,7 +121,7 @@ def test_seeds_same_and_different(model):
 
 
 def test_top_k_one_is_greedy(model):
-    e = engine(model, torch.float32)
+    e = engine(model, "fp32")
     prompt = torch.randint(0, K, (1, TPI), generator=torch.Generator().manual_seed(5))
     a = e.generate(prompt, sampling=Sampling(temperature=0)).images
     b = e.generate(prompt, sampling=Sampling(temperature=0.7, top_k=1, seed=3)).images
@@ -148,7 +150,8 @@ def test_released_layout_checkpoint(tmp_path):
     with torch.no_grad():
         m.lm_head.weight[8192:] += 1.0  # reserved ids would win without the mask
     m.save_pretrained(tmp_path)
-    e = Engine.from_pretrained(tmp_path, max_batch=2)
+    e = Engine.from_pretrained(tmp_path, device="cpu", max_batch=2)
+    assert e.plan.device == "cpu" and e.plan.requested == ("cpu", "auto")
     assert e.layout.codebook_size == 8192 and e.context_images == 16 and e.layout.pad_id == 8192
     prompt = torch.randint(0, 8192, (16, 256), generator=torch.Generator().manual_seed(0))
     e.context = 256 * 3  # a short context keeps the test fast; 16 prompt images -> keep the last 2

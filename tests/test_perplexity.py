@@ -74,12 +74,14 @@ def test_cli_equals_direct_llama_on_the_same_tokens(tmp_path, capsys):
     jl = tmp_path / "eval.jsonl"
     jl.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
     rc = main(["eval", "perplexity", str(jl), "--model", str(tmp_path / "lvm"), "--tokenizer",
-               str(tmp_path / "tok"), "--batch-size", "2", "--out", str(tmp_path / "res.json")])
+               str(tmp_path / "tok"), "--batch-size", "2", "--out", str(tmp_path / "res.json"),
+               "--precision", "fp32", "--device", "cpu"])
     assert rc == 0
     res = json.loads((tmp_path / "res.json").read_text())
     assert res["examples"] == 2 and res["skipped"] == 2
+    assert res["device"] == "cpu" and res["precision"] == "fp32"
 
-    tok = load_tokenizer(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok", precision="fp32")
     s_all = c_all = 0
     for ex in lines[:2]:
         codes = tok.encode_images([str(tmp_path / p) for p in ex["input"] + ex["target"]]).numpy()
@@ -88,3 +90,14 @@ def test_cli_equals_direct_llama_on_the_same_tokens(tmp_path, capsys):
     assert res["tokens"] == c_all == 3 * 256
     assert res["perplexity"] == pytest.approx(math.exp(s_all / c_all), rel=1e-5)
     assert f"perplexity {res['perplexity']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_half_precision_nll_is_close_to_fp32(precision):
+    model = _model()
+    layout = TokenLayout(codebook_size=K, images_per_context=4)
+    rng = np.random.default_rng(3)
+    examples = [(rng.integers(0, K, (2, 256)), rng.integers(0, K, (1, 256)))]
+    ref, n, _ = target_nll(model, examples, layout)
+    half, n2, _ = target_nll(model, examples, layout, precision=precision)
+    assert n == n2 and half == pytest.approx(ref, rel=2e-2)

@@ -54,7 +54,7 @@ def _session(dirs, tok="tok"):
     from lvm.repl import Session
 
     lines = []
-    s = Session(dirs["model"], dirs[tok], out_dir=dirs["root"] / "out", display="none", dtype="float32",
+    s = Session(dirs["model"], dirs[tok], out_dir=dirs["root"] / "out", display="none", precision="fp32",
                 print_fn=lambda *a: lines.append(" ".join(map(str, a))))
     return s, lines
 
@@ -134,7 +134,7 @@ def test_prompt_errors(dirs):
 def test_one_shot_and_batch_cli(dirs, tmp_path):
     r = dirs["root"]
     base = [sys.executable, "-m", "lvm", "prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]),
-            "--dtype", "float32", "--no-display", "--threads", "1"]
+            "--precision", "fp32", "--no-display", "--threads", "1"]
     out = tmp_path / "one"
     p = subprocess.run(base + ["--prompt", str(r / "p.yaml"), "--out", str(out), "--candidates", "2"],
                        capture_output=True, text=True)
@@ -200,7 +200,7 @@ def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
                                  num_attention_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
                                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)).save_pretrained(model_dir)
     lines = []
-    s = Session(model_dir, tok_dir, display="none", dtype="float32", print_fn=lines.append)
+    s = Session(model_dir, tok_dir, display="none", precision="fp32", print_fn=lines.append)
     assert s.tok.value_range == (0.0, 1.0) and s.tok.resize_mode == "squash"
     seen = {}
     real = s.engine.generate

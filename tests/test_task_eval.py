@@ -205,6 +205,16 @@ def test_evaluate_and_report_end_to_end(tmp_path):
         assert (out / f).is_file(), f
     assert "| segmentation |" in (out / "tasks.md").read_text()
     assert tasks["segmentation"]["decoding"] == "greedy" and tasks["depth"]["decoding"] == "mean"
+    import yaml
+
+    saved = yaml.safe_load((out / "suite_config.yaml").read_text())
+    assert saved["device"] == "cpu" and saved["precision"] == "fp32"  # what auto / the flags resolved to
+
+
+def test_suite_config_precisions():
+    assert te.SuiteConfig(precision="fp16").precision == "fp16" and te.SuiteConfig().precision == "auto"
+    with pytest.raises(InputError, match="precision must be one of"):
+        te.SuiteConfig(precision="float64")
 
 
 def test_predict_modes(tmp_path):
@@ -216,7 +226,7 @@ def test_predict_modes(tmp_path):
 
     lm, tokp = tiny_pair(tmp_path, 0)
     model, tok = te.load_pair(lm, tokp)
-    engine = Engine(model, layout=TokenLayout.from_vocab_size(model.config.vocab_size), dtype=torch.float32,
+    engine = Engine(model, layout=TokenLayout.from_vocab_size(model.config.vocab_size), precision="fp32",
                     max_batch=4)
     prompt = torch.randint(0, 64, (2, tok.codes_per_image))
     s = Sampling(temperature=1.0, top_k=0, seed=3)

@@ -1,21 +1,34 @@
 """Time to generate one image (256 tokens) after a 7-image prompt: this engine vs HF `generate()`.
 
-Both sides use the same weights (a randomly initialised model of the chosen config, or --model DIR) and
-the same sampling (temperature, top-k 50, ids >= K forbidden; HF gets them as `suppress_tokens`). HF runs
-with its default settings: the model as loaded (float32), its default dynamic cache and attention. Runs
-alternate ours / HF in one process so background load hits both alike; the median of --repeats runs is
-reported. Time includes the prompt's prefill; tokens/s = candidates * 256 / time. The engine decodes
-with the compiled CPU kernels of `lvm.kernels` when it can (setup includes their one-time build);
-LVM_KERNELS=0 shows the plain-PyTorch engine.
+Both sides use the same weights (a randomly initialised model of the chosen config, or --model DIR), the
+same device and the same sampling (temperature, top-k 50, ids >= K forbidden; HF gets them as
+`suppress_tokens`). HF runs with its default settings (its dynamic cache and attention) in fp32 on a CPU,
+the reference, and elsewhere in the precision auto picks for the device (bf16 from Ampere on). The engine
+runs once per `--precision` (a comma list; auto is printed with what it resolved to), all in one process on
+the same prompt; runs alternate HF / engines so background load hits all alike, and the median of
+--repeats runs is reported. Time includes the prompt's prefill; tokens/s = candidates * 256 / time. On a
+CPU the engine decodes with the compiled kernels of `lvm.kernels` when it can (setup includes their
+one-time build; LVM_KERNELS=0 shows the plain-PyTorch engine); on CUDA with a captured graph step.
+
+The roofline line (batch 1) sets the bytes one decoding step must read (the weight matrices + the KV cache
+up to the position) against a measured copy bandwidth of the device (a large tensor copy, read + write),
+and the measured decoding time per step (prefill excluded) against that ideal. On a CPU whose caches hold
+the weights it can pass 100%.
 
     lvm bench generate --model tiny --batch 1,4
-    lvm bench generate --model 100m --batch 1 --repeats 2 --threads 1
+    lvm bench generate --model 100m --batch 1 --precision auto,fp32,bf16
+    lvm bench generate --model 7b --device cuda --batch 1,4
 """
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_arguments(p):
+    from tokenizer.hardware import PRECISIONS
+    from tokenizer.hardware import add_arguments as device_arguments
+
     p.add_argument("--model", default="tiny",
                    help="config name in configs/model (tiny, 100m, ...), a model YAML, or an HF model directory")
     p.add_argument("--batch", default="1,4", help="comma-separated candidate counts (default 1,4)")
@@ -23,12 +36,31 @@ def add_arguments(p):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="engine dtype")
+    device_arguments(p, device_help="where both sides run: auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
+    for a in p._actions:  # a comma list here (the shared flag takes one value)
+        if a.dest == "precision":
+            a.choices = None
+            a.metavar = "{" + ",".join(PRECISIONS) + "}[,...]"
+            a.help = ("comma-separated engine precisions, compared side by side (default auto: what the policy "
+                      "picks here; e.g. auto,fp32,bf16)")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _load(spec: str):
+def _precisions(text: str) -> list[str]:
+    from tokenizer.errors import InputError
+    from tokenizer.hardware import PRECISIONS
+
+    out = [x.strip().lower() for x in text.split(",") if x.strip()] or ["auto"]
+    bad = [x for x in out if x not in PRECISIONS]
+    if bad:
+        raise InputError(f"--precision {text}: expected a comma list of {', '.join(PRECISIONS)}")
+    return out
+
+
+def _load(spec: str, device, dtype):
+    """(HF LlamaForCausalLM in eval mode on `device` in `dtype`, where it came from)."""
     from pathlib import Path
 
     import torch
@@ -41,13 +73,51 @@ def _load(spec: str):
     if p.is_dir():
         from transformers import LlamaForCausalLM
 
-        return LlamaForCausalLM.from_pretrained(p, dtype=torch.float32).eval(), str(p)
+        load = {"dtype": dtype} if device.type == "cpu" else {"dtype": dtype, "device_map": {"": str(device)}}
+        return LlamaForCausalLM.from_pretrained(p, **load).eval(), str(p)
     yaml = p if p.suffix in (".yaml", ".yml") else Path("configs/model") / f"{spec}.yaml"
     yaml = find_config_file(yaml)
     if not yaml.is_file():
         raise InputError(f"--model {spec}: no such model directory or config ({yaml})")
     torch.manual_seed(0)
-    return load_config(ModelConfig, yaml, []).build().eval(), str(yaml)
+    cfg = load_config(ModelConfig, yaml, [])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in place on the device: a 7B never passes through host RAM
+    try:
+        with torch.device(device):
+            model = cfg.build()
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval(), str(yaml)
+
+
+def copy_bandwidth(device, mib: int = 0) -> float:
+    """Bytes per second of a large tensor copy on `device` (read + write), best of a few."""
+    import time
+
+    import torch
+
+    n = (mib or (1024 if device.type == "cuda" else 256)) * 2 ** 20
+    src = torch.ones(n // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dst.copy_(src)
+    sync()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n / best
+
+
+def step_bytes(engine, position: float, batch: int = 1) -> tuple[float, float]:
+    """(weight bytes, KV bytes) one decoding step reads at `position` (the cache up to it, for each row)."""
+    mats = [t for w in engine.layers for t in w.values()] + [engine.norm, engine.lm_head]
+    weights = sum(t.numel() * t.element_size() for t in mats)
+    per_pos = 2 * len(engine.layers) * engine.n_kv * engine.head_dim * engine.k_cache.element_size()
+    return float(weights), float(per_pos * (position + 1) * batch)
 
 
 def run(args):
@@ -57,63 +127,99 @@ def run(args):
 
     import torch
 
-    from lvm.generate import Engine, Sampling
+    from lvm.generate import Engine, Sampling, _precision_of
     from lvm.tokens import TokenLayout
+    from tokenizer.hardware import detect, resolve
 
+    if args.dtype and args.precision == "auto":  # the older flag
+        args.precision = _precision_of(args.dtype)
+    asked = _precisions(args.precision)
+    plans = [resolve(args.device, p, "inference") for p in asked]  # a missing device is the first error
+    device = torch.device(plans[0].device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, where = _load(args.model)
+    # The HF side: fp32 on a CPU (the reference), else what auto picks for the device.
+    hf_plan = resolve(plans[0].device, "fp32" if device.type == "cpu" else "auto", "inference")
+    model, where = _load(args.model, device, hf_plan.dtype)
     layout = TokenLayout.from_vocab_size(model.config.vocab_size)
     K, V, tpi = layout.codebook_size, model.config.vocab_size, layout.tokens_per_image
     n_params = sum(p.numel() for p in model.parameters())
-    t = time.perf_counter()
-    engine = Engine(model, layout=layout, dtype=getattr(torch, args.dtype), max_batch=max(
-        int(b) for b in args.batch.split(",")))
-    setup = time.perf_counter() - t
+    batches = [int(b) for b in args.batch.split(",")]
+    engines, setup = {}, {}
+    for p, plan in zip(asked, plans):
+        if plan.precision not in engines:  # auto and the precision it picks share one engine
+            t = time.perf_counter()
+            engines[plan.precision] = Engine(model, layout=layout, precision=plan.precision, device=plan.device,
+                                             max_batch=max(batches))
+            setup[plan.precision] = time.perf_counter() - t
     g = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, K, (args.prompt_images, tpi), generator=g)
     samp = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=1.0, seed=args.seed)
-    from lvm import kernels
-
-    decode = "compiled CPU decode kernels" if engine.kernels is not None else (
-        f"PyTorch decode ops: {kernels.why_not() or 'fp32 engine'}")
+    hw = detect()
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     print(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {args.prompt_images} images "
-          f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens); engine {args.dtype}, {decode} "
-          f"(setup {setup:.2f}s), "
-          f"HF generate() float32 defaults; torch threads {torch.get_num_threads()}; "
+          f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens)")
+    print(f"device {device}{gpu}; CPU {hw.cpu_summary()}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}")
+    print(f"HF generate(): {hf_plan.device} {hf_plan.precision}, its defaults (dynamic cache, "
+          f"{getattr(model.config, '_attn_implementation', None) or 'default'} attention)")
+    names, eng = {}, {}
+    for p, plan in zip(asked, plans):
+        names[p] = f"{p}->{plan.precision}" if p == "auto" else p
+        eng[p] = e = engines[plan.precision]
+        print(f"engine {names[p]}: {e.describe()} (setup {setup[plan.precision]:.2f}s)")
 
-    def ours(b):
-        out = engine.generate(prompt, n_new=1, candidates=b, sampling=samp)
+    def ours(e, b):
+        out = e.generate(prompt, n_new=1, candidates=b, sampling=samp)
         assert out.images.shape == (b, 1, tpi) and int(out.images.max()) < K
-        return out.seconds
+        return out
 
     def hf(b):
-        ids = prompt.reshape(1, -1).expand(b, -1).contiguous()
+        ids = prompt.reshape(1, -1).expand(b, -1).contiguous().to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                  temperature=args.temperature, top_k=args.top_k, top_p=1.0,
                                  max_new_tokens=tpi, min_new_tokens=tpi, pad_token_id=K,
                                  suppress_tokens=list(range(K, V)))
+        out = out.cpu()
         dt = time.perf_counter() - t0
         assert out.shape == (b, ids.shape[1] + tpi) and int(out[:, ids.shape[1]:].max()) < K
         return dt
 
-    print(f"{'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}")
-    results = []
-    for b in [int(x) for x in args.batch.split(",")]:
-        ours(b)  # warm-up: allocation, oneDNN kernel selection
-        hf(b)
-        to, th = [], []
-        for r in range(args.repeats):  # alternate the order so drifting load hits both sides alike
+    print(f"{'precision':>12} {'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}")
+    decode = {}  # precision asked -> median decoding seconds per step at batch 1
+    for b in batches:
+        hf(b)  # warm-up: allocation, kernel selection, graph capture
+        for p in asked:
+            ours(eng[p], b)
+        th, to = [], {p: [] for p in asked}
+        for r in range(args.repeats):  # alternate the order so drifting load hits all sides alike
+            order = list(asked) if r % 2 == 0 else list(reversed(asked))
+            if r % 2 == 0:
+                th.append(hf(b))
+            for p in order:
+                to[p].append(ours(eng[p], b))
             if r % 2:
-                th.append(hf(b)); to.append(ours(b))
-            else:
-                to.append(ours(b)); th.append(hf(b))
-        mo, mh = statistics.median(to), statistics.median(th)
+                th.append(hf(b))
+        mh = statistics.median(th)
         tok = b * tpi
-        results.append((b, tok / mo, tok / mh))
-        print(f"{b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} {mh / mo:>5.2f}x", flush=True)
+        for p in asked:
+            mo = statistics.median(o.seconds for o in to[p])
+            if b == 1:
+                decode[p] = statistics.median((o.seconds - o.prefill_seconds) / (tpi - 1) for o in to[p])
+            print(f"{names[p]:>12} {b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} "
+                  f"{mh / mo:>5.2f}x", flush=True)
+    if decode:
+        bw = copy_bandwidth(device)
+        position = prompt.numel() + (tpi - 1) / 2  # the mean position of the new image's steps
+        for p in asked:
+            w, kv = step_bytes(eng[p], position)
+            ideal = (w + kv) / bw
+            print(f"roofline {names[p]} batch 1: {(w + kv) / 1e6:.1f} MB per step (weights {w / 1e6:.1f} + KV "
+                  f"{kv / 1e6:.1f}) / copy bandwidth {bw / 1e9:.1f} GB/s = {ideal * 1e3:.3f} ms; measured "
+                  f"{decode[p] * 1e3:.3f} ms per step -> {100 * ideal / decode[p]:.0f}% of roofline")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0

@@ -15,8 +15,10 @@ def add_arguments(p):
     p.add_argument("--model", required=True, help="HF LlamaForCausalLM directory (ours or the released LVM-7B)")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM dir, taming .ckpt)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="model compute (default fp32)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    from tokenizer.hardware import add_arguments as device_arguments
+
+    device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
+                                    "cuda, cuda:N or mps")
     p.add_argument("--out", default=None, help="also write per-example results to this JSON file")
 
 
@@ -55,23 +57,21 @@ def run(args):
     import math
     from pathlib import Path
 
-    import torch
-
-    from lvm.perplexity import target_nll
+    from lvm.generate import load_tokenizer_on
+    from lvm.perplexity import load_causal_lm, target_nll
     from lvm.tokens import TokenLayout
-    from lvm.trainer import load_hf_model
-    from tokenizer import load_tokenizer
     from tokenizer.errors import InputError
+    from tokenizer.hardware import from_args
     from tokenizer.files import atomic_write_text
 
+    from_args(args)  # a device that is not there is a one-line error before anything loads
     if not Path(args.file).is_file():
         raise InputError(f"{args.file}: no such file")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_hf_model(args.model).to(device).eval()
+    model, plan = load_causal_lm(args.model, args.device, args.precision)
     cfg = model.config
     layout = TokenLayout.from_vocab_size(cfg.vocab_size,
                                          images_per_context=cfg.max_position_embeddings // 256)
-    tok = load_tokenizer(args.tokenizer, device=device)
+    tok = load_tokenizer_on(args.tokenizer, plan.device, args.precision)
     if tok.codebook_size != layout.codebook_size:
         raise InputError(f"tokenizer {args.tokenizer} has {tok.codebook_size} codes but model {args.model} "
                          f"expects K = {layout.codebook_size} (vocab {cfg.vocab_size})")
@@ -79,14 +79,15 @@ def run(args):
     if not examples:
         raise InputError(f"{args.file}: no usable examples ({skipped} skipped)")
     total, count, per = target_nll(model, [(i, t) for _, i, t in examples], layout,
-                                   batch_size=args.batch_size, precision=args.precision)
+                                   batch_size=args.batch_size, precision=plan.precision)
     ppl = math.exp(total / count)
     print(f"perplexity {ppl:.4f} (mean NLL {total / count:.4f} over {count} target tokens, "
-          f"{len(examples)} examples, {skipped} skipped)")
+          f"{len(examples)} examples, {skipped} skipped; {plan.device} {plan.precision})")
     if args.out:
         rows = [{"line": n, "nll": s, "tokens": c, "perplexity": math.exp(s / c)}
                 for (n, _, _), (s, c) in zip(examples, per)]
         atomic_write_text(args.out, json.dumps({"perplexity": ppl, "mean_nll": total / count, "tokens": count,
                                                 "examples": len(examples), "skipped": skipped,
+                                                "device": plan.device, "precision": plan.precision,
                                                 "per_example": rows}, indent=1))
     return 0

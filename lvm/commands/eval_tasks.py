@@ -40,8 +40,10 @@ def add_arguments(p):
                         "of --samples samples for the others)")
     p.add_argument("--samples", type=int, default=8, help="samples averaged by the mean decoding (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1; top-k 50)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="generation dtype (bf16 default; fp32 is faster for very small test models)")
+    from tokenizer.hardware import add_arguments as device_arguments
+
+    device_arguments(p, device_help="where the models and tokenizers run: auto (a GPU if there is one), cpu, "
+                                    "cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=1234, help="seed of the held-out episodes and of sampling")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
     p.add_argument("--no-progress", action="store_true")
@@ -62,7 +64,9 @@ def run(args):
     from lvm import task_eval as te
     from lvm.config import save_config
     from lvm.demo import demo_checkpoints
+    from tokenizer.hardware import from_args
 
+    plan = from_args(args)  # a device that is not there is a one-line error before anything loads
     dm, dt = demo_checkpoints()
     model, tok = args.model or dm, args.tokenizer or dt
     for what, p in (("model", model), ("tokenizer", tok)):
@@ -70,7 +74,8 @@ def run(args):
             raise FileNotFoundError(f"{p}: {what} not found (give --{what}, or run 'lvm demo' first)")
     cfg = te.SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(te.TASKS), episodes=args.episodes,
                          shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
-                         temperature=args.temperature, samples=args.samples, precision=args.precision,
+                         temperature=args.temperature, samples=args.samples,
+                         device=plan.device, precision=plan.precision,  # saved as resolved
                          **({"decoding": {t: args.decoding for t in te.TASKS}} if args.decoding else {}))
     pairs = [(model, tok)]
     if args.compare:
@@ -95,7 +100,7 @@ def run_suite(pairs, names, cfg, out, progress: bool = True, log=print) -> dict:
 
     named, episodes, size = [], None, None
     for (model_dir, tok_dir), name in zip(pairs, names):
-        model, tok = te.load_pair(model_dir, tok_dir)
+        model, tok = te.load_pair(model_dir, tok_dir, cfg.device, cfg.precision)
         if episodes is None or size != tok.resolution:
             size = tok.resolution
             log(f"rendering held-out episodes at {size} px ...")

@@ -11,14 +11,17 @@
 --model is an HF Llama directory (ours or the released LVM-7B layout), --tokenizer a tokenizer directory
 (ours, the released MUSE VQGAN dir, or a taming .ckpt). Without them, the model/tokenizer that
 `lvm demo` leaves in runs/demo/ are used. Prompts are raw image tokens (no BOS), ids >= K never sampled.
+--device / --precision (default auto, see `lvm env`) place both; a half-precision 7B loads straight onto a GPU.
 
 examples:
   lvm prompt --model runs/lvm --tokenizer runs/tok
   lvm prompt --model runs/lvm --tokenizer runs/tok --prompt prompts/depth.yaml --out out/depth --candidates 4
-  lvm prompt --model LVM-7B --tokenizer vqgan-lvm --batch eval.jsonl --temperature 0
+  lvm prompt --model LVM-7B --tokenizer vqgan-lvm --batch eval.jsonl --temperature 0 --device cuda
 """
 
 from __future__ import annotations
+
+import argparse
 
 
 def add_arguments(p):
@@ -33,7 +36,11 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    from tokenizer.hardware import add_arguments as device_arguments
+
+    device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
+                                    "cuda, cuda:N or mps")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 decodes faster on a busy shared machine)")
     p.add_argument("--no-display", action="store_true", help="no inline image preview in the terminal")
@@ -42,8 +49,13 @@ def add_arguments(p):
 
 
 def run(args):
-    from lvm.generate import Sampling
+    from lvm.generate import Sampling, _precision_of
     from lvm.repl import Session, repl
+    from tokenizer.hardware import from_args
+
+    if args.dtype and args.precision == "auto":  # the older flag
+        args.precision = _precision_of(args.dtype)
+    from_args(args)  # a device that is not there is a one-line error before anything loads
 
     if args.threads:
         import torch
@@ -54,7 +66,8 @@ def run(args):
         from tokenizer.errors import InputError
 
         raise InputError("give --prompt or --batch, not both")
-    s = Session(args.model, args.tokenizer, out_dir=args.out, display=display, dtype=args.dtype)
+    s = Session(args.model, args.tokenizer, out_dir=args.out, display=display, device=args.device,
+                precision=args.precision)
     s.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     s.candidates = args.candidates
     if args.batch:
