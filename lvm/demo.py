@@ -77,7 +77,12 @@ class DemoConfig:
     eval_episodes: int = 4
     shots: list[int] = field(default_factory=lambda: [1, 3, 7])
     context: int = 7
-    precision: str = "bf16"                 # generation dtype
+    # Where and in what precision every stage computes (tokenizer.hardware.resolve): auto = this rank's GPU,
+    # else MPS, else CPU; bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs, else fp32.
+    # Each stage's own overrides (tokenizer_overrides, train_overrides) still win. demo_config.yaml records
+    # what auto resolved to.
+    device: str = "auto"
+    precision: str = "auto"
 
 
 # `--quick`: a smoke run of every stage in about three minutes; quality is not expected.
@@ -87,7 +92,9 @@ QUICK = ["sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_s
 
 # Seconds per unit of work on a 2-core CPU, used only to print an estimate before each stage (the
 # training stages size themselves by a timing probe to 90% of their minutes). From the full demo run on an
-# idle 2-core AMD EPYC (Zen4); a loaded or older machine is slower.
+# idle 2-core AMD EPYC (Zen4, bf16). Here they are scaled by the tokenizer probe against its 0.3 s/step
+# (`Demo.speed_factor`), and tokenize / eval are estimated from a short timing of their own work once
+# their inputs exist (`Demo.estimate`).
 EST = {"data_per_seq": 0.06, "tokenizer_per_step": 0.3, "tokenize_per_image": 0.011, "train_per_row": 1.2,
        "prompts": 36.0, "eval_per_episode": 4.8, "report": 1.0}
 PLANNED_SHARE = 0.9  # of a training stage's minutes: the rest is for data loading, logging, checkpoints
@@ -103,6 +110,7 @@ class Demo:
         self.out = Path(cfg.out)
         self.work = self.out / "work"
         self.model_dir, self.tok_dir = demo_checkpoints(self.out)
+        self._probed: dict = {}  # seconds per unit of work measured on this machine in this run
 
     # ---- stage bookkeeping ----
     def marker(self, stage: str) -> Path:
@@ -115,22 +123,72 @@ class Demo:
                 "prompts": [o / "prompts"], "eval": [o / "eval"],
                 "report": [o / "report.md", o / "figures"]}[stage]
 
-    def estimate(self, stage: str) -> float:
+    def resolve_plan(self):
+        """Resolve the demo's device/precision once (one warning for an emulated precision) and write the
+        result into the config, so every stage gets the same explicit choice and demo_config.yaml records it."""
+        from tokenizer.hardware import resolve
+
+        plan = resolve(self.cfg.device, self.cfg.precision, "training")
+        self.cfg.device, self.cfg.precision = plan.device, plan.precision
+        return plan
+
+    def speed_factor(self) -> float:
+        """This machine's speed relative to the one EST was measured on: the tokenizer stage's probe (its
+        plan, made now if not made yet) over the 0.3 s/step it read there."""
+        if "factor" not in self._probed:
+            sec = self._plan_seconds("tokenizer")
+            if sec is None:
+                tc = self.tokenizer_config()
+                sec = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes,
+                                         lambda: _probe_tokenizer(tc))["seconds_per_step"]
+            self._probed["factor"] = max(sec, 1e-6) / EST["tokenizer_per_step"]
+        return self._probed["factor"]
+
+    def estimate(self, stage: str, probe: bool = True) -> float:
+        """Seconds `stage` should take here; `probe=False` skips the timings of a stage's own work."""
         c = self.cfg
-        if stage == "data":
+        if stage == "data":  # rendering (numpy) does not depend on the compute precision
             return c.sequences * EST["data_per_seq"] / max(1, c.workers)
         if stage == "tokenizer":
-            return min(c.tokenizer_steps * EST["tokenizer_per_step"], c.tokenizer_minutes * 60 * PLANNED_SHARE)
+            per_step = self._plan_seconds("tokenizer") or EST["tokenizer_per_step"] * self.speed_factor()
+            return min(c.tokenizer_steps * per_step, c.tokenizer_minutes * 60 * PLANNED_SHARE)
         if stage == "train":
             tc = self.train_config()
             rows = max(1, tc.tokens_per_step // (tc.seq_len or tc.model.max_position_embeddings))
-            return min(c.train_steps * rows * EST["train_per_row"], c.train_minutes * 60 * PLANNED_SHARE)
+            per_step = self._plan_seconds("train") or rows * EST["train_per_row"] * self.speed_factor()
+            return min(c.train_steps * per_step, c.train_minutes * 60 * PLANNED_SHARE)
         if stage == "tokenize":
-            return c.sequences * 14 * EST["tokenize_per_image"]
+            per_image = probe and self._probe_tokenize()
+            return self.n_images() * (per_image or EST["tokenize_per_image"] * self.speed_factor())
         if stage == "eval":
             n_tasks = 6
-            return c.eval_episodes * n_tasks * EST["eval_per_episode"]
-        return EST[stage]
+            per_episode = probe and self._probe_eval()
+            return c.eval_episodes * n_tasks * (per_episode or EST["eval_per_episode"] * self.speed_factor())
+        return EST[stage] * (self.speed_factor() if stage == "prompts" else 1.0)
+
+    def _plan_seconds(self, stage: str) -> float | None:
+        path = self.work / f"plan-{stage}.json"
+        return json.loads(path.read_text())["seconds_per_step"] if path.is_file() else None
+
+    def n_images(self) -> int:
+        """Images the data stage wrote (its record), else the usual ~14 per sequence."""
+        m = self.marker("data")
+        if m.is_file():
+            return int(json.loads(m.read_text()).get("info", {}).get("images") or self.cfg.sequences * 14)
+        return self.cfg.sequences * 14
+
+    def _probe_tokenize(self) -> float | None:
+        """Seconds per image of encoding with the trained tokenizer on this machine, in the demo's precision."""
+        if "tokenize" not in self._probed and (self.tok_dir / "model.safetensors").is_file():
+            self._probed["tokenize"] = _probe_encode(self.tok_dir, self.cfg)
+        return self._probed.get("tokenize")
+
+    def _probe_eval(self) -> float | None:
+        """Seconds of one evaluation episode: the suite itself on one episode of one task."""
+        if "eval" not in self._probed and (self.model_dir / "config.json").is_file() \
+                and (self.tok_dir / "model.safetensors").is_file():
+            self._probed["eval"] = _probe_eval_episode(self.model_dir, self.tok_dir, self.suite_config())
+        return self._probed.get("eval")
 
     def run(self, fresh: bool = False, stages=STAGES) -> dict:
         from lvm.config import config_to_dict, save_config
@@ -144,9 +202,14 @@ class Demo:
                         shutil.rmtree(p)
                     elif p.exists():
                         p.unlink()
+        from tokenizer.hardware import detect
+
+        plan = self.resolve_plan()
+        self.log(f"plan: device {plan.device}, precision {plan.precision}"
+                 f"{'' if plan.requested[1] == 'auto' else ' (asked)'}; CPU {detect().cpu_summary()}")
         save_config(self.cfg, self.out, "demo_config.yaml")
-        total_est = sum(self.estimate(s) for s in STAGES)
-        self.log(f"lvm demo -> {self.out}  (rough estimate {_fmt_s(total_est)} on a 2-core CPU; "
+        total_est = sum(self.estimate(s, probe=False) for s in STAGES)
+        self.log(f"lvm demo -> {self.out}  (rough estimate {_fmt_s(total_est)} on this machine; "
                  f"budget {self.cfg.budget_minutes:g} min)")
         times = {}
         for i, st in enumerate(STAGES):
@@ -203,7 +266,9 @@ class Demo:
         from tokenizer.train_config import TokenizerTrainConfig
 
         c = self.cfg
-        return load_config(TokenizerTrainConfig, c.tokenizer, list(c.tokenizer_overrides) + [
+        # the demo's device/precision first: an explicit one in the stage's overrides wins
+        return load_config(TokenizerTrainConfig, c.tokenizer, [f"device={c.device}", f"precision={c.precision}"]
+                           + list(c.tokenizer_overrides) + [
             f"data.path={self.work / 'images'}/*.tar", f"out_dir={self.work / 'tokenizer-run'}",
             f"max_steps={c.tokenizer_steps}", f"max_minutes={c.tokenizer_minutes}", f"seed={c.seed}"])
 
@@ -212,7 +277,8 @@ class Demo:
         from lvm.train_config import TrainConfig
 
         c = self.cfg
-        return load_config(TrainConfig, c.train, list(c.train_overrides) + [
+        return load_config(TrainConfig, c.train, [f"device={c.device}", f"precision={c.precision}"]
+                           + list(c.train_overrides) + [
             f"data.shards={self.work / 'tokens'}", f"out_dir={self.work / 'lvm-run'}",
             f"max_steps={c.train_steps}", f"seed={c.seed}",
             f"model.codebook_size={self.tokenizer_config().model.codebook_size}"])
@@ -271,8 +337,10 @@ class Demo:
     def stage_tokenize(self):
         from data_builders.tokenize import tokenize
 
+        c = self.cfg
         res = tokenize(str(self.work / "images"), self.tok_dir, self.work / "tokens", batch_size=64,
-                       rank=0, world=1, progress=self.progress, log=self.log)
+                       device=c.device, precision=c.precision, rank=0, world=1, progress=self.progress,
+                       log=self.log)
         return {k: res[k] for k in ("sequences", "images", "images_per_s")}
 
     def stage_train(self):
@@ -301,11 +369,12 @@ class Demo:
         from tokenizer.image_io import make_grid, save_png
 
         c = self.cfg
-        model, tok = te.load_pair(self.model_dir, self.tok_dir)
-        engine = Engine(model, dtype=torch.bfloat16 if c.precision == "bf16" else torch.float32, max_batch=4)
+        model, tok = te.load_pair(self.model_dir, self.tok_dir, c.device, c.precision)
+        engine = Engine(model, precision=c.precision, device=c.device, max_batch=4)
         n_new, ctx, shots = 3, c.context, c.shots[-1]
         suite = te.SuiteConfig(tasks=["next_view", "next_frame", "segmentation", "colorization"], episodes=1,
-                               shots=[shots], context=ctx + n_new - 1, seed=c.seed + 777)
+                               shots=[shots], context=ctx + n_new - 1, seed=c.seed + 777, device=c.device,
+                               precision=c.precision)
         eps = te.make_episodes(suite, tok.resolution)
         out = self.out / "prompts"
         files = {}
@@ -334,13 +403,18 @@ class Demo:
             files[task] = str(path.relative_to(self.out))
         return {"files": files}
 
-    def stage_eval(self):
+    def suite_config(self):
         from lvm import task_eval as te
+
+        c = self.cfg
+        return te.SuiteConfig(episodes=c.eval_episodes, shots=c.shots, context=c.context, device=c.device,
+                              precision=c.precision)
+
+    def stage_eval(self):
         from lvm.commands.eval_tasks import run_suite
         from lvm.config import save_config
 
-        c = self.cfg
-        suite = te.SuiteConfig(episodes=c.eval_episodes, shots=c.shots, context=c.context, precision=c.precision)
+        suite = self.suite_config()
         out = self.out / "eval"
         out.mkdir(parents=True, exist_ok=True)
         save_config(suite, out, "suite_config.yaml")
@@ -374,7 +448,8 @@ class Demo:
               f"Everything below was produced by `lvm demo` on this machine: built-in renderer data "
               f"({c.sequences} sequences at {c.image_size} px, training objects only), the tokenizer config "
               f"`{c.tokenizer}`, the transformer config `{c.train}`, then prompts and the task suite on "
-              f"held-out objects. Resolved config: `demo_config.yaml`.\n",
+              f"held-out objects, computed on {c.device} in {c.precision}. Resolved config: "
+              f"`demo_config.yaml`.\n",
               f"Checkpoints: `{self.model_dir.relative_to(self.out)}/` (HF Llama) and "
               f"`{self.tok_dir.relative_to(self.out)}/` (tokenizer); `lvm prompt` and `lvm eval tasks` use "
               f"them by default.\n",
@@ -420,24 +495,67 @@ def _seconds_per_call(fn, reps: int = 1) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def _sync(device: str):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def _probe_tokenizer(tc) -> float:
-    """Seconds of one tokenizer training step (forward + L1 + backward on a random batch) on this machine."""
+    """Seconds of one tokenizer training step (forward + L1 + backward on a random batch) on this machine,
+    on the device and in the precision its training run resolves to."""
     import torch
 
     from tokenizer import VQGAN
+    from tokenizer.train import training_plan
 
+    plan = training_plan(tc)
     torch.manual_seed(0)
-    model = VQGAN(tc.model).train()
+    model = VQGAN(tc.model).train().to(plan.device)
     r = tc.data.crop or tc.model.resolution
-    x = torch.rand(tc.batch_size * tc.grad_accum, 3, r, r) * 2 - 1
-    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.mixed_precision == "bf16")
+    x = (torch.rand(tc.batch_size * tc.grad_accum, 3, r, r) * 2 - 1).to(plan.device)
 
     def step():
-        with amp:
+        with plan.autocast():
             xrec, q, _ = model(x)
         ((x - xrec.float()).abs().mean() + q).backward()
+        _sync(plan.device)
 
     return _seconds_per_call(step)
+
+
+def _probe_encode(tok_dir: Path, cfg: DemoConfig, n: int = 16) -> float:
+    """Seconds per image of `tokenize`'s encoding (random images of the demo's size, its device/precision)."""
+    import numpy as np
+    from PIL import Image
+
+    from lvm.generate import load_tokenizer_on
+
+    tok = load_tokenizer_on(tok_dir, cfg.device, cfg.precision)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8))
+              for _ in range(n)]
+
+    def encode():
+        tok.encode_images(images, batch_size=n)
+        _sync(cfg.device)
+
+    return _seconds_per_call(encode) / n
+
+
+def _probe_eval_episode(model_dir: Path, tok_dir: Path, suite) -> float:
+    """Seconds of one episode of the task suite (a mean-decoded task: most of the six are), run for real."""
+    import dataclasses
+
+    from lvm import task_eval as te
+
+    one = dataclasses.replace(suite, tasks=["colorization"], episodes=1, grid_rows=0)
+    model, tok = te.load_pair(model_dir, tok_dir, suite.device, suite.precision)
+    episodes = te.make_episodes(one, tok.resolution)
+    t0 = time.perf_counter()
+    te.evaluate_model(model, tok, episodes, one, progress=False, log=lambda *a: None)
+    return time.perf_counter() - t0
 
 
 def _probe_transformer(tc, scratch: Path) -> float:

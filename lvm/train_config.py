@@ -31,15 +31,20 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
 
+    # where and in what precision (tokenizer.hardware.resolve; the saved config.yaml records what auto chose)
+    device: str = "auto"  # auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N, mps
+    # auto: bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs (grad scaler), else fp32.
+    # bf16/fp16 are autocast mixed precision with fp32 master weights.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
     # speed
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast mixed precision, fp32 master weights
     # varlen: causal SDPA per packed sequence (lvm.packing.packed_attention); sdpa/eager: 4-D block mask
     attention: Literal["varlen", "sdpa", "eager"] = "varlen"
     activation_checkpointing: bool = False
     compile: bool = False
     deterministic: bool = False  # torch deterministic algorithms (for exact-resume checks)
     cpu_threads: int | None = None  # torch threads on CPU (None = torch default); 1 helps on oversubscribed machines
-    peak_tflops: float | None = None  # for MFU; None = measure this device's bf16/fp32 matmul peak at start
+    peak_tflops: float | None = None  # for MFU; None = measure this device's matmul peak in the dtype used
 
     # logging, evaluation, checkpoints
     log_every: int = 10

@@ -7,7 +7,7 @@ One optimizer step = `accum` micro-batches of `micro_batch` packed rows on every
 (every rank, every micro-batch), so the gradient does not depend on how the step is split.
 
 Run directory (`out_dir`):
-    config.yaml                      resolved config
+    config.yaml                      resolved config (device and precision as `auto` resolved them)
     metrics.jsonl                    one line per step (loss, lr, tokens/s, MFU) and per evaluation
     tb/                              TensorBoard events
     checkpoints/step-00000100/       HF directory (config.json, model.safetensors) + trainer_state.pt
@@ -35,6 +35,7 @@ from lvm.flops import measure_matmul_peak, train_flops
 from lvm.model import ModelConfig, grid_rope_parameters, quiet_hf_progress
 from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
 from lvm.train_config import TrainConfig
+from tokenizer.hardware import Plan, resolve
 from tokenizer.errors import InputError
 from tokenizer.files import atomic_dir, atomic_write_text, rng_state, set_rng_state
 
@@ -161,6 +162,29 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, out_dir, state: di
 
 # ---- the loop ----
 
+def make_accelerator(plan: Plan):
+    """An accelerate Accelerator computing on `plan.device` in `plan.precision`, and the autocast context
+    the caller wraps forward passes in where accelerate does not autocast itself (fp16 on the CPU).
+
+    bf16/fp16 are accelerate's mixed precision (fp16 with its gradient scaler on GPUs), whatever an
+    accelerate config file says.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
+        # Several runs in one process (tests, benchmarks) may differ in precision; accelerate keeps a
+        # process-wide singleton, so drop it between single-process runs.
+        AcceleratorState._reset_state()
+    cpu = plan.device_type == "cpu"  # also what makes accelerate form a multi-process CPU group (gloo)
+    if plan.device_type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(plan.device)  # a single process uses the GPU the plan names
+    # accelerate's fp16 is GPU-only (on the CPU it would silently run fp32): autocast it here instead.
+    cpu_fp16 = cpu and plan.precision == "fp16"
+    accelerator = Accelerator(mixed_precision="no" if cpu_fp16 else plan.mixed_precision, cpu=cpu)
+    return accelerator, plan.autocast() if cpu_fp16 else nullcontext()
+
+
 def token_nll(model, batch, vocab: int, mode: str):
     """Per-token NLL (flat, 0 where the target is IGNORE) of a packed batch; logits in fp32 for the loss."""
     logits = model(**model_inputs(batch, mode)).logits
@@ -173,16 +197,18 @@ def _mode(cfg) -> str:
 
 
 @torch.no_grad()
-def evaluate(model, cfg, layout, seq_len, accelerator) -> dict:
+def evaluate(model, cfg, layout, seq_len, accelerator, amp=None) -> dict:
     """Held-out loss (all targets) and next-image perplexity (targets of each sequence's last image)."""
     _, loader = make_loader(cfg, layout, seq_len, accelerator.process_index, accelerator.num_processes, eval=True)
+    amp = amp or nullcontext()
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     for i, batch in enumerate(loader):
         if i >= cfg.eval_batches:
             break
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        nll = token_nll(model, batch, layout.vocab_size, _mode(cfg)).double()
+        with amp:
+            nll = token_nll(model, batch, layout.vocab_size, _mode(cfg)).double()
         valid = batch["targets"].reshape(-1) != IGNORE
         last = batch["last_image"].reshape(-1) & valid
         sums += torch.stack([nll[valid].sum(), valid.sum(), nll[last].sum(), last.sum()]).double()
@@ -203,10 +229,10 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     `stop_at_step` ends the process-level loop early without a final checkpoint, as a kill would
     (used by the resume test).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
+    plan = resolve(cfg.device, cfg.precision, "training")  # first: a missing GPU is the first thing to say
     out = Path(cfg.out_dir)
     ckpts = list_checkpoints(out) if resume else []
     if not resume and list_checkpoints(out):
@@ -214,15 +240,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     if not cfg.data.source_list():
         raise InputError("data.shards is empty: give token shards, e.g. data.shards=data/demo/tokens")
 
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
-        # Several runs in one process (tests, benchmarks) may differ in precision; accelerate keeps a
-        # process-wide singleton, so drop it between single-process runs.
-        AcceleratorState._reset_state()
-    # accelerate only forms a multi-process CPU group (gloo) when told cpu=True.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=cpu)
+    accelerator, amp = make_accelerator(plan)
     set_seed(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -248,6 +266,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    # The saved config records what auto resolved to (device of rank 0 in a multi-process run).
+    cfg.device, cfg.precision = str(accelerator.device), plan.precision
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
@@ -275,8 +295,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     batches = iter(loader)
 
     dev = accelerator.device
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_matmul_peak(
-        torch.bfloat16 if cfg.precision == "bf16" else torch.float32, dev.type, seconds=0.5)
+    # MFU against the peak of the dtype the matmuls actually run in, on this device.
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_matmul_peak(plan.dtype, str(dev), seconds=0.5)
     hf_cfg = accelerator.unwrap_model(model).config
     writer = None
     if accelerator.is_main_process:
@@ -314,13 +334,16 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         for i, b in enumerate(micro):
             sync = accelerator.no_sync(model) if (i < accum - 1 and world > 1) else nullcontext()
             with sync:
-                nll = token_nll(model, b, layout.vocab_size, _mode(cfg)).sum()
+                with amp:
+                    nll = token_nll(model, b, layout.vocab_size, _mode(cfg)).sum()
                 # DDP averages gradients over ranks; scale so the result is the mean over all targets.
                 accelerator.backward(nll * world / n_tgt.clamp(min=1))
             loss_sum += nll.detach().double()
         loss = float(accelerator.reduce(loss_sum, reduction="sum") / n_tgt.clamp(min=1))
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if not math.isfinite(loss) or not torch.isfinite(torch.as_tensor(grad_norm)).all():
+        finite_grads = bool(torch.isfinite(torch.as_tensor(grad_norm)).all())
+        # Under fp16 the grad scaler skips a step with inf/NaN gradients and lowers its scale: not divergence.
+        if not math.isfinite(loss) or (not finite_grads and accelerator.scaler is None):
             good = list_checkpoints(out)
             bar.close()
             raise TrainingDiverged(
@@ -350,7 +373,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         else:
             log({"step": step, "loss": loss, "lr": lr})
         if cfg.data.eval_shards and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            last_eval = evaluate(model, cfg, layout, seq_len, accelerator)
+            last_eval = evaluate(model, cfg, layout, seq_len, accelerator, amp)
             if last_eval:
                 log({"step": step, **last_eval})
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))

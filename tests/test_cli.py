@@ -49,3 +49,39 @@ def test_user_errors_are_one_line_and_debug_shows_traceback(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error:")
     r = _run("--debug", "train", "bad_key=1")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+# Commands that compute with torch; each takes the policy's two flags (tokenizer.hardware.add_arguments).
+# `lvm bench data` renders with pybullet and `lvm data build/stats/preview/export-jsonl` only move files.
+COMPUTING = [("tokenizer", "train"), ("tokenizer", "eval"), ("tokenizer", "recon"), ("tokenizer", "encode"),
+             ("tokenizer", "decode"), ("data", "tokenize"), ("train",), ("prompt",), ("eval", "perplexity"),
+             ("eval", "tasks"), ("bench", "tokenizer"), ("bench", "train"), ("bench", "generate"), ("demo",)]
+
+
+@pytest.mark.parametrize("words", COMPUTING, ids=" ".join)
+def test_every_computing_command_takes_device_and_precision(words, capsys):
+    with pytest.raises(SystemExit):
+        main([*words, "--help"])
+    out = capsys.readouterr().out
+    assert "--device" in out and "--precision" in out
+    assert "{auto,fp32,bf16,fp16}" in out
+
+
+# The device is resolved before any file is read or work starts, so these fail on it even with no inputs.
+NO_INPUTS = [("train",), ("prompt",), ("eval", "tasks"), ("bench", "tokenizer"), ("bench", "train"),
+             ("bench", "generate"), ("demo",)]
+
+
+@pytest.mark.parametrize("words", NO_INPUTS, ids=" ".join)
+def test_device_cuda_without_a_gpu_is_one_line_exit_2(words, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from tokenizer import hardware
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)  # nothing a command might write lands in the checkout
+    assert main([*words, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("no CUDA GPU" in line for line in err), err
+    assert err[-1].startswith("error: ") and "no CUDA GPU" in err[-1]

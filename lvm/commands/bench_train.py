@@ -3,17 +3,24 @@
 Both sides train the same model (same initial weights) on the same visual sequences each step (a
 demo-like mix of lengths: half full-context sequences, half 1 .. n-1 images):
   ours       lvm train's step: sequences packed into rows (lvm.packing), packed "varlen" attention,
-             bf16 autocast through accelerate, token-mean loss, AdamW + clip;
+             accelerate mixed precision as the policy resolves each `--precision` (auto: bf16 where the
+             hardware computes it natively, else fp32), token-mean loss, AdamW + clip; one side per
+             distinct precision;
   reference  the same HF LlamaForCausalLM in fp32, eager mode (no compile, HF's default attention),
              batches of `--ref-batch` sequences padded to the longest, labels -100 on padding, AdamW + clip.
-Steps alternate (ours, ref, ref, ours, ...) so machine load affects both alike. tokens/s counts real
-(non-padding) tokens; MFU = model FLOPs (lvm.flops: 6 x matmul params per token + causal attention)
-per second over this device's bf16 matmul peak, measured here (fp32 peak shown for reference).
+Steps alternate (ours..., ref, then ref, ...ours) so machine load affects every side alike. tokens/s counts
+real (non-padding) tokens; MFU = model FLOPs (lvm.flops: 6 x matmul params per token + causal attention)
+per second over this device's matmul peak in the dtype that side computes in (fp32 for the reference and
+fp32 ours, bf16 for bf16 ours), measured here.
 
 examples:
   lvm bench train --model tiny
+  lvm bench train --model tiny --precision auto,fp32,bf16 --steps 2
   lvm bench train --model tiny,100m --seq-len 1024 --steps 3
 """
+
+from tokenizer.hardware import PRECISIONS
+from tokenizer.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -30,12 +37,19 @@ def add_arguments(p):
                         "multi-threaded kernels then stall on descheduled threads at every op)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the results as JSON")
+    add_hardware_arguments(p)
+    # a comma list here (the shared flag takes one value)
+    p.set_defaults(precision="auto")
+    for a in p._actions:
+        if a.dest == "precision":
+            a.choices = None
+            a.metavar = "{" + ",".join(PRECISIONS) + "}[,...]"
+            a.help = (f"comma-separated precisions of lvm train's side, each one of {', '.join(PRECISIONS)} "
+                      "(default auto: what lvm train picks here; e.g. auto,fp32,bf16 compares them)")
 
 
 def _sequences(rng, n_tokens: int, max_images: int):
     """Demo-like visual sequences totalling about n_tokens: half full-length, half 1 .. max-1 images."""
-    import numpy as np
-
     out, total = [], 0
     while total < n_tokens:
         n = max_images if (max_images == 1 or rng.random() < 0.5) else int(rng.integers(1, max_images))
@@ -44,95 +58,139 @@ def _sequences(rng, n_tokens: int, max_images: int):
     return out
 
 
-def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, peak_bf16, peak_fp32):
-    import time
-
-    import numpy as np
+def _ours_side(model_cfg, state_dict, plan, rows: int, seq_len: int):
+    """lvm train's step (packing, varlen attention, accelerate mixed precision from `plan`) as a function."""
     import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
 
-    from lvm.flops import train_flops
     from lvm.packing import collate_rows, pack_sequences, register_packed_attention
-    from lvm.trainer import param_groups, token_nll
+    from lvm.trainer import make_accelerator, param_groups, token_nll
 
-    torch.manual_seed(seed)
     layout = model_cfg.layout
-    ref = model_cfg.build()
-    ours = model_cfg.build()
-    ours.load_state_dict(ref.state_dict())
-    ours.set_attn_implementation(register_packed_attention())
-    for m in (ref, ours):
-        m.config.use_cache = False
-        m.train()
-    opt_kw = dict(lr=1e-4, betas=(0.9, 0.95))
-    AcceleratorState._reset_state()
-    acc = Accelerator(mixed_precision="bf16")
-    ours_opt = torch.optim.AdamW(param_groups(ours, 0.1), **opt_kw)
-    ours, ours_opt = acc.prepare(ours, ours_opt)
-    ref_opt = torch.optim.AdamW(param_groups(ref, 0.1), **opt_kw)
-    rng = np.random.default_rng(seed)
-    max_images = seq_len // layout.tokens_per_image
+    model = model_cfg.build()
+    model.load_state_dict(state_dict)
+    model.set_attn_implementation(register_packed_attention())
+    model.config.use_cache = False
+    model.train()
+    acc, amp = make_accelerator(plan)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95))
+    model, opt = acc.prepare(model, opt)
     V = layout.vocab_size
 
-    def step_ours(seqs):
+    def step(seqs):
         rows_, _ = pack_sequences(seqs, seq_len, layout.pad_id, layout.tokens_per_image)
         batches = [collate_rows(rows_[i:i + rows]) for i in range(0, len(rows_), rows)]
         n_tgt = sum(int((b["targets"] != -100).sum()) for b in batches)
         for b in batches:
-            acc.backward(token_nll(ours, b, V, "varlen").sum() / n_tgt)
-        acc.clip_grad_norm_(ours.parameters(), 1.0)
-        ours_opt.step()
-        ours_opt.zero_grad(set_to_none=True)
+            b = {k: v.to(acc.device) for k, v in b.items()}
+            with amp:
+                loss = token_nll(model, b, V, "varlen").sum() / n_tgt
+            acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         return len(rows_)
 
-    def step_ref(seqs):
+    return step
+
+
+def _ref_side(model, device, ref_batch: int, pad_id: int):
+    """The plain fp32 loop: HF eager attention on padded batches, HF's own loss."""
+    import torch
+
+    model.to(device)
+    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+                             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.95))
+
+    def step(seqs):
         for i in range(0, len(seqs), ref_batch):
             group = seqs[i:i + ref_batch]
             T = max(s.size for s in group)
-            ids = torch.full((len(group), T), layout.pad_id, dtype=torch.long)
+            ids = torch.full((len(group), T), pad_id, dtype=torch.long)
             mask = torch.zeros((len(group), T), dtype=torch.long)
             for r, s in enumerate(group):
                 ids[r, :s.size], mask[r, :s.size] = torch.from_numpy(s.reshape(-1)), 1
             labels = ids.masked_fill(mask == 0, -100)
-            loss = ref(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
-        ref_opt.step()
-        ref_opt.zero_grad(set_to_none=True)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return 0
 
-    times = {"ours": 0.0, "ref": 0.0}
-    tokens = flops = 0
-    n_rows = 0
+    return step
+
+
+def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, plans: dict, peaks: dict) -> dict:
+    """One model: the fp32 reference and lvm train's step in each precision of `plans` ({precision: Plan}),
+    interleaved. Returns tokens/s and MFU (against the peak of each side's dtype) per side."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from lvm.flops import train_flops
+
+    torch.manual_seed(seed)
+    layout = model_cfg.layout
+    device = next(iter(plans.values())).device
+    ref = model_cfg.build()
+    ref.config.use_cache = False
+    ref.train()
+    sides = {f"ours_{p}": _ours_side(model_cfg, ref.state_dict(), plan, rows, seq_len) for p, plan in plans.items()}
+    sides["ref"] = _ref_side(ref, device, ref_batch, layout.pad_id)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rng = np.random.default_rng(seed)
+    max_images = seq_len // layout.tokens_per_image
+    times = dict.fromkeys(sides, 0.0)
+    tokens = flops = n_rows = 0
+    first = next(iter(sides))  # every "ours" side packs the same rows
     for i in range(warmup + steps):
         seqs = _sequences(rng, rows * seq_len, max_images)
-        order = [("ours", step_ours), ("ref", step_ref)]
+        order = list(sides.items())
         if i % 2:
             order.reverse()
         for side, fn in order:
+            sync()
             t = time.perf_counter()
             r = fn(seqs)
-            dt = time.perf_counter() - t
+            sync()
             if i >= warmup:
-                times[side] += dt
-                if side == "ours":
-                    n_rows += r
+                times[side] += time.perf_counter() - t
+                n_rows += r if side == first else 0
         if i >= warmup:
             tokens += sum(s.size for s in seqs)
             flops += train_flops(ref.config, [s.size for s in seqs])
+    ref_tps = tokens / times["ref"]
     res = {"model": name, "seq_len": seq_len, "tokens_per_step": tokens // steps, "steps": steps,
-           "padded_fraction_ours": 1 - tokens / (n_rows * seq_len)}
-    for side in ("ours", "ref"):
-        res[f"{side}_tokens_per_s"] = tokens / times[side]
-        res[f"{side}_mfu_bf16_peak"] = flops / times[side] / peak_bf16
-    res["ref_mfu_fp32_peak"] = flops / times["ref"] / peak_fp32
-    res["speedup"] = res["ours_tokens_per_s"] / res["ref_tokens_per_s"]
+           "padded_fraction_ours": 1 - tokens / (n_rows * seq_len),
+           "ref": {"precision": "fp32", "tokens_per_s": ref_tps, "mfu": flops / times["ref"] / peaks["fp32"]},
+           "ours": {}}
+    for p in plans:
+        t = times[f"ours_{p}"]
+        res["ours"][p] = {"tokens_per_s": tokens / t, "mfu": flops / t / peaks[p], "speedup": tokens / t / ref_tps}
     return res
+
+
+def _plans(device: str, precisions: str) -> tuple[dict, dict]:
+    """({resolved precision: Plan}, {resolved precision: [the names asked for it]}) for a comma list."""
+    from tokenizer.errors import InputError
+    from tokenizer.hardware import resolve
+
+    plans, asked = {}, {}
+    for p in [x.strip() for x in precisions.split(",") if x.strip()] or ["auto"]:
+        if p not in PRECISIONS:
+            raise InputError(f"--precision {p}: expected a comma list of {', '.join(PRECISIONS)}")
+        plan = resolve(device, p, "training")
+        plans.setdefault(plan.precision, plan)
+        asked.setdefault(plan.precision, []).append(p)
+    return plans, asked
 
 
 def run(args):
     import json
     import os
+    from pathlib import Path
 
     import torch
 
@@ -140,7 +198,10 @@ def run(args):
     from lvm.flops import measure_matmul_peak
     from lvm.model import ModelConfig
     from tokenizer.files import atomic_write_text
+    from tokenizer.hardware import detect, resolve
 
+    plans, asked = _plans(args.device, args.precision)
+    auto = resolve(args.device, "auto", "training")
     names = [n.strip() for n in args.model.split(",") if n.strip()]
     cfgs = []
     for n in names:
@@ -149,25 +210,34 @@ def run(args):
     load = os.getloadavg()[0]
     threads = args.threads or (1 if load > (os.cpu_count() or 1) else torch.get_num_threads())
     torch.set_num_threads(threads)
+    device = next(iter(plans.values())).device
+    print(f"cpu: {detect().cpu_summary()}")
+    print(f"device {device}; precision auto -> {auto.precision} for training here; sides: reference fp32, "
+          + ", ".join(f"ours {p}" + (f" (asked: {'/'.join(asked[p])})" if asked[p] != [p] else "") for p in plans))
     print(f"load average before: {load:.2f} on {os.cpu_count()} cores; torch threads {threads} (absolute "
           f"figures vary with load, the interleaved ratio is the fair comparison)")
-    peak_bf16 = measure_matmul_peak(torch.bfloat16, seconds=2.0)
-    peak_fp32 = measure_matmul_peak(torch.float32, seconds=2.0)
-    print(f"measured matmul peak: bf16 {peak_bf16 / 1e12:.3f} TFLOP/s, fp32 {peak_fp32 / 1e12:.3f} TFLOP/s "
-          f"(2048^3 matmul, {threads} thread(s))")
+    peaks = {p: measure_matmul_peak(torch.float32 if p == "fp32" else plans[p].dtype, device, seconds=1.0)
+             for p in dict.fromkeys(["fp32", *plans])}
+    print("measured matmul peak: " + ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items())
+          + f" ({threads} thread(s))")
     results = []
     for name, cfg in cfgs:
         seq_len = args.seq_len or (4096 if name == "tiny" else 1024)
         seq_len = min(seq_len, cfg.max_position_embeddings)
         r = bench_one(cfg, name, seq_len, args.rows, args.ref_batch, args.steps, args.warmup, args.seed,
-                      peak_bf16, peak_fp32)
+                      plans, peaks)
         results.append(r)
-        print(f"{name:>6} seq {seq_len}: ours {r['ours_tokens_per_s']:8.0f} tok/s (MFU {100 * r['ours_mfu_bf16_peak']:.1f}% "
-              f"of bf16 peak, padding {100 * r['padded_fraction_ours']:.1f}%) | reference "
-              f"{r['ref_tokens_per_s']:8.0f} tok/s (MFU {100 * r['ref_mfu_bf16_peak']:.1f}% of bf16 peak, "
-              f"{100 * r['ref_mfu_fp32_peak']:.1f}% of fp32 peak) | ours/ref {r['speedup']:.2f}x", flush=True)
+        ref = r["ref"]
+        label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+        print(f"{label:>6} seq {seq_len}: reference fp32 {ref['tokens_per_s']:8.0f} tok/s (MFU "
+              f"{100 * ref['mfu']:.1f}% of fp32 peak)", flush=True)
+        for p, o in r["ours"].items():
+            side = f"ours {p}" + (" = auto" if "auto" in asked[p] else "")
+            print(f"{'':>6} {side:<20} {o['tokens_per_s']:8.0f} tok/s (MFU {100 * o['mfu']:.1f}% of {p} peak, "
+                  f"padding {100 * r['padded_fraction_ours']:.1f}%) | ours/ref {o['speedup']:.2f}x", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.out:
-        atomic_write_text(args.out, json.dumps({"peak_bf16": peak_bf16, "peak_fp32": peak_fp32,
-                                                "results": results}, indent=1))
+        atomic_write_text(args.out, json.dumps({"cpu": detect().cpu_summary(), "device": device,
+                                                "auto_precision": auto.precision, "asked": asked,
+                                                "peaks": peaks, "results": results}, indent=1))
     return 0

@@ -13,13 +13,19 @@ stopped. --fresh redoes everything. Default budget: about 20 minutes on a 2-core
 smoke run of every stage (quality not expected). Any field of the demo config can be overridden as key=value
 (see --print-config); the resolved config is saved as OUT/demo_config.yaml.
 
+Every stage computes on --device in --precision (default auto: bf16 where the hardware computes it natively,
+else fp32; the first line printed says what auto chose), so the probes that size the training stages and the
+printed estimates follow the hardware.
+
 examples:
   lvm demo
   lvm demo --quick out=runs/demo-quick
+  lvm demo --precision fp32
   lvm demo train_steps=600 tokenizer_overrides=[model.codebook_size=1024] --fresh
 """
 
 from lvm.config import add_config_arguments, config_to_yaml
+from tokenizer.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -27,6 +33,8 @@ def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="smoke run of every stage in ~3 minutes")
     p.add_argument("--fresh", action="store_true", help="redo every stage (deletes the previous outputs in OUT)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_hardware_arguments(p, device_help="auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps, "
+                                          "for every stage; overrides the config's device unless auto")
 
 
 def run(args):
@@ -43,6 +51,10 @@ def run(args):
         overrides = QUICK + (["out=runs/demo-quick"] if not any(o.startswith("out=") for o in overrides) else []) \
             + overrides
     cfg = load_config(DemoConfig, path, overrides)
+    if args.device != "auto":
+        cfg.device = args.device
+    if args.precision != "auto":
+        cfg.precision = args.precision
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0

@@ -1,21 +1,26 @@
 """Train the transformer (HF LlamaForCausalLM) with next-token loss on token shards.
 
 Visual sequences from the token shards are packed into rows of the model's context (positions restart at
-each sequence, no attention across sequences), trained with AdamW + warmup/cosine in bf16 autocast, with
-held-out loss / next-image perplexity every `eval_every` steps and atomic HF-format checkpoints under
-OUT_DIR/checkpoints/ (plus optimizer, scheduler, data position and RNG state).
+each sequence, no attention across sequences), trained with AdamW + warmup/cosine in the precision the
+hardware computes fastest (`precision: auto`: bf16 autocast where native, fp16 + grad scaler on pre-Ampere
+GPUs, else fp32; see `lvm env`), with held-out loss / next-image perplexity every `eval_every` steps and
+atomic HF-format checkpoints under OUT_DIR/checkpoints/ (plus optimizer, scheduler, data position and RNG
+state).
 
 The config is a YAML file (see configs/train/); any key can be overridden as key=value, nested keys with
-dots. The resolved config is saved as OUT_DIR/config.yaml. Multi-process (DDP/FSDP):
+dots; --device/--precision, when not auto, override the config's `device`/`precision`. The resolved config
+(with what auto chose) is saved as OUT_DIR/config.yaml. Multi-process (DDP/FSDP):
   accelerate launch --config_file configs/accelerate/ddp.yaml -m lvm train configs/train/100m.yaml
 
 examples:
   lvm train configs/train/tiny.yaml data.shards=data/demo/tokens max_steps=500
   lvm train configs/train/tiny.yaml --resume
+  lvm train configs/train/tiny.yaml --precision fp32
   lvm train configs/train/finetune-7b.yaml --init-from /models/LVM-7B data.shards=my/tokens
 """
 
-from lvm.config import add_config_arguments, resolve_config
+from lvm.config import add_config_arguments, config_from_args, config_to_yaml
+from tokenizer.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -25,13 +30,20 @@ def add_arguments(p):
     p.add_argument("--init-from", metavar="HF_DIR", default=None,
                    help="start from the weights of a Hugging Face LlamaForCausalLM directory (fine-tuning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only), e.g. for log files")
+    add_hardware_arguments(p, device_help="auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps; "
+                                          "overrides the config's device unless auto")
 
 
 def run(args):
     from lvm.train_config import TrainConfig
 
-    cfg = resolve_config(TrainConfig, args)
-    if cfg is None:
+    cfg = config_from_args(TrainConfig, args)
+    if args.device != "auto":
+        cfg.device = args.device
+    if args.precision != "auto":
+        cfg.precision = args.precision
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
         return 0
     from lvm.trainer import train
 
