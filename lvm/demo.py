@@ -507,12 +507,11 @@ def _probe_tokenizer(tc) -> float:
     on the device and in the precision its training run resolves to."""
     import torch
 
-    from tokenizer import VQGAN
-    from tokenizer.train import training_plan
+    from tokenizer.train import training_model, training_plan
 
     plan = training_plan(tc)
     torch.manual_seed(0)
-    model = VQGAN(tc.model).train().to(plan.device)
+    model = training_model(tc, plan).to(plan.device)  # the trainer's own layout for this precision
     r = tc.data.crop or tc.model.resolution
     x = (torch.rand(tc.batch_size * tc.grad_accum, 3, r, r) * 2 - 1).to(plan.device)
 
