@@ -236,14 +236,33 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
 
 # ---- the same two flags on every computing command ----
 
-def add_arguments(parser, device_help: str = "", precision_help: str = "") -> None:
-    """`--device` and `--precision` (both default auto, resolved by `resolve`)."""
+def add_arguments(parser, device_help: str = "", precision_help: str = "", many: bool = False) -> None:
+    """`--device` and `--precision` (both default auto, resolved by `resolve`). `many=True` (benchmarks)
+    makes --precision a comma list of precisions compared side by side; read it with `parse_precisions`."""
     parser.add_argument("--device", default="auto",
                         help=device_help or "auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+    choices = "{" + ",".join(PRECISIONS) + "}"
+    parser.add_argument("--precision", default="auto", choices=None if many else list(PRECISIONS),
+                        metavar=choices + "[,...]" if many else None,
                         help=precision_help or "compute precision; auto = bf16 where the hardware computes it "
                                                "natively (AMX/AVX512-BF16 CPUs, GPUs from Ampere), fp16 on older "
                                                "GPUs, else fp32 (see `lvm env`)")
+
+
+def parse_precisions(text: str) -> list[str]:
+    """A benchmark's comma list of precisions (`add_arguments(many=True)`): each checked, duplicates dropped."""
+    out = [p.strip().lower() for p in (text or "").split(",") if p.strip()] or ["auto"]
+    if any(p not in PRECISIONS for p in out):
+        raise InputError(f"--precision {text}: expected a comma list of {', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(out))
+
+
+def apply_args(cfg, args) -> None:
+    """A command's --device/--precision override its config's fields unless they are left at auto."""
+    for name in ("device", "precision"):
+        value = getattr(args, name, "auto")
+        if value != "auto":
+            setattr(cfg, name, value)
 
 
 def from_args(args, purpose: Purpose = "inference") -> Plan:

@@ -26,7 +26,6 @@ import argparse
 
 
 def add_arguments(p):
-    from tokenizer.hardware import PRECISIONS
     from tokenizer.hardware import add_arguments as device_arguments
 
     p.add_argument("--model", default="tiny",
@@ -36,27 +35,14 @@ def add_arguments(p):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=50)
-    device_arguments(p, device_help="where both sides run: auto (a GPU if there is one), cpu, cuda, cuda:N or mps")
-    for a in p._actions:  # a comma list here (the shared flag takes one value)
-        if a.dest == "precision":
-            a.choices = None
-            a.metavar = "{" + ",".join(PRECISIONS) + "}[,...]"
-            a.help = ("comma-separated engine precisions, compared side by side (default auto: what the policy "
-                      "picks here; e.g. auto,fp32,bf16)")
+    device_arguments(p, device_help="where both sides run: auto (a GPU if there is one), cpu, cuda, cuda:N or mps",
+                     precision_help="comma-separated engine precisions, compared side by side (default auto: "
+                                    "what the policy picks here; e.g. auto,fp32,bf16)", many=True)
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _precisions(text: str) -> list[str]:
-    from tokenizer.errors import InputError
-    from tokenizer.hardware import PRECISIONS
-
-    out = [x.strip().lower() for x in text.split(",") if x.strip()] or ["auto"]
-    bad = [x for x in out if x not in PRECISIONS]
-    if bad:
-        raise InputError(f"--precision {text}: expected a comma list of {', '.join(PRECISIONS)}")
-    return out
 
 
 def _load(spec: str, device, dtype):
@@ -129,11 +115,11 @@ def run(args):
 
     from lvm.generate import Engine, Sampling, _precision_of
     from lvm.tokens import TokenLayout
-    from tokenizer.hardware import detect, resolve
+    from tokenizer.hardware import detect, parse_precisions, resolve
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = _precision_of(args.dtype)
-    asked = _precisions(args.precision)
+    asked = parse_precisions(args.precision)
     plans = [resolve(args.device, p, "inference") for p in asked]  # a missing device is the first error
     device = torch.device(plans[0].device)
     if args.threads:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from tokenizer.hardware import PRECISIONS
+from tokenizer.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -39,20 +39,11 @@ def add_arguments(p):
     p.add_argument("--iters", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (GPU if any, else MPS, else CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", default="auto", metavar="{" + ",".join(PRECISIONS) + "}",
-                   help="our side's precision(s), a comma list timed side by side (e.g. auto,fp32,bf16); auto = "
-                        "what the hardware policy picks here (see `lvm env`); the reference is always fp32")
+    add_hardware_arguments(p, precision_help="our side's precision(s), a comma list timed side by side (e.g. "
+                                             "auto,fp32,bf16); auto = what the hardware policy picks here (see "
+                                             "`lvm env`); the reference is always fp32", many=True)
 
 
-def _precisions(text: str) -> list[str]:
-    from tokenizer.errors import InputError
-
-    out = [p.strip().lower() for p in text.split(",") if p.strip()]
-    bad = [p for p in out if p not in PRECISIONS]
-    if bad or not out:
-        raise InputError(f"--precision {text}: expected a comma list of {', '.join(PRECISIONS)}")
-    return list(dict.fromkeys(out))
 
 
 def reference_network(model):
@@ -134,12 +125,12 @@ def run(args):
     from lvm.config import load_config
     from tokenizer import VQGAN, load_tokenizer
     from tokenizer.errors import InputError
-    from tokenizer.hardware import detect, resolve
+    from tokenizer.hardware import detect, parse_precisions, resolve
     from tokenizer.image_io import pil_to_tensor
     from tokenizer.synthetic import scene
     from tokenizer.train_config import TokenizerTrainConfig
 
-    precisions = _precisions(args.precision)
+    precisions = parse_precisions(args.precision)
     plans = {p: resolve(args.device, p, "inference") for p in precisions}  # bad device: one line, exit 2
     device = plans[precisions[0]].device
     if args.threads:

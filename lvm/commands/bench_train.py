@@ -19,7 +19,6 @@ examples:
   lvm bench train --model tiny,100m --seq-len 1024 --steps 3
 """
 
-from tokenizer.hardware import PRECISIONS
 from tokenizer.hardware import add_arguments as add_hardware_arguments
 
 
@@ -37,15 +36,8 @@ def add_arguments(p):
                         "multi-threaded kernels then stall on descheduled threads at every op)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the results as JSON")
-    add_hardware_arguments(p)
-    # a comma list here (the shared flag takes one value)
-    p.set_defaults(precision="auto")
-    for a in p._actions:
-        if a.dest == "precision":
-            a.choices = None
-            a.metavar = "{" + ",".join(PRECISIONS) + "}[,...]"
-            a.help = (f"comma-separated precisions of lvm train's side, each one of {', '.join(PRECISIONS)} "
-                      "(default auto: what lvm train picks here; e.g. auto,fp32,bf16 compares them)")
+    add_hardware_arguments(p, precision_help="comma-separated precisions of lvm train's side (default auto: what "
+                                             "lvm train picks here; e.g. auto,fp32,bf16 compares them)", many=True)
 
 
 def _sequences(rng, n_tokens: int, max_images: int):
@@ -174,13 +166,10 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
 
 def _plans(device: str, precisions: str) -> tuple[dict, dict]:
     """({resolved precision: Plan}, {resolved precision: [the names asked for it]}) for a comma list."""
-    from tokenizer.errors import InputError
-    from tokenizer.hardware import resolve
+    from tokenizer.hardware import parse_precisions, resolve
 
     plans, asked = {}, {}
-    for p in [x.strip() for x in precisions.split(",") if x.strip()] or ["auto"]:
-        if p not in PRECISIONS:
-            raise InputError(f"--precision {p}: expected a comma list of {', '.join(PRECISIONS)}")
+    for p in parse_precisions(precisions):
         plan = resolve(device, p, "training")
         plans.setdefault(plan.precision, plan)
         asked.setdefault(plan.precision, []).append(p)

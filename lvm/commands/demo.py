@@ -26,6 +26,7 @@ examples:
 
 from lvm.config import add_config_arguments, config_to_yaml
 from tokenizer.hardware import add_arguments as add_hardware_arguments
+from tokenizer.hardware import apply_args
 
 
 def add_arguments(p):
@@ -51,10 +52,7 @@ def run(args):
         overrides = QUICK + (["out=runs/demo-quick"] if not any(o.startswith("out=") for o in overrides) else []) \
             + overrides
     cfg = load_config(DemoConfig, path, overrides)
-    if args.device != "auto":
-        cfg.device = args.device
-    if args.precision != "auto":
-        cfg.precision = args.precision
+    apply_args(cfg, args)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0

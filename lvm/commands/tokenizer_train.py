@@ -19,6 +19,7 @@ Example:
 
 from lvm.config import add_config_arguments, resolve_config
 from tokenizer.hardware import add_arguments as add_hardware_arguments
+from tokenizer.hardware import apply_args
 
 
 def add_arguments(p):
@@ -40,10 +41,9 @@ def run(args):
     from lvm.config import save_config
     from tokenizer.train import Trainer, training_plan
 
-    if args.device != "auto":
-        cfg.device = args.device
     if args.precision != "auto":
-        cfg.precision, cfg.mixed_precision = args.precision, None
+        cfg.mixed_precision = None  # the legacy field would win over the flag
+    apply_args(cfg, args)
     training_plan(cfg)  # a device that is not there ends here, before any data is read
 
     Trainer(cfg, save_config=save_config, progress=not args.no_progress).train(resume=args.resume)

@@ -21,6 +21,7 @@ examples:
 
 from lvm.config import add_config_arguments, config_from_args, config_to_yaml
 from tokenizer.hardware import add_arguments as add_hardware_arguments
+from tokenizer.hardware import apply_args
 
 
 def add_arguments(p):
@@ -38,10 +39,7 @@ def run(args):
     from lvm.train_config import TrainConfig
 
     cfg = config_from_args(TrainConfig, args)
-    if args.device != "auto":
-        cfg.device = args.device
-    if args.precision != "auto":
-        cfg.precision = args.precision
+    apply_args(cfg, args)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
