@@ -123,3 +123,27 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (out / "report.md").is_file() and (out / "model" / "config.json").is_file()
     data = json.loads((out / "eval" / "tasks.json").read_text())
     assert len(data["models"][0]["tasks"]) == 6
+
+
+def test_train_minutes_shrink_only_when_the_budget_needs_it(tmp_path):
+    """The transformer stage gives up minutes only when the stages before it (here: recorded as slow) and
+    the estimates of those after it would pass the demo's budget."""
+    import json
+
+    from lvm.demo import Demo, DemoConfig
+
+    demo = Demo(DemoConfig(out=str(tmp_path), budget_minutes=20, train_minutes=10), log=lambda *a: None)
+    (demo.work).mkdir(parents=True)
+    (demo.work / "plan-tokenizer.json").write_text(json.dumps({"seconds_per_step": 0.3}))
+
+    def spent(tokenize_s):
+        for st, sec in (("data", 10), ("tokenizer", 240), ("tokenize", tokenize_s)):
+            demo.marker(st).parent.mkdir(parents=True, exist_ok=True)
+            demo.marker(st).write_text(json.dumps({"seconds": sec}))
+
+    spent(60)
+    assert demo.train_minutes() == 10  # a fast machine keeps the stage's share
+    spent(360)  # 5 minutes more before training: what is left of the budget decides
+    after = sum(demo.estimate(st, probe=False) for st in ("prompts", "eval", "report"))
+    expected = (20 * 60 * 0.95 - (10 + 240 + 360) - after) / 60
+    assert 1 < demo.train_minutes() < 10 and abs(demo.train_minutes() - expected) < 1e-6
