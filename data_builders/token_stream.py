@@ -5,7 +5,7 @@
     loader = DataLoader(ds, batch_size=8, num_workers=2)
 
 Written directly on `torch.utils.data.IterableDataset` (no webdataset pipeline) so the splitting rules are
-explicit and cover the webdataset pitfalls (LVM_REFERENCE.md section 4):
+explicit and cover the webdataset pitfalls (docs/released-lvm.md section 3):
 
 - *Consumers.* Every (rank, worker) pair is one consumer, ``c = rank * num_workers + worker`` of
   ``C = world_size * num_workers``. Each consumer reads a disjoint part of every source per epoch: whole

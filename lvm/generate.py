@@ -17,7 +17,7 @@ Device and precision come from the policy (`tokenizer.hardware.resolve`, `engine
 - on CUDA (and MPS), decoding runs PyTorch ops (SDPA) in the plan's dtype as a graph-safe step with a
   static cache span, captured once per batch size and span as a CUDA graph and replayed (gpt-fast).
 
-Token contract (LVM_REFERENCE.md section 3): a sequence is raw image tokens, 256 per image, image i at
+Token contract (docs/released-lvm.md section 1): a sequence is raw image tokens, 256 per image, image i at
 positions 256*i .. 256*i+255 from the start of the sequence, no BOS. When the prompt plus the next image
 would pass the context, the sequence is cut to its last `context_images - 1` whole images (positions restart
 at 0, as the released inference does) and the caller is told how many images were dropped. Ids >= K are

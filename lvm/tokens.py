@@ -1,4 +1,4 @@
-"""The token contract: the single source of the vocabulary and sequence layout (LVM_REFERENCE.md section 3).
+"""The token contract: the single source of the vocabulary and sequence layout (docs/released-lvm.md section 1).
 
 - Image codes are ids ``0 .. K-1`` (K = codebook size, 8192 for full models).
 - Ids from K up are reserved specials, vocabulary = K + 100; ``PAD = K``. There is no BOS/EOS: a visual
