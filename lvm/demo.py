@@ -549,9 +549,9 @@ def _probe_encode(tok_dir: Path, cfg: DemoConfig, n: int = 16) -> float:
     import numpy as np
     from PIL import Image
 
-    from lvm.generate import load_tokenizer_on
+    from tokenizer import load_tokenizer
 
-    tok = load_tokenizer_on(tok_dir, cfg.device, cfg.precision)
+    tok = load_tokenizer(tok_dir, device=cfg.device, precision=cfg.precision)
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8))
               for _ in range(n)]

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from lvm.tokens import TokenLayout
 from tokenizer.errors import InputError
+from tokenizer.hardware import precision_name
 
 
 @dataclass
@@ -102,12 +103,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: fl
     H, Hkv = q.shape[1], k.shape[1]
     return F.scaled_dot_product_attention(q[:, :, None], k[:, :, :T], v[:, :, :T], scale=scale,
                                           enable_gqa=Hkv != H)[:, :, 0]
-
-
-def _precision_of(dtype) -> str:
-    """The policy's name for a torch dtype or its name (the engine's older `dtype=` keyword)."""
-    name = str(dtype).replace("torch.", "")
-    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
 
 
 def _hand_over(lins, fused: torch.Tensor) -> None:
@@ -176,7 +171,7 @@ class Engine:
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise InputError(f"only SiLU LLaMA models are supported, got hidden_act={cfg.hidden_act}")
         if dtype is not None:  # the older keyword: a torch dtype (or its name) instead of a precision
-            precision = _precision_of(dtype)
+            precision = precision_name(dtype)
         here = next(model.parameters()).device
         self.plan = resolve(str(device or here), precision, "inference")
         self.device = torch.device(self.plan.device)
@@ -245,26 +240,12 @@ class Engine:
     def from_pretrained(cls, path, device: str | None = "auto", precision: str = "auto", **kw) -> "Engine":
         """Load an HF Llama directory (ours or the released LVM layout) straight onto the device in the
         plan's precision (a half-precision 7B never has an fp32 copy in RAM) and into the engine."""
-        from pathlib import Path
-
-        from transformers import LlamaForCausalLM
-
-        from tokenizer.hardware import resolve
+        from lvm.perplexity import load_causal_lm
 
         if kw.get("dtype") is not None:
-            precision = _precision_of(kw.pop("dtype"))
+            precision = precision_name(kw.pop("dtype"))
         kw.pop("dtype", None)
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise InputError(f"{path}: not a model directory (no config.json)")
-        plan = resolve(device, precision, "inference")
-        load = {"dtype": plan.dtype}
-        if plan.device_type != "cpu":
-            load["device_map"] = {"": plan.device}
-        try:
-            model = LlamaForCausalLM.from_pretrained(path, **load)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+        model, plan = load_causal_lm(path, device, precision, fp32_on_cpu=False)
         engine = cls(model, precision=plan.precision, device=plan.device, consume=True, **kw)
         engine.plan = plan  # what was asked for, and what it resolved to
         return engine
@@ -547,15 +528,3 @@ def fits_model(layout: TokenLayout, codebook_size: int) -> None:
         raise InputError(f"tokenizer has {codebook_size} codes but the model's vocabulary "
                          f"{layout.vocab_size} is for a codebook of {layout.codebook_size}")
 
-
-def load_tokenizer_on(path, device: str, precision: str = "auto"):
-    """The tokenizer at `path` on `device` (eval); its precision follows the same request where the loader
-    takes one (an explicit fp32/bf16/fp16 is passed on, "auto" lets the tokenizer's policy decide)."""
-    import inspect
-
-    from tokenizer import load_tokenizer
-
-    kw = {"device": device}
-    if "precision" in inspect.signature(load_tokenizer).parameters:
-        kw["precision"] = precision
-    return load_tokenizer(path, **kw).eval()

@@ -35,11 +35,12 @@ def build_example(input_codes, target_codes, layout) -> tuple[np.ndarray, int]:
     return np.concatenate([inp.reshape(-1), tgt.reshape(-1)]), inp.size
 
 
-def load_causal_lm(path, device: str = "auto", precision: str = "auto"):
+def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_cpu: bool = True):
     """(HF LlamaForCausalLM in eval mode, its Plan) for scoring and generating on the policy's device.
 
-    On a CPU the weights stay fp32 (autocast computes in the plan's precision); elsewhere they are loaded
-    straight onto the device in the plan's dtype, so a half-precision 7B never has an fp32 copy in RAM.
+    Off the CPU the weights load straight onto the device in the plan's dtype, so a half-precision 7B never
+    has an fp32 copy in RAM. On a CPU they stay fp32 (autocast computes in the plan's precision) unless
+    `fp32_on_cpu=False` (the generation engine, which keeps its own copy in the plan's dtype).
     """
     from pathlib import Path
 
@@ -52,7 +53,7 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto"):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InputError(f"{path}: not a model directory (no config.json)")
-    load = {"dtype": torch.float32}
+    load = {"dtype": torch.float32 if fp32_on_cpu else plan.dtype}
     if plan.device_type != "cpu":
         load = {"dtype": plan.dtype, "device_map": {"": plan.device}}
     try:

@@ -43,10 +43,11 @@ class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
                  dtype: str | None = None, print_fn=print):
-        from lvm.generate import Sampling, _precision_of
+        from lvm.generate import Sampling
+        from tokenizer.hardware import precision_name
 
         if dtype is not None:  # the older keyword: "bfloat16" / "float32"
-            precision = _precision_of(dtype)
+            precision = precision_name(dtype)
 
         self.print = print_fn
         self.out_dir = Path(out_dir)
@@ -89,9 +90,9 @@ class Session:
                 raise InputError(f"no --tokenizer given and the demo tokenizer {DEFAULT_TOKENIZER} does not exist "
                                  f"(run 'lvm demo' first, or pass --tokenizer DIR)")
             tokenizer_dir = DEFAULT_TOKENIZER
-        from lvm.generate import load_tokenizer_on
+        from tokenizer import load_tokenizer
 
-        tok = load_tokenizer_on(tokenizer_dir, device, precision)
+        tok = load_tokenizer(tokenizer_dir, device=device, precision=precision).eval()
         self.print(f"tokenizer {tokenizer_dir}: {tok.codebook_size} codes, {tok.resolution} px, "
                    f"pixels {tok.value_range}, resize {tok.resize_mode}")
         return tok

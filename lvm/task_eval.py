@@ -307,12 +307,13 @@ def load_pair(model_dir, tokenizer_dir, device: str = "auto", precision: str = "
     """(HF LlamaForCausalLM eval, tokenizer eval), both on the policy's device, after checking that they fit
     each other. On a CPU the model is fp32 (the engine and autocast compute in the plan's precision);
     elsewhere it is loaded straight onto the device in the plan's dtype (`lvm.perplexity.load_causal_lm`)."""
-    from lvm.generate import fits_model, load_tokenizer_on
+    from lvm.generate import fits_model
+    from tokenizer import load_tokenizer
     from lvm.perplexity import load_causal_lm
     from lvm.tokens import TokenLayout
 
     model, plan = load_causal_lm(model_dir, device, precision)
-    tok = load_tokenizer_on(tokenizer_dir, plan.device, precision)
+    tok = load_tokenizer(tokenizer_dir, device=plan.device, precision=precision)
     fits_model(TokenLayout.from_vocab_size(model.config.vocab_size), tok.codebook_size)
     if tok.codes_per_image != 256:
         raise InputError(f"{tokenizer_dir}: {tok.codes_per_image} codes per image; the token contract needs 256")

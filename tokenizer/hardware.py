@@ -173,6 +173,12 @@ def _warn_once(key, text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
+def precision_name(precision) -> str:
+    """The policy's name for a precision given as a name, an alias ("bfloat16", "half") or a torch dtype."""
+    p = str(precision or "auto").strip().lower().removeprefix("torch.")
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "no": "fp32"}.get(p, p)
+
+
 def _device(device: str | None, hw: Hardware) -> str:
     d = (device or "auto").strip().lower()
     if d == "auto":
@@ -205,8 +211,7 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
     `purpose` matters only where training and inference differ (fp16 on old GPUs, see the module doc).
     """
     hw = hw or detect()
-    p = (precision or "auto").strip().lower()
-    p = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "no": "fp32"}.get(p, p)
+    p = precision_name(precision)
     if p not in PRECISIONS:
         raise InputError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
     dev = _device(device, hw)

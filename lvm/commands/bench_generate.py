@@ -113,12 +113,12 @@ def run(args):
 
     import torch
 
-    from lvm.generate import Engine, Sampling, _precision_of
+    from lvm.generate import Engine, Sampling
     from lvm.tokens import TokenLayout
-    from tokenizer.hardware import detect, parse_precisions, resolve
+    from tokenizer.hardware import detect, parse_precisions, precision_name, resolve
 
     if args.dtype and args.precision == "auto":  # the older flag
-        args.precision = _precision_of(args.dtype)
+        args.precision = precision_name(args.dtype)
     asked = parse_precisions(args.precision)
     plans = [resolve(args.device, p, "inference") for p in asked]  # a missing device is the first error
     device = torch.device(plans[0].device)

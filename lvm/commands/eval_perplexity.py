@@ -57,10 +57,10 @@ def run(args):
     import math
     from pathlib import Path
 
-    from lvm.generate import load_tokenizer_on
     from lvm.perplexity import load_causal_lm, target_nll
     from lvm.tokens import TokenLayout
     from tokenizer.errors import InputError
+    from tokenizer import load_tokenizer
     from tokenizer.hardware import from_args
     from tokenizer.files import atomic_write_text
 
@@ -71,7 +71,7 @@ def run(args):
     cfg = model.config
     layout = TokenLayout.from_vocab_size(cfg.vocab_size,
                                          images_per_context=cfg.max_position_embeddings // 256)
-    tok = load_tokenizer_on(args.tokenizer, plan.device, args.precision)
+    tok = load_tokenizer(args.tokenizer, device=plan.device, precision=args.precision)
     if tok.codebook_size != layout.codebook_size:
         raise InputError(f"tokenizer {args.tokenizer} has {tok.codebook_size} codes but model {args.model} "
                          f"expects K = {layout.codebook_size} (vocab {cfg.vocab_size})")

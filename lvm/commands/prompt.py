@@ -49,12 +49,12 @@ def add_arguments(p):
 
 
 def run(args):
-    from lvm.generate import Sampling, _precision_of
+    from lvm.generate import Sampling
     from lvm.repl import Session, repl
-    from tokenizer.hardware import from_args
+    from tokenizer.hardware import from_args, precision_name
 
     if args.dtype and args.precision == "auto":  # the older flag
-        args.precision = _precision_of(args.dtype)
+        args.precision = precision_name(args.dtype)
     from_args(args)  # a device that is not there is a one-line error before anything loads
 
     if args.threads:
