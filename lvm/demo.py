@@ -513,18 +513,12 @@ def _seconds_per_call(fn, reps: int = 1, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def _sync(device: str):
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _probe_tokenizer(tc) -> float:
     """Seconds of one tokenizer training step (forward + L1 + backward on a random batch) on this machine,
     on the device and in the precision its training run resolves to."""
     import torch
 
+    from tokenizer.hardware import synchronize
     from tokenizer.train import training_model, training_plan
 
     plan = training_plan(tc)
@@ -537,7 +531,7 @@ def _probe_tokenizer(tc) -> float:
         with plan.autocast():
             xrec, q, _ = model(x)
         ((x - xrec.float()).abs().mean() + q).backward()
-        _sync(plan.device)
+        synchronize(plan.device)
 
     # oneDNN builds its backward primitives over the first calls: one warm-up read 0.46 s/step under the
     # AVX2 simulation for steps that then ran at 0.36 s, and the stage planned a fifth fewer steps than fit.
@@ -550,6 +544,7 @@ def _probe_encode(tok_dir: Path, cfg: DemoConfig, n: int = 16) -> float:
     from PIL import Image
 
     from tokenizer import load_tokenizer
+    from tokenizer.hardware import synchronize
 
     tok = load_tokenizer(tok_dir, device=cfg.device, precision=cfg.precision)
     rng = np.random.default_rng(0)
@@ -558,7 +553,7 @@ def _probe_encode(tok_dir: Path, cfg: DemoConfig, n: int = 16) -> float:
 
     def encode():
         tok.encode_images(images, batch_size=n)
-        _sync(cfg.device)
+        synchronize(cfg.device)
 
     return _seconds_per_call(encode) / n
 

@@ -35,7 +35,9 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
     import torch
 
     dtype = dtype or torch.bfloat16
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    from tokenizer.hardware import synchronize
+
+    sync = lambda: synchronize(device)  # noqa: E731
 
     def timed(a, b) -> float:
         t = time.perf_counter()

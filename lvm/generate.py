@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from lvm.tokens import TokenLayout
 from tokenizer.errors import InputError
-from tokenizer.hardware import precision_name
+from tokenizer.hardware import precision_name, synchronize
 
 
 @dataclass
@@ -507,19 +507,13 @@ class Engine:
                 shared = False
                 done += B
                 if j == 0 and t == 0:
-                    self._sync()
+                    synchronize(self.device)
                     prefill = time.perf_counter() - t0
                 if progress is not None:
                     progress(j, t + 1, done / max(time.perf_counter() - t0, 1e-9))
         new = new.cpu()  # waits for the device
         return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - t0,
                           new_tokens=done, notes=notes, prefill_seconds=prefill)
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device.type == "mps":
-            torch.mps.synchronize()
 
 
 def fits_model(layout: TokenLayout, codebook_size: int) -> None:

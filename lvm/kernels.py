@@ -41,9 +41,9 @@ def march() -> str:
     """The -march the kernels are built with: what torch's own CPU kernels use here (module doc)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "native"
-    import torch
+    from tokenizer.hardware import detect
 
-    cap = (os.environ.get("ATEN_CPU_CAPABILITY") or torch.backends.cpu.get_cpu_capability() or "").upper()
+    cap = detect().cpu_capability.upper()  # torch's dispatch level, which honours ATEN_CPU_CAPABILITY
     if cap == "AVX2":
         return "x86-64-v3"
     if cap == "DEFAULT":
@@ -54,6 +54,20 @@ def march() -> str:
 def _name() -> str:
     tag = march().replace("-", "")
     return f"lvm_decode_{_cpu_tag()}" if tag == "native" else f"lvm_decode_{_cpu_tag()}_{tag}"
+
+
+def _builder():
+    import logging
+
+    # Importing the builder logs "No CUDA runtime is found" on CPU machines: true and irrelevant here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension
+
+    return cpp_extension
+
+
+def _build_dir() -> Path:
+    return Path(_builder()._get_build_directory(_name(), verbose=False))
 
 
 def load(verbose: bool = True):
@@ -74,14 +88,9 @@ def load(verbose: bool = True):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    import logging
-
-    # Importing the builder logs "No CUDA runtime is found" on CPU machines: true and irrelevant here.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension
-
+    cpp_extension = _builder()
     name = _name()
-    build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+    build_dir = _build_dir()
     lock = build_dir / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > 600:
         # A build killed hard (SIGKILL) leaves torch's lock file behind, and every later load would wait on it
@@ -106,13 +115,7 @@ def load(verbose: bool = True):
 
 def built_path() -> str | None:
     """The compiled module's file for this CPU if a build is cached, without building (for `lvm env`)."""
-    import logging
-
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension
-
-    build_dir = Path(cpp_extension._get_build_directory(_name(), verbose=False))
-    found = sorted(build_dir.glob("*.so"))
+    found = sorted(_build_dir().glob("*.so"))
     return str(found[0]) if found else None
 
 

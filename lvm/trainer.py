@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -35,7 +34,7 @@ from lvm.flops import measure_matmul_peak, train_flops
 from lvm.model import ModelConfig, grid_rope_parameters, quiet_hf_progress
 from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
 from lvm.train_config import TrainConfig
-from tokenizer.hardware import Plan, resolve
+from tokenizer.hardware import make_accelerator, resolve
 from tokenizer.errors import InputError
 from tokenizer.files import atomic_dir, atomic_write_text, rng_state, set_rng_state
 
@@ -161,29 +160,6 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, out_dir, state: di
 
 
 # ---- the loop ----
-
-def make_accelerator(plan: Plan):
-    """An accelerate Accelerator computing on `plan.device` in `plan.precision`, and the autocast context
-    the caller wraps forward passes in where accelerate does not autocast itself (fp16 on the CPU).
-
-    bf16/fp16 are accelerate's mixed precision (fp16 with its gradient scaler on GPUs), whatever an
-    accelerate config file says.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
-        # Several runs in one process (tests, benchmarks) may differ in precision; accelerate keeps a
-        # process-wide singleton, so drop it between single-process runs.
-        AcceleratorState._reset_state()
-    cpu = plan.device_type == "cpu"  # also what makes accelerate form a multi-process CPU group (gloo)
-    if plan.device_type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        torch.cuda.set_device(plan.device)  # a single process uses the GPU the plan names
-    # accelerate's fp16 is GPU-only (on the CPU it would silently run fp32): autocast it here instead.
-    cpu_fp16 = cpu and plan.precision == "fp16"
-    accelerator = Accelerator(mixed_precision="no" if cpu_fp16 else plan.mixed_precision, cpu=cpu)
-    return accelerator, plan.autocast() if cpu_fp16 else nullcontext()
-
 
 def token_nll(model, batch, vocab: int, mode: str):
     """Per-token NLL (flat, 0 where the target is IGNORE) of a packed batch; logits in fp32 for the loss."""

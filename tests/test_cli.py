@@ -76,8 +76,6 @@ NO_INPUTS = [("train",), ("prompt",), ("eval", "tasks"), ("bench", "tokenizer"),
 def test_device_cuda_without_a_gpu_is_one_line_exit_2(words, tmp_path, capsys, monkeypatch):
     import torch
 
-    from tokenizer import hardware
-
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     monkeypatch.chdir(tmp_path)  # nothing a command might write lands in the checkout

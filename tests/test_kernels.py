@@ -104,11 +104,16 @@ def test_build_targets_the_isa_torch_dispatches_to(monkeypatch):
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("x86 only")
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    from tokenizer import hardware
+
+    def torch_runs(cap):  # what detect() reads from torch, which honours ATEN_CPU_CAPABILITY at start-up
+        monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware(cpu_capability=cap))
+
+    torch_runs("AVX2")
     assert kernels.march() == "x86-64-v3" and kernels._name().endswith("_x8664v3")
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    torch_runs("DEFAULT")
     assert kernels.march() == "x86-64-v2"
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    torch_runs("AVX512")
     assert kernels.march() == "native" and "_x86" not in kernels._name()
 
 

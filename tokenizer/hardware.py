@@ -239,6 +239,43 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
     return Plan(device=dev, precision=p, requested=(device or "auto", precision or "auto"), notes=tuple(notes))
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work (timings, probes); nothing to wait for on a CPU."""
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
+# ---- training ----
+
+def make_accelerator(plan: Plan, **kwargs):
+    """An accelerate Accelerator computing on `plan.device` in `plan.precision`, and the autocast context
+    the caller wraps forward passes in where accelerate does not autocast itself (fp16 on the CPU).
+
+    bf16/fp16 are accelerate's mixed precision (fp16 with its gradient scaler on GPUs), whatever an
+    accelerate config file says.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().num_processes == 1:
+        # Several runs in one process (tests, benchmarks) may differ in precision; accelerate keeps a
+        # process-wide singleton, so drop it between single-process runs.
+        AcceleratorState._reset_state()
+    cpu = plan.device_type == "cpu"  # also what makes accelerate form a multi-process CPU group (gloo)
+    if plan.device_type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(plan.device)  # a single process uses the GPU the plan names
+    # accelerate's fp16 is GPU-only (on the CPU it would silently run fp32): autocast it here instead.
+    cpu_fp16 = cpu and plan.precision == "fp16"
+    accelerator = Accelerator(mixed_precision="no" if cpu_fp16 else plan.mixed_precision, cpu=cpu, **kwargs)
+    return accelerator, plan.autocast() if cpu_fp16 else contextlib.nullcontext()
+
+
 # ---- the same two flags on every computing command ----
 
 def add_arguments(parser, device_help: str = "", precision_help: str = "", many: bool = False) -> None:

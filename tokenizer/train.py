@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import time
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .files import atomic_dir, atomic_write_text, rng_state, set_rng_state
+from .hardware import make_accelerator
 from .train_config import TokenizerTrainConfig
 
 
@@ -92,7 +92,6 @@ class Trainer:
 
     # ---------- setup ----------
     def _setup(self, resume: bool):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         from .lpips import maybe_lpips
@@ -104,11 +103,8 @@ class Trainer:
         if cfg.data.crop is not None and (cfg.data.crop < f or cfg.data.crop % f):
             raise InputError(f"data.crop={cfg.data.crop} must be a positive multiple of the downsampling factor {f}")
         self.plan = plan = training_plan(cfg)
-        if plan.device_type == "cuda" and "LOCAL_RANK" not in os.environ:
-            torch.cuda.set_device(plan.device)  # one process: accelerate trains on the current GPU
-        # fp16 gets accelerate's gradient scaler with mixed_precision="fp16"
-        self.acc = Accelerator(mixed_precision=plan.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                               cpu=plan.device_type == "cpu")
+        # The steps below autocast with the plan themselves (accelerate's own covers no fp16 on a CPU).
+        self.acc, _ = make_accelerator(plan, gradient_accumulation_steps=cfg.grad_accum)
         # what auto resolved to goes into the saved config
         cfg.device, cfg.precision, cfg.mixed_precision = str(self.acc.device), plan.precision, None
         if self.acc.is_main_process:

@@ -86,7 +86,9 @@ def copy_bandwidth(device, mib: int = 0) -> float:
     n = (mib or (1024 if device.type == "cuda" else 256)) * 2 ** 20
     src = torch.ones(n // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    from tokenizer.hardware import synchronize
+
+    sync = lambda: synchronize(device)  # noqa: E731
     dst.copy_(src)
     sync()
     best = float("inf")
@@ -115,7 +117,7 @@ def run(args):
 
     from lvm.generate import Engine, Sampling
     from lvm.tokens import TokenLayout
-    from tokenizer.hardware import detect, parse_precisions, precision_name, resolve
+    from tokenizer.hardware import detect, parse_precisions, precision_name, resolve, synchronize
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = precision_name(args.dtype)
@@ -162,8 +164,7 @@ def run(args):
 
     def hf(b):
         ids = prompt.reshape(1, -1).expand(b, -1).contiguous().to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,

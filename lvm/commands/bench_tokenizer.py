@@ -170,7 +170,9 @@ def run(args):
     print(f"  device {device}; reference: taming fp32 eager; ours: "
           + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
 
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    from tokenizer.hardware import synchronize
+
+    sync = lambda: synchronize(device)  # noqa: E731
 
     def set_precision(p):
         model.config.precision = plans[p].precision

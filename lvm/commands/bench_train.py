@@ -55,7 +55,8 @@ def _ours_side(model_cfg, state_dict, plan, rows: int, seq_len: int):
     import torch
 
     from lvm.packing import collate_rows, pack_sequences, register_packed_attention
-    from lvm.trainer import make_accelerator, param_groups, token_nll
+    from lvm.trainer import param_groups, token_nll
+    from tokenizer.hardware import make_accelerator
 
     layout = model_cfg.layout
     model = model_cfg.build()
@@ -131,7 +132,9 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
     ref.train()
     sides = {f"ours_{p}": _ours_side(model_cfg, ref.state_dict(), plan, rows, seq_len) for p, plan in plans.items()}
     sides["ref"] = _ref_side(ref, device, ref_batch, layout.pad_id)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    from tokenizer.hardware import synchronize
+
+    sync = lambda: synchronize(device)  # noqa: E731
     rng = np.random.default_rng(seed)
     max_images = seq_len // layout.tokens_per_image
     times = dict.fromkeys(sides, 0.0)
