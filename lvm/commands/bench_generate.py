@@ -57,10 +57,10 @@ def _load(spec: str, device, dtype):
 
     p = Path(spec)
     if p.is_dir():
-        from transformers import LlamaForCausalLM
+        from lvm.perplexity import load_causal_lm
+        from tokenizer.hardware import precision_name
 
-        load = {"dtype": dtype} if device.type == "cpu" else {"dtype": dtype, "device_map": {"": str(device)}}
-        return LlamaForCausalLM.from_pretrained(p, **load).eval(), str(p)
+        return load_causal_lm(p, str(device), precision_name(dtype), fp32_on_cpu=False)[0], str(p)
     yaml = p if p.suffix in (".yaml", ".yml") else Path("configs/model") / f"{spec}.yaml"
     yaml = find_config_file(yaml)
     if not yaml.is_file():

@@ -91,9 +91,9 @@ def _ref_side(model, device, ref_batch: int, pad_id: int):
     import torch
 
     model.to(device)
-    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
-                             {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.95))
+    from lvm.trainer import param_groups
+
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95))
 
     def step(seqs):
         for i in range(0, len(seqs), ref_batch):
