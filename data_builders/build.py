@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.errors import InputError
-from tokenizer.files import atomic_write_text
+from tokenizer.common.errors import InputError
+from tokenizer.common.files import atomic_write_text
 
 from .shards import TarShardWriter
 

@@ -34,7 +34,7 @@ def preview(shards, out, per_kind: int = 2, max_shards: int = 200, cell: int = 9
             rows.append(sample_images(sample))
             labels.append(label)
     if not rows:
-        from tokenizer.errors import InputError
+        from tokenizer.common.errors import InputError
 
         raise InputError(f"{shards}: no image sequences found")
     order = sorted(range(len(rows)), key=lambda i: labels[i])

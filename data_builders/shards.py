@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tokenizer.errors import InputError
-from tokenizer.files import atomic_path
+from tokenizer.common.errors import InputError
+from tokenizer.common.files import atomic_path
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-/]+$")
 

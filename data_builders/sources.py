@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.errors import ImageLoadError, InputError
+from tokenizer.common.errors import ImageLoadError, InputError
 from tokenizer.image_io import IMAGE_EXTENSIONS, list_images, load_image, resize_square
 
 from . import annotations as ann

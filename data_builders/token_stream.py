@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from data_builders.shards import iter_token_shard, list_shards
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 
 @dataclass

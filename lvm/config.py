@@ -23,8 +23,8 @@ from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin,
 
 import yaml
 
-from tokenizer.errors import InputError
-from tokenizer.files import atomic_write_text
+from tokenizer.common.errors import InputError
+from tokenizer.common.files import atomic_write_text
 
 T = TypeVar("T")
 

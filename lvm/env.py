@@ -8,7 +8,7 @@ import platform
 
 def kernels_status() -> str:
     """Whether the CPU decode kernels are built for this CPU (without building them)."""
-    from lvm import kernels
+    from lvm.generate import kernels
 
     if os.environ.get("LVM_KERNELS", "1") == "0":
         return "off (LVM_KERNELS=0)"
@@ -21,7 +21,7 @@ def report() -> str:
     import transformers
 
     import lvm
-    from tokenizer.hardware import detect, resolve
+    from tokenizer.common.hardware import detect, resolve
 
     hw = detect()
     lines = [

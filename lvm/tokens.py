@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 TOKENS_PER_IMAGE = 256
 IMAGES_PER_CONTEXT = 16

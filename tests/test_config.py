@@ -6,7 +6,7 @@ import yaml
 
 from lvm.config import ConfigError, config_to_dict, load_config, save_config
 from lvm.model import ModelConfig
-from lvm.train_config import TrainConfig
+from lvm.train.config import TrainConfig
 
 
 @dataclass

@@ -17,7 +17,7 @@ from PIL import Image
 from data_builders.build import DataConfig, SourceConfig, build, collect_stats
 from data_builders.sequence import sample_images, sample_meta
 from data_builders.shards import iter_tar_samples, iter_token_shard, list_shards
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32

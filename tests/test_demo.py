@@ -39,7 +39,7 @@ def test_demo_stages_tiny(tmp_path):
     assert (tok / "config.json").is_file() and (tok / "model.safetensors").is_file()
     assert not list(model.glob("trainer_state*"))
     # the checkpoints work together and fit the token contract
-    from lvm.task_eval import load_pair
+    from lvm.eval.tasks import load_pair
 
     m, t = load_pair(model, tok)
     assert m.config.vocab_size == t.codebook_size + 100 == 164

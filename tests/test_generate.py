@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from lvm.generate import Engine, Sampling
+from lvm.generate.engine import Engine, Sampling
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 # A tiny codebook (vocabulary 164) and, to keep the tests fast, 16-token "images" with a 4-image context;
 # the engine takes the layout as given, the real one only changes the numbers.

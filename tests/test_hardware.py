@@ -1,10 +1,10 @@
-"""The device and precision policy (tokenizer.hardware) on mocked hardware, and `lvm env`."""
+"""The device and precision policy (tokenizer.common.hardware) on mocked hardware, and `lvm env`."""
 
 import pytest
 
-from tokenizer import hardware
-from tokenizer.errors import InputError
-from tokenizer.hardware import GPU, Hardware, resolve
+from tokenizer.common import hardware
+from tokenizer.common.errors import InputError
+from tokenizer.common.hardware import GPU, Hardware, resolve
 
 AVX2 = Hardware("AMD EPYC (AVX2)", "AVX2", frozenset({"avx2", "fma3"}))
 AVX512 = Hardware("Intel Skylake-SP", "AVX512", frozenset({"avx2", "avx512_f"}))
@@ -91,7 +91,7 @@ def test_detect_honours_the_avx2_simulation(tmp_path):
     import subprocess
     import sys
 
-    code = ("from tokenizer.hardware import detect, resolve; h = detect(); "
+    code = ("from tokenizer.common.hardware import detect, resolve; h = detect(); "
             "print(h.cpu_capability, h.onednn_max_isa, resolve(hw=h).precision)")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tokenizer.errors import ImageLoadError, InputError
+from tokenizer.common.errors import ImageLoadError, InputError
 from tokenizer.image_io import (load_image, load_image_tensor, make_grid, pil_to_tensor, resize_square,
                                 save_png, tensor_to_pil)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lvm import kernels
-from lvm.generate import Engine, Sampling
+from lvm.generate import kernels
+from lvm.generate.engine import Engine, Sampling
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
 
@@ -104,7 +104,7 @@ def test_build_targets_the_isa_torch_dispatches_to(monkeypatch):
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("x86 only")
-    from tokenizer import hardware
+    from tokenizer.common import hardware
 
     def torch_runs(cap):  # what detect() reads from torch, which honours ATEN_CPU_CAPABILITY at start-up
         monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware(cpu_capability=cap))

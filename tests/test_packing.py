@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lvm.model import ModelConfig
-from lvm.packing import (IGNORE, Packer, collate_rows, model_inputs, pack_sequences, register_packed_attention,
+from lvm.train.packing import (IGNORE, Packer, collate_rows, model_inputs, pack_sequences, register_packed_attention,
                          row_arrays)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from lvm.cli import main
 from lvm.model import ModelConfig
-from lvm.perplexity import target_nll
+from lvm.eval.perplexity import target_nll
 from lvm.tokens import TokenLayout
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lvm import display
-from lvm.prompting import Prompt, load_prompt, save_prompt
-from tokenizer.errors import InputError
+from lvm.prompt import display
+from lvm.prompt.prompts import Prompt, load_prompt, save_prompt
+from tokenizer.common.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["rotation", "video", "segmentation", "depth", "colorization", "inpainting"]
@@ -36,7 +36,7 @@ def test_shipped_prompts_load():
 
 def test_example_prompts_are_reproducible(tmp_path):
     pytest.importorskip("pybullet")
-    from lvm.example_prompts import make_example_prompts
+    from lvm.prompt.examples import make_example_prompts
 
     made = make_example_prompts(tmp_path)
     assert sorted(p.stem for p in made) == sorted(SHIPPED)

@@ -51,7 +51,7 @@ def dirs(tmp_path_factory):
 
 
 def _session(dirs, tok="tok"):
-    from lvm.repl import Session
+    from lvm.prompt.repl import Session
 
     lines = []
     s = Session(dirs["model"], dirs[tok], out_dir=dirs["root"] / "out", display="none", precision="fp32",
@@ -60,7 +60,7 @@ def _session(dirs, tok="tok"):
 
 
 def test_scripted_session_and_bad_input(dirs, capsys):
-    from lvm.repl import repl
+    from lvm.prompt.repl import repl
 
     r = dirs["root"]
     s, lines = _session(dirs)
@@ -100,14 +100,14 @@ def test_scripted_session_and_bad_input(dirs, capsys):
     assert any("removed query" in ln for ln in lines)
     assert lines[-1] == "lvm> /quit"  # /quit ended the loop before the last /show
     # The saved prompt loads back with the same structure.
-    from lvm.prompting import load_prompt
+    from lvm.prompt.prompts import load_prompt
 
     p = load_prompt(saved / "prompt.yaml")
     assert p.mode == "analogy" and len(p.images) == 3 and len(p.target) == 1
 
 
 def test_tokenizer_model_mismatch_is_one_line(dirs):
-    from lvm.repl import repl
+    from lvm.prompt.repl import repl
 
     s, lines = _session(dirs, tok="tok_big")  # 128 codes vs a model made for 64
     assert any(ln.startswith("warning:") and "128 codes" in ln for ln in lines)
@@ -120,7 +120,7 @@ def test_tokenizer_model_mismatch_is_one_line(dirs):
 
 def test_prompt_errors(dirs):
     s, _ = _session(dirs)
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
 
     with pytest.raises(InputError, match="no images"):
         s.generate(1)
@@ -158,7 +158,7 @@ def test_one_shot_and_batch_cli(dirs, tmp_path):
 
 
 def test_ctrl_c_cancels_generation_not_session(dirs):
-    from lvm.repl import repl
+    from lvm.prompt.repl import repl
 
     s, lines = _session(dirs)
     real, calls = s.engine.forward, [0]
@@ -181,7 +181,7 @@ def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
     the prompt the engine gets is exactly the images' raw codes in order (no BOS), as the released inference."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lvm.repl import Session
+    from lvm.prompt.repl import Session
     from tokenizer import VQGAN, VQGANConfig
     from tokenizer.image_io import load_image, pil_to_tensor
 

@@ -6,7 +6,7 @@ import webdataset as wds
 
 from data_builders.shards import (TarShardWriter, check_key, decode_tokens, iter_token_shard, list_shards,
                                   write_token_shard)
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 
 def _items(n=3):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lvm import task_eval as te
-from tokenizer.errors import InputError
+from lvm.eval import tasks as te
+from tokenizer.common.errors import InputError
 from data_builders.annotations import PALETTE
 
 
@@ -221,7 +221,7 @@ def test_predict_modes(tmp_path):
     """greedy = the temperature-0 image; mean = the pixel mean of the sampled candidates, which differ."""
     import torch
 
-    from lvm.generate import Engine, Sampling
+    from lvm.generate.engine import Engine, Sampling
     from lvm.tokens import TokenLayout
 
     lm, tokp = tiny_pair(tmp_path, 0)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from tokenizer import VQGAN, VQGANConfig, hardware, load_tokenizer
-from tokenizer.hardware import Hardware
+from tokenizer import VQGAN, VQGANConfig, load_tokenizer
+from tokenizer.common import hardware
+from tokenizer.common.hardware import Hardware
 
 AVX2 = Hardware(cpu_name="test AVX2", cpu_capability="AVX2", cpu_flags=frozenset({"avx2"}))
 BF16_CPU = Hardware(cpu_name="test AVX512-BF16", cpu_capability="AVX512",

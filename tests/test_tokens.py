@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lvm.tokens import DEFAULT_LAYOUT, TokenLayout
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 
 def test_default_layout_matches_reference():

@@ -10,8 +10,8 @@ import torch
 from data_builders.shards import write_token_shard
 from lvm.config import load_config
 from lvm.model import ModelConfig
-from lvm.train_config import TrainConfig
-from lvm.trainer import TrainingDiverged, list_checkpoints, train
+from lvm.train.config import TrainConfig
+from lvm.train.loop import TrainingDiverged, list_checkpoints, train
 
 K = 64
 

@@ -1,4 +1,4 @@
-"""lvm train / lvm bench train / lvm demo under the device and precision policy (tokenizer.hardware)."""
+"""lvm train / lvm bench train / lvm demo under the device and precision policy (tokenizer.common.hardware)."""
 
 import json
 import math
@@ -7,12 +7,12 @@ import re
 import numpy as np
 import pytest
 
-import tokenizer.hardware as hardware
+import tokenizer.common.hardware as hardware
 from data_builders.shards import write_token_shard
 from lvm.cli import main
 from lvm.config import load_config
-from lvm.train_config import TrainConfig
-from lvm.trainer import train
+from lvm.train.config import TrainConfig
+from lvm.train.loop import train
 
 K = 64
 

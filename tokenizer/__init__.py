@@ -9,7 +9,7 @@ Kept light on import: heavy modules (torch models) load only when their names ar
 `lvm` CLI starts fast and `import tokenizer` never pulls in pytorch_lightning.
 """
 
-from .errors import ImageLoadError, InputError
+from .common.errors import ImageLoadError, InputError
 
 # name -> submodule that defines it; imported on first attribute access (PEP 562).
 _LAZY = {

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from .errors import ImageLoadError, InputError
+from .common.errors import ImageLoadError, InputError
 from .image_io import IMAGE_EXTENSIONS, list_images, load_image_tensor, pil_to_tensor, resize_square, to_rgb
 
 

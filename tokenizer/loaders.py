@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import InputError
+from .common.errors import InputError
 from .model import FORMAT, VQGAN, VQGANConfig
 
 
@@ -172,13 +172,13 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
     """Detect the checkpoint format at `path`, build the model and load its weights (eval mode).
 
     `device` and `precision` (each "auto" by default) go through the hardware policy
-    (`tokenizer.hardware.resolve`, purpose "inference"): the model moves to that device and its
+    (`tokenizer.common.hardware.resolve`, purpose "inference"): the model moves to that device and its
     `config.precision` becomes `precision`, whatever the checkpoint's config records (a "bf16" saved on
     one machine must not force bf16 on a CPU that emulates it). "auto" stays "auto" in the config, so the
     model resolves it for the device it is on (`VQGAN.inference_plan()` says what it picked).
     `overrides` set other VQGANConfig fields after loading the config.
     """
-    from .hardware import resolve
+    from .common.hardware import resolve
 
     plan = resolve(device, precision, "inference")  # a device that is not there fails before any reading
     overrides["precision"] = "auto" if (precision or "auto").strip().lower() == "auto" else plan.precision

@@ -10,7 +10,7 @@ layout) weights load without renaming. With `mid_attention=False` the middle att
 replaced by identities, which is how the released LVM tokenizer is built (it has no `mid.attn_1` keys).
 
 Inference (`encode`/`decode`) is the fast path: inference mode, channels-last memory, and the precision
-that `config.precision` resolves to through `tokenizer.hardware.resolve` on the model's device ("auto":
+that `config.precision` resolves to through `tokenizer.common.hardware.resolve` on the model's device ("auto":
 bf16 where the hardware computes it natively, fp32 elsewhere, e.g. on AVX2-only CPUs). The nearest-code
 search always runs in fp32 so half-precision rounding cannot flip codes on near-ties.
 """
@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import InputError
+from .common.errors import InputError
 from .quantize import build_quantizer
 
 FORMAT = "lvm-vqgan"
@@ -55,7 +55,7 @@ class VQGANConfig:
     resamp_with_conv: bool = True
     value_range: tuple[float, float] = (-1.0, 1.0)   # pixels the network eats and emits
     resize_mode: Literal["crop", "squash"] = "crop"  # how encode_images makes squares ("squash" = released LVM)
-    # Inference precision: auto (the hardware policy, tokenizer.hardware.resolve), fp32, bf16 or fp16.
+    # Inference precision: auto (the hardware policy, tokenizer.common.hardware.resolve), fp32, bf16 or fp16.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # GroupNorm groups (taming: 32). Each group loses its own mean and scale per image, so with few channels
     # per group (32 groups over 32-128 channels is near instance norm) absolute colors are normalised away
@@ -343,7 +343,7 @@ class VQGAN(nn.Module):
     # ---- inference: the fast path ----
     def inference_plan(self):
         """What `encode`/`decode` compute in: config.precision resolved by the policy on the model's device."""
-        from .hardware import resolve
+        from .common.hardware import resolve
 
         dev = self.device
         name = dev.type if dev.index is None else f"{dev.type}:{dev.index}"
@@ -459,7 +459,7 @@ class VQGAN(nn.Module):
         """Write `config.json` + `model.safetensors` (atomically) into `directory`."""
         from safetensors.torch import save_file
 
-        from .files import atomic_path, atomic_write_text
+        from .common.files import atomic_path, atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

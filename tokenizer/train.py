@@ -30,15 +30,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .files import atomic_dir, atomic_write_text, rng_state, set_rng_state
-from .hardware import make_accelerator
+from .common.errors import InputError
+from .common.files import atomic_dir, atomic_write_text
+from .common.rng import rng_state, set_rng_state
+from .common.hardware import make_accelerator
 from .train_config import TokenizerTrainConfig
 
 
 def training_plan(cfg: TokenizerTrainConfig):
     """The device/precision Plan a training run of `cfg` uses (the legacy `mixed_precision` wins when set)."""
-    from .hardware import resolve
+    from .common.hardware import resolve
 
     return resolve(cfg.device, cfg.mixed_precision or cfg.precision, "training")
 

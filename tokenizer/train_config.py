@@ -65,7 +65,7 @@ class TokenizerTrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    # Where and in what precision to train; "auto" = tokenizer.hardware.resolve(purpose="training"): bf16
+    # Where and in what precision to train; "auto" = tokenizer.common.hardware.resolve(purpose="training"): bf16
     # where the CPU/GPU computes it natively, fp16 (with a grad scaler) on pre-Ampere GPUs, else fp32.
     # The saved config.yaml records what auto resolved to.
     device: str = "auto"

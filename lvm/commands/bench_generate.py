@@ -7,7 +7,7 @@ the reference, and elsewhere in the precision auto picks for the device (bf16 fr
 runs once per `--precision` (a comma list; auto is printed with what it resolved to), all in one process on
 the same prompt; runs alternate HF / engines so background load hits all alike, and the median of
 --repeats runs is reported. Time includes the prompt's prefill; tokens/s = candidates * 256 / time. On a
-CPU the engine decodes with the compiled kernels of `lvm.kernels` when it can (setup includes their
+CPU the engine decodes with the compiled kernels of `lvm.generate.kernels` when it can (setup includes their
 one-time build; LVM_KERNELS=0 shows the plain-PyTorch engine); on CUDA with a captured graph step.
 
 The roofline line (batch 1) sets the bytes one decoding step must read (the weight matrices + the KV cache
@@ -26,7 +26,7 @@ import argparse
 
 
 def add_arguments(p):
-    from tokenizer.hardware import add_arguments as device_arguments
+    from tokenizer.common.hardware import add_arguments as device_arguments
 
     p.add_argument("--model", default="tiny",
                    help="config name in configs/model (tiny, 100m, ...), a model YAML, or an HF model directory")
@@ -53,12 +53,12 @@ def _load(spec: str, device, dtype):
 
     from lvm.config import find_config_file, load_config
     from lvm.model import ModelConfig
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
 
     p = Path(spec)
     if p.is_dir():
-        from lvm.perplexity import load_causal_lm
-        from tokenizer.hardware import precision_name
+        from lvm.eval.perplexity import load_causal_lm
+        from tokenizer.common.hardware import precision_name
 
         return load_causal_lm(p, str(device), precision_name(dtype), fp32_on_cpu=False)[0], str(p)
     yaml = p if p.suffix in (".yaml", ".yml") else Path("configs/model") / f"{spec}.yaml"
@@ -86,7 +86,7 @@ def copy_bandwidth(device, mib: int = 0) -> float:
     n = (mib or (1024 if device.type == "cuda" else 256)) * 2 ** 20
     src = torch.ones(n // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    from tokenizer.hardware import synchronize
+    from tokenizer.common.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
     dst.copy_(src)
@@ -115,9 +115,9 @@ def run(args):
 
     import torch
 
-    from lvm.generate import Engine, Sampling
+    from lvm.generate.engine import Engine, Sampling
     from lvm.tokens import TokenLayout
-    from tokenizer.hardware import detect, parse_precisions, precision_name, resolve, synchronize
+    from tokenizer.common.hardware import detect, parse_precisions, precision_name, resolve, synchronize
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = precision_name(args.dtype)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -124,8 +124,8 @@ def run(args):
 
     from lvm.config import load_config
     from tokenizer import VQGAN, load_tokenizer
-    from tokenizer.errors import InputError
-    from tokenizer.hardware import detect, parse_precisions, resolve
+    from tokenizer.common.errors import InputError
+    from tokenizer.common.hardware import detect, parse_precisions, resolve
     from tokenizer.image_io import pil_to_tensor
     from tokenizer.synthetic import scene
     from tokenizer.train_config import TokenizerTrainConfig
@@ -170,7 +170,7 @@ def run(args):
     print(f"  device {device}; reference: taming fp32 eager; ours: "
           + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
 
-    from tokenizer.hardware import synchronize
+    from tokenizer.common.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
 

@@ -2,14 +2,14 @@
 
 Both sides train the same model (same initial weights) on the same visual sequences each step (a
 demo-like mix of lengths: half full-context sequences, half 1 .. n-1 images):
-  ours       lvm train's step: sequences packed into rows (lvm.packing), packed "varlen" attention,
+  ours       lvm train's step: sequences packed into rows (lvm.train.packing), packed "varlen" attention,
              accelerate mixed precision as the policy resolves each `--precision` (auto: bf16 where the
              hardware computes it natively, else fp32), token-mean loss, AdamW + clip; one side per
              distinct precision;
   reference  the same HF LlamaForCausalLM in fp32, eager mode (no compile, HF's default attention),
              batches of `--ref-batch` sequences padded to the longest, labels -100 on padding, AdamW + clip.
 Steps alternate (ours..., ref, then ref, ...ours) so machine load affects every side alike. tokens/s counts
-real (non-padding) tokens; MFU = model FLOPs (lvm.flops: 6 x matmul params per token + causal attention)
+real (non-padding) tokens; MFU = model FLOPs (lvm.train.flops: 6 x matmul params per token + causal attention)
 per second over this device's matmul peak in the dtype that side computes in (fp32 for the reference and
 fp32 ours, bf16 for bf16 ours), measured here.
 
@@ -19,7 +19,7 @@ examples:
   lvm bench train --model tiny,100m --seq-len 1024 --steps 3
 """
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -54,9 +54,9 @@ def _ours_side(model_cfg, state_dict, plan, rows: int, seq_len: int):
     """lvm train's step (packing, varlen attention, accelerate mixed precision from `plan`) as a function."""
     import torch
 
-    from lvm.packing import collate_rows, pack_sequences, register_packed_attention
-    from lvm.trainer import param_groups, token_nll
-    from tokenizer.hardware import make_accelerator
+    from lvm.train.packing import collate_rows, pack_sequences, register_packed_attention
+    from lvm.train.loop import param_groups, token_nll
+    from tokenizer.common.hardware import make_accelerator
 
     layout = model_cfg.layout
     model = model_cfg.build()
@@ -91,7 +91,7 @@ def _ref_side(model, device, ref_batch: int, pad_id: int):
     import torch
 
     model.to(device)
-    from lvm.trainer import param_groups
+    from lvm.train.loop import param_groups
 
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95))
 
@@ -122,7 +122,7 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
     import numpy as np
     import torch
 
-    from lvm.flops import train_flops
+    from lvm.train.flops import train_flops
 
     torch.manual_seed(seed)
     layout = model_cfg.layout
@@ -132,7 +132,7 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
     ref.train()
     sides = {f"ours_{p}": _ours_side(model_cfg, ref.state_dict(), plan, rows, seq_len) for p, plan in plans.items()}
     sides["ref"] = _ref_side(ref, device, ref_batch, layout.pad_id)
-    from tokenizer.hardware import synchronize
+    from tokenizer.common.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
     rng = np.random.default_rng(seed)
@@ -169,7 +169,7 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
 
 def _plans(device: str, precisions: str) -> tuple[dict, dict]:
     """({resolved precision: Plan}, {resolved precision: [the names asked for it]}) for a comma list."""
-    from tokenizer.hardware import parse_precisions, resolve
+    from tokenizer.common.hardware import parse_precisions, resolve
 
     plans, asked = {}, {}
     for p in parse_precisions(precisions):
@@ -187,10 +187,10 @@ def run(args):
     import torch
 
     from lvm.config import find_config_file, load_config
-    from lvm.flops import measure_matmul_peak
+    from lvm.train.flops import measure_matmul_peak
     from lvm.model import ModelConfig
-    from tokenizer.files import atomic_write_text
-    from tokenizer.hardware import detect, resolve
+    from tokenizer.common.files import atomic_write_text
+    from tokenizer.common.hardware import detect, resolve
 
     plans, asked = _plans(args.device, args.precision)
     auto = resolve(args.device, "auto", "training")

@@ -13,7 +13,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from data_builders.tokenize import export_jsonl
+    from data_builders.encode import export_jsonl
 
     n = export_jsonl(args.tokens, args.out, progress=not args.no_progress)
     print(f"wrote {n} sequences to {args.out}")

@@ -11,7 +11,7 @@ example:
   accelerate launch --num_processes 8 -m lvm data tokenize data/images --tokenizer runs/tok --out data/tokens
 """
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
@@ -28,7 +28,7 @@ def add_arguments(p):
 def run(args):
     import json
 
-    from data_builders.tokenize import tokenize
+    from data_builders.encode import tokenize
 
     res = tokenize(args.shards if len(args.shards) > 1 else args.shards[0], args.tokenizer, args.out,
                    batch_size=args.batch_size, device=args.device, precision=args.precision, rank=args.rank,

@@ -25,8 +25,8 @@ examples:
 """
 
 from lvm.config import add_config_arguments, config_to_yaml
-from tokenizer.hardware import add_arguments as add_hardware_arguments
-from tokenizer.hardware import apply_args
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments
+from tokenizer.common.hardware import apply_args
 
 
 def add_arguments(p):

@@ -15,7 +15,7 @@ def add_arguments(p):
     p.add_argument("--model", required=True, help="HF LlamaForCausalLM directory (ours or the released LVM-7B)")
     p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM dir, taming .ckpt)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
-    from tokenizer.hardware import add_arguments as device_arguments
+    from tokenizer.common.hardware import add_arguments as device_arguments
 
     device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
                                     "cuda, cuda:N or mps")
@@ -28,7 +28,7 @@ def read_examples(path, tok, layout):
     import sys
     from pathlib import Path
 
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
 
     path = Path(path)
     base = path.parent
@@ -57,12 +57,12 @@ def run(args):
     import math
     from pathlib import Path
 
-    from lvm.perplexity import load_causal_lm, target_nll
+    from lvm.eval.perplexity import load_causal_lm, target_nll
     from lvm.tokens import TokenLayout
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
     from tokenizer import load_tokenizer
-    from tokenizer.hardware import from_args
-    from tokenizer.files import atomic_write_text
+    from tokenizer.common.hardware import from_args
+    from tokenizer.common.files import atomic_write_text
 
     from_args(args)  # a device that is not there is a one-line error before anything loads
     if not Path(args.file).is_file():

@@ -40,7 +40,7 @@ def add_arguments(p):
                         "of --samples samples for the others)")
     p.add_argument("--samples", type=int, default=8, help="samples averaged by the mean decoding (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1; top-k 50)")
-    from tokenizer.hardware import add_arguments as device_arguments
+    from tokenizer.common.hardware import add_arguments as device_arguments
 
     device_arguments(p, device_help="where the models and tokenizers run: auto (a GPU if there is one), cpu, "
                                     "cuda, cuda:N or mps")
@@ -50,7 +50,7 @@ def add_arguments(p):
 
 
 def _ints(s: str, what: str) -> list[int]:
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
 
     try:
         return [int(x) for x in s.split(",") if x.strip()]
@@ -61,10 +61,10 @@ def _ints(s: str, what: str) -> list[int]:
 def run(args):
     from pathlib import Path
 
-    from lvm import task_eval as te
+    from lvm.eval import tasks as te
     from lvm.config import save_config
     from lvm.demo import demo_checkpoints
-    from tokenizer.hardware import from_args
+    from tokenizer.common.hardware import from_args
 
     plan = from_args(args)  # a device that is not there is a one-line error before anything loads
     dm, dt = demo_checkpoints()
@@ -82,7 +82,7 @@ def run(args):
         pairs.append((args.compare, args.compare_tokenizer or tok))
     names = [n.strip() for n in args.names.split(",")][:len(pairs)]
     if len(names) < len(pairs) or len(set(names)) != len(names):
-        from tokenizer.errors import InputError
+        from tokenizer.common.errors import InputError
 
         raise InputError(f"--names needs {len(pairs)} distinct labels, got {args.names!r}")
     out = Path(args.out)
@@ -96,7 +96,7 @@ def run(args):
 
 def run_suite(pairs, names, cfg, out, progress: bool = True, log=print) -> dict:
     """Evaluate each (model dir, tokenizer dir) on the same episodes; write the report into `out`."""
-    from lvm import task_eval as te
+    from lvm.eval import tasks as te
 
     named, episodes, size = [], None, None
     for (model_dir, tok_dir), name in zip(pairs, names):

@@ -36,7 +36,7 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    from tokenizer.hardware import add_arguments as device_arguments
+    from tokenizer.common.hardware import add_arguments as device_arguments
 
     device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
                                     "cuda, cuda:N or mps")
@@ -49,9 +49,9 @@ def add_arguments(p):
 
 
 def run(args):
-    from lvm.generate import Sampling
-    from lvm.repl import Session, repl
-    from tokenizer.hardware import from_args, precision_name
+    from lvm.generate.engine import Sampling
+    from lvm.prompt.repl import Session, repl
+    from tokenizer.common.hardware import from_args, precision_name
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = precision_name(args.dtype)
@@ -63,7 +63,7 @@ def run(args):
         torch.set_num_threads(args.threads)
     display = "none" if args.no_display else args.display
     if args.prompt and args.batch:
-        from tokenizer.errors import InputError
+        from tokenizer.common.errors import InputError
 
         raise InputError("give --prompt or --batch, not both")
     s = Session(args.model, args.tokenizer, out_dir=args.out, display=display, device=args.device,
@@ -80,7 +80,7 @@ def run(args):
         res = s.generate(n, out_dir=Path(args.out))
         print(f"wrote {len(res['files'])} candidate PNGs, {res['grid']} and {res['dir'] / 'generation.json'}")
         if display != "none":
-            from lvm import display as disp
+            from lvm.prompt import display as disp
 
             disp.preview(res["grid_image"], display)
         return 0
@@ -95,7 +95,7 @@ def batch(s, path) -> int:
     import numpy as np
     from PIL import Image
 
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
     from tokenizer.image_io import load_image, resize_square, save_png
 
     path = Path(path)

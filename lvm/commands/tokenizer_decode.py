@@ -5,7 +5,7 @@ Example:
   lvm tokenizer decode runs/tok codes/ --out decoded/
 """
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):
@@ -23,7 +23,7 @@ def run(args):
     from tqdm import tqdm
 
     from tokenizer import load_tokenizer
-    from tokenizer.errors import InputError
+    from tokenizer.common.errors import InputError
     from tokenizer.image_io import save_png
 
     src = Path(args.codes)

@@ -7,7 +7,7 @@ Example:
   lvm tokenizer encode runs/tok images/ --out codes/
 """
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):
@@ -28,8 +28,8 @@ def run(args):
 
     from tokenizer import load_tokenizer
     from tokenizer.data import image_paths
-    from tokenizer.errors import ImageLoadError
-    from tokenizer.files import atomic_write_bytes
+    from tokenizer.common.errors import ImageLoadError
+    from tokenizer.common.files import atomic_write_bytes
     from tokenizer.image_io import load_image
 
     paths = image_paths(args.images)

@@ -11,7 +11,7 @@ Example:
 
 import argparse
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):
@@ -36,7 +36,7 @@ def run(args):
     from tokenizer import load_tokenizer
     from tokenizer.data import build_dataset, collate
     from tokenizer.evaluate import evaluate, format_metrics
-    from tokenizer.files import atomic_write_text
+    from tokenizer.common.files import atomic_write_text
     from tokenizer.lpips import maybe_lpips
 
     tok = load_tokenizer(args.checkpoint, device=args.device, precision=args.precision)

@@ -5,7 +5,7 @@ Example:
   lvm tokenizer recon runs/tok held_out/ --max-images 8 --out recon.png
 """
 
-from tokenizer.hardware import add_arguments as add_hardware_arguments, from_args
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):

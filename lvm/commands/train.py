@@ -20,8 +20,8 @@ examples:
 """
 
 from lvm.config import add_config_arguments, config_from_args, config_to_yaml
-from tokenizer.hardware import add_arguments as add_hardware_arguments
-from tokenizer.hardware import apply_args
+from tokenizer.common.hardware import add_arguments as add_hardware_arguments
+from tokenizer.common.hardware import apply_args
 
 
 def add_arguments(p):
@@ -36,14 +36,14 @@ def add_arguments(p):
 
 
 def run(args):
-    from lvm.train_config import TrainConfig
+    from lvm.train.config import TrainConfig
 
     cfg = config_from_args(TrainConfig, args)
     apply_args(cfg, args)
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    from lvm.trainer import train
+    from lvm.train.loop import train
 
     summary = train(cfg, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     import os

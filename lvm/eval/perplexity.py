@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 
 def build_example(input_codes, target_codes, layout) -> tuple[np.ndarray, int]:
@@ -47,7 +47,7 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
     from transformers import LlamaForCausalLM
 
     from lvm.model import quiet_hf_progress
-    from tokenizer.hardware import resolve
+    from tokenizer.common.hardware import resolve
 
     plan = resolve(device, precision, "inference")
     path = Path(path)
@@ -72,7 +72,7 @@ def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "f
     `precision` (auto | fp32 | bf16 | fp16) is resolved by the policy on the model's device and applied
     as autocast (fp32: none); the log-softmax is always taken in fp32.
     """
-    from tokenizer.hardware import resolve
+    from tokenizer.common.hardware import resolve
 
     device = next(model.parameters()).device
     built = [build_example(i, t, layout) for i, t in examples]

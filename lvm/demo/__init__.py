@@ -11,7 +11,7 @@ stages, `fresh=True` redoes everything; stages that are themselves resumable con
     tokenize   image shards -> token shards                                      OUT/work/tokens
     train      the tiny LLaMA on the token shards                               OUT/model (+ work/lvm-run)
     prompts    rotation / video continuation and two analogies, held-out        OUT/prompts/*.png
-    eval       the in-context task suite (lvm.task_eval), held-out              OUT/eval/
+    eval       the in-context task suite (lvm.eval.tasks), held-out              OUT/eval/
     report     loss curves + everything above                                   OUT/report.md
 
 `OUT/model` (HF Llama directory) and `OUT/tokenizer` are what `lvm prompt` and `lvm eval tasks` use by
@@ -77,7 +77,7 @@ class DemoConfig:
     eval_episodes: int = 4
     shots: list[int] = field(default_factory=lambda: [1, 3, 7])
     context: int = 7
-    # Where and in what precision every stage computes (tokenizer.hardware.resolve): auto = this rank's GPU,
+    # Where and in what precision every stage computes (tokenizer.common.hardware.resolve): auto = this rank's GPU,
     # else MPS, else CPU; bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs, else fp32.
     # Each stage's own overrides (tokenizer_overrides, train_overrides) still win. demo_config.yaml records
     # what auto resolved to.
@@ -127,7 +127,7 @@ class Demo:
     def resolve_plan(self):
         """Resolve the demo's device/precision once (one warning for an emulated precision) and write the
         result into the config, so every stage gets the same explicit choice and demo_config.yaml records it."""
-        from tokenizer.hardware import resolve
+        from tokenizer.common.hardware import resolve
 
         plan = resolve(self.cfg.device, self.cfg.precision, "training")
         self.cfg.device, self.cfg.precision = plan.device, plan.precision
@@ -203,7 +203,7 @@ class Demo:
                         shutil.rmtree(p)
                     elif p.exists():
                         p.unlink()
-        from tokenizer.hardware import detect
+        from tokenizer.common.hardware import detect
 
         plan = self.resolve_plan()
         self.log(f"plan: device {plan.device}, precision {plan.precision}"
@@ -236,7 +236,7 @@ class Demo:
             times[st] = rec
             if st == "report":
                 continue
-            from tokenizer.files import atomic_write_text
+            from tokenizer.common.files import atomic_write_text
 
             m.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(m, json.dumps(rec, indent=1))
@@ -252,7 +252,7 @@ class Demo:
         dc = load_config(DataConfig, c.data, [f"out={self.work / 'images'}", f"seed={c.seed}",
                                               f"image_size={c.image_size}"])
         if not dc.sources or dc.sources[0].type != "builtin":
-            from tokenizer.errors import InputError
+            from tokenizer.common.errors import InputError
 
             raise InputError(f"{c.data}: the demo needs a data config whose first source is the built-in renderer")
         dc.sources[0].count = c.sequences
@@ -275,7 +275,7 @@ class Demo:
 
     def train_config(self):
         from lvm.config import load_config
-        from lvm.train_config import TrainConfig
+        from lvm.train.config import TrainConfig
 
         c = self.cfg
         return load_config(TrainConfig, c.train, [f"device={c.device}", f"precision={c.precision}"]
@@ -289,7 +289,7 @@ class Demo:
         """Steps for a training stage: `max_steps`, or fewer if `probe()` (seconds per step, measured on
         this machine now) says they do not fit `minutes`. Decided once per run (kept in work/plan-<stage>.json)
         so a resumed run keeps its learning-rate schedule."""
-        from tokenizer.files import atomic_write_text
+        from tokenizer.common.files import atomic_write_text
 
         path = self.work / f"plan-{stage}.json"
         if path.is_file():
@@ -322,7 +322,7 @@ class Demo:
 
         tc = self.tokenizer_config()
         if tc.model.resolution != self.cfg.image_size:
-            from tokenizer.errors import InputError
+            from tokenizer.common.errors import InputError
 
             raise InputError(f"tokenizer resolution {tc.model.resolution} != demo image_size {self.cfg.image_size}")
         plan = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes, lambda: _probe_tokenizer(tc))
@@ -336,7 +336,7 @@ class Demo:
                 "stop": res["stop"], "plan": plan}
 
     def stage_tokenize(self):
-        from data_builders.tokenize import tokenize
+        from data_builders.encode import tokenize
 
         c = self.cfg
         res = tokenize(str(self.work / "images"), self.tok_dir, self.work / "tokens", batch_size=64,
@@ -345,7 +345,7 @@ class Demo:
         return {k: res[k] for k in ("sequences", "images", "images_per_s")}
 
     def stage_train(self):
-        from lvm.trainer import list_checkpoints, train
+        from lvm.train.loop import list_checkpoints, train
 
         tc = self.train_config()
         plan = self.planned_steps("train", tc.max_steps, self.train_minutes(),
@@ -378,8 +378,8 @@ class Demo:
         """Held-out prompts: rotation and video continuation (3 new images), two analogies (greedy + sampled)."""
         import torch
 
-        from lvm import task_eval as te
-        from lvm.generate import Engine, Sampling
+        from lvm.eval import tasks as te
+        from lvm.generate.engine import Engine, Sampling
         from tokenizer.image_io import make_grid, save_png
 
         c = self.cfg
@@ -418,7 +418,7 @@ class Demo:
         return {"files": files}
 
     def suite_config(self):
-        from lvm import task_eval as te
+        from lvm.eval import tasks as te
 
         c = self.cfg
         return te.SuiteConfig(episodes=c.eval_episodes, shots=c.shots, context=c.context, device=c.device,
@@ -438,7 +438,7 @@ class Demo:
         return {"checks": rep["checks"]["demo"]}
 
     def stage_report(self):
-        from tokenizer.files import atomic_write_text
+        from tokenizer.common.files import atomic_write_text
 
         figs = self.out / "figures"
         figs.mkdir(parents=True, exist_ok=True)
@@ -518,7 +518,7 @@ def _probe_tokenizer(tc) -> float:
     on the device and in the precision its training run resolves to."""
     import torch
 
-    from tokenizer.hardware import synchronize
+    from tokenizer.common.hardware import synchronize
     from tokenizer.train import training_model, training_plan
 
     plan = training_plan(tc)
@@ -544,7 +544,7 @@ def _probe_encode(tok_dir: Path, cfg: DemoConfig, n: int = 16) -> float:
     from PIL import Image
 
     from tokenizer import load_tokenizer
-    from tokenizer.hardware import synchronize
+    from tokenizer.common.hardware import synchronize
 
     tok = load_tokenizer(tok_dir, device=cfg.device, precision=cfg.precision)
     rng = np.random.default_rng(0)
@@ -562,7 +562,7 @@ def _probe_eval_episode(model_dir: Path, tok_dir: Path, suite) -> float:
     """Seconds of one episode of the task suite (a mean-decoded task: most of the six are), run for real."""
     import dataclasses
 
-    from lvm import task_eval as te
+    from lvm.eval import tasks as te
 
     one = dataclasses.replace(suite, tasks=["colorization"], episodes=1, grid_rows=0)
     model, tok = te.load_pair(model_dir, tok_dir, suite.device, suite.precision)
@@ -582,7 +582,7 @@ def _probe_transformer(tc, scratch: Path) -> float:
     """
     import copy
 
-    from lvm.trainer import train
+    from lvm.train.loop import train
 
     shutil.rmtree(scratch, ignore_errors=True)
     pc = copy.deepcopy(tc)
@@ -600,7 +600,7 @@ def _probe_transformer(tc, scratch: Path) -> float:
 
 
 def _copy_atomic(src: Path, dst: Path):
-    from tokenizer.files import atomic_path
+    from tokenizer.common.files import atomic_path
 
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)

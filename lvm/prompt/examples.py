@@ -1,6 +1,6 @@
 """Make the example prompts in prompts/ with the project's own renderer (pybullet, held-out objects).
 
-    python -m lvm.example_prompts prompts/      # rewrites prompts/*.yaml and prompts/<name>/*.png
+    python -m lvm.prompt.examples prompts/      # rewrites prompts/*.yaml and prompts/<name>/*.png
 
 Every prompt is deterministic (fixed seeds) and uses objects of the renderer's held-out split, so a model
 trained on the built-in data source has never seen them. Images are 128 px PNGs.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tokenizer.files import atomic_write_text
+from tokenizer.common.files import atomic_write_text
 from tokenizer.image_io import save_png
 
 SIZE = 128

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from lvm.prompting import Prompt, expand_paths, load_prompt, save_prompt
-from tokenizer.errors import InputError
+from lvm.prompt.prompts import Prompt, expand_paths, load_prompt, save_prompt
+from tokenizer.common.errors import InputError
 
 DEFAULT_MODEL = Path("runs/demo/model")  # what `lvm demo` leaves (demo is a later issue)
 DEFAULT_TOKENIZER = Path("runs/demo/tokenizer")
@@ -43,8 +43,8 @@ class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
                  dtype: str | None = None, print_fn=print):
-        from lvm.generate import Sampling
-        from tokenizer.hardware import precision_name
+        from lvm.generate.engine import Sampling
+        from tokenizer.common.hardware import precision_name
 
         if dtype is not None:  # the older keyword: "bfloat16" / "float32"
             precision = precision_name(dtype)
@@ -68,7 +68,7 @@ class Session:
 
     # ---- loading ----
     def _load_model(self, model_dir, device, precision):
-        from lvm.generate import Engine
+        from lvm.generate.engine import Engine
 
         if model_dir is None:
             if not (DEFAULT_MODEL / "config.json").is_file():
@@ -98,7 +98,7 @@ class Session:
         return tok
 
     def check_match(self):
-        from lvm.generate import fits_model
+        from lvm.generate.engine import fits_model
 
         fits_model(self.engine.layout, self.tok.codebook_size)
         if self.tok.codes_per_image != self.engine.layout.tokens_per_image:
@@ -181,7 +181,7 @@ class Session:
     def cmd_set(self, args):
         import dataclasses
 
-        from lvm.generate import Sampling
+        from lvm.generate.engine import Sampling
 
         self._nargs(args, 2, "/set temperature|top_k|top_p|seed VALUE")
         key, value = args[0].lower().replace("-", "_"), args[1]
@@ -205,7 +205,7 @@ class Session:
         if p.target:
             self.print(f"  target {' '.join(map(str, p.target))}")
         if p.images and self.display != "none":
-            from lvm import display
+            from lvm.prompt import display
             from tokenizer.image_io import load_image, make_grid
 
             display.preview(make_grid([[load_image(x) for x in p.images]], col_labels=p.labels, cell=64),
@@ -238,7 +238,7 @@ class Session:
             return
         self.print(f"wrote {len(res['files'])} candidate PNGs and {res['grid']}")
         if self.display != "none":
-            from lvm import display
+            from lvm.prompt import display
 
             display.preview(res["grid_image"], self.display)
 
@@ -301,7 +301,7 @@ class Session:
                 "tokens_per_s": round(out.tokens_per_s, 2), "seconds": round(out.seconds, 2),
                 "device": self.engine.plan.device, "precision": self.engine.plan.precision,
                 "dropped_images": out.dropped_images, "files": [str(f) for f in files]}
-        from tokenizer.files import atomic_write_text
+        from tokenizer.common.files import atomic_write_text
 
         atomic_write_text(out_dir / "generation.json", json.dumps(info, indent=2) + "\n")
         self.print(f"  {out.new_tokens} tokens in {out.seconds:.1f}s ({out.tokens_per_s:.1f} tokens/s)")
@@ -337,7 +337,7 @@ class Session:
             for f in self.last["files"]:
                 shutil.copyfile(f, d / Path(f).name)
             save_png(self.last["grid_image"], d / "grid.png")
-            from tokenizer.files import atomic_write_text
+            from tokenizer.common.files import atomic_write_text
 
             # The saved folder stands alone: its generation.json names the copies, not the session's files.
             info = dict(self.last["info"], files=[Path(f).name for f in self.last["files"]])

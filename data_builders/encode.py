@@ -4,7 +4,7 @@ Each input shard becomes one token shard of the same name under the output folde
 only once complete (atomic write), so a rerun skips finished ones. Shards are split by rank
 (`shards[rank::world]`, rank/world from `accelerate launch` / torchrun / SLURM environment), and images of
 many sequences are batched together through the tokenizer, on the device and in the precision that the
-hardware policy (`tokenizer.hardware.resolve`) gives for `device`/`precision` (auto: this rank's GPU if
+hardware policy (`tokenizer.common.hardware.resolve`) gives for `device`/`precision` (auto: this rank's GPU if
 any; bf16 only where the hardware computes it natively, else fp32).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.files import atomic_path, atomic_write_text
+from tokenizer.common.files import atomic_path, atomic_write_text
 
 from .build import dist_env
 from .sequence import sample_images, sample_meta
@@ -58,7 +58,7 @@ def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | No
     from tqdm import tqdm
 
     from tokenizer import load_tokenizer
-    from tokenizer.hardware import resolve
+    from tokenizer.common.hardware import resolve
 
     resolve(device, precision, "inference")  # a device that is not there ends here, before any output
     env_rank, env_world = dist_env()

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from tokenizer.errors import InputError
-from tokenizer.files import atomic_write_text
+from tokenizer.common.errors import InputError
+from tokenizer.common.files import atomic_write_text
 
 MODES = ("sequential", "analogy")
 

@@ -5,11 +5,11 @@ with a static, preallocated KV cache on the model's device. One decoding step is
 and no HF machinery (no cache objects, logits processors or stopping criteria), which is where HF
 `generate()` spends most of its time on small models.
 
-Device and precision come from the policy (`tokenizer.hardware.resolve`, `engine.plan`):
+Device and precision come from the policy (`tokenizer.common.hardware.resolve`, `engine.plan`):
 - the prompt (prefill, many tokens at once) runs in the plan's dtype: big matrix products;
 - on a CPU, one-token decoding steps run fp32 activations (norms, rope, residual stream) and keep the
   weight matrices in the plan's dtype: one-row products are bandwidth-bound, so half the bytes is nearly
-  half the time where bf16 is native. The compiled CPU kernels of `lvm.kernels` stream the weights and
+  half the time where bf16 is native. The compiled CPU kernels of `lvm.generate.kernels` stream the weights and
   the KV cache (bf16 or fp32, as the plan says) with fp32 arithmetic, attention in one pass; ~2x
   PyTorch's bandwidth on these shapes. Without them (no compiler, LVM_KERNELS=0) decoding uses PyTorch
   ops over an fp32 KV cache: PyTorch's one-query attention over 1,800 bf16 keys took ~1 ms per layer on
@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from lvm.tokens import TokenLayout
-from tokenizer.errors import InputError
-from tokenizer.hardware import precision_name, synchronize
+from tokenizer.common.errors import InputError
+from tokenizer.common.hardware import precision_name, synchronize
 
 
 @dataclass
@@ -148,9 +148,9 @@ class Engine:
     """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`.
 
     `device` (None = the model's) and `precision` (auto | fp32 | bf16 | fp16) go through the policy,
-    `tokenizer.hardware.resolve`; `engine.plan` records the outcome. Decoding one token:
+    `tokenizer.common.hardware.resolve`; `engine.plan` records the outcome. Decoding one token:
     - on a CPU: fp32 activations, the weight matrices in the plan's dtype, the compiled kernels of
-      `lvm.kernels` for bf16 and fp32 engines (PyTorch ops without them);
+      `lvm.generate.kernels` for bf16 and fp32 engines (PyTorch ops without them);
     - elsewhere (CUDA, MPS): PyTorch ops in the plan's dtype, as a graph-safe step (`_step_static`: the
       position is a tensor, attention runs over a static span of the cache under a position mask), which
       on CUDA is captured once per (batch, span) as a CUDA graph and replayed (`cuda_graphs=True`).
@@ -165,7 +165,7 @@ class Engine:
                  max_batch: int = 8, max_context: int | None = None, consume: bool = False,
                  kernels: bool = True, cuda_graphs: bool = True, static_step: bool | None = None,
                  dtype=None):
-        from tokenizer.hardware import resolve
+        from tokenizer.common.hardware import resolve
 
         cfg = model.config
         if getattr(cfg, "hidden_act", "silu") != "silu":
@@ -214,13 +214,13 @@ class Engine:
         # The compiled kernels are CPU code for bf16 or fp32 weights; everything else decodes with PyTorch.
         self.kernels = None
         if kernels and on_cpu and not self.static and dt in (torch.bfloat16, torch.float32):
-            from lvm import kernels as _k
+            from lvm.generate import kernels as _k
 
             self.kernels = _k.load()
         self._no_kernels = "kernels=False" if not kernels else (
             f"no kernels for {self.plan.precision}" if self.kernels is None and dt == torch.float16 else None)
         if self.kernels is None and self._no_kernels is None and on_cpu and not self.static:
-            from lvm import kernels as _k
+            from lvm.generate import kernels as _k
 
             self._no_kernels = _k.why_not() or "kernels unavailable"
         # PyTorch's CPU attention for one query over a bf16 cache is slow (module doc): fp32 cache without kernels.
@@ -240,7 +240,7 @@ class Engine:
     def from_pretrained(cls, path, device: str | None = "auto", precision: str = "auto", **kw) -> "Engine":
         """Load an HF Llama directory (ours or the released LVM layout) straight onto the device in the
         plan's precision (a half-precision 7B never has an fp32 copy in RAM) and into the engine."""
-        from lvm.perplexity import load_causal_lm
+        from lvm.eval.perplexity import load_causal_lm
 
         if kw.get("dtype") is not None:
             precision = precision_name(kw.pop("dtype"))

@@ -35,7 +35,7 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
     import torch
 
     dtype = dtype or torch.bfloat16
-    from tokenizer.hardware import synchronize
+    from tokenizer.common.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
 

@@ -31,14 +31,14 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
 
-    # where and in what precision (tokenizer.hardware.resolve; the saved config.yaml records what auto chose)
+    # where and in what precision (tokenizer.common.hardware.resolve; the saved config.yaml records what auto chose)
     device: str = "auto"  # auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N, mps
     # auto: bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs (grad scaler), else fp32.
     # bf16/fp16 are autocast mixed precision with fp32 master weights.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     # speed
-    # varlen: causal SDPA per packed sequence (lvm.packing.packed_attention); sdpa/eager: 4-D block mask
+    # varlen: causal SDPA per packed sequence (lvm.train.packing.packed_attention); sdpa/eager: 4-D block mask
     attention: Literal["varlen", "sdpa", "eager"] = "varlen"
     activation_checkpointing: bool = False
     compile: bool = False

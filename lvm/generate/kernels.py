@@ -1,4 +1,4 @@
-"""The CPU decode kernels (lvm/csrc/decode.cpp), compiled once per machine and cached.
+"""The CPU decode kernels (lvm/generate/csrc/decode.cpp), compiled once per machine and cached.
 
 `load()` returns the compiled module, or None when it cannot be had (no C++ compiler, a failed build, or
 LVM_KERNELS=0), in which case the engine decodes with plain PyTorch ops (slower, same results up to
@@ -41,7 +41,7 @@ def march() -> str:
     """The -march the kernels are built with: what torch's own CPU kernels use here (module doc)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "native"
-    from tokenizer.hardware import detect
+    from tokenizer.common.hardware import detect
 
     cap = detect().cpu_capability.upper()  # torch's dispatch level, which honours ATEN_CPU_CAPABILITY
     if cap == "AVX2":

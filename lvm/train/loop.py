@@ -30,13 +30,14 @@ import torch.nn.functional as F
 
 from data_builders.token_stream import TokenStream
 from lvm.config import save_config
-from lvm.flops import measure_matmul_peak, train_flops
+from lvm.train.flops import measure_matmul_peak, train_flops
 from lvm.model import ModelConfig, grid_rope_parameters, quiet_hf_progress
-from lvm.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
-from lvm.train_config import TrainConfig
-from tokenizer.hardware import make_accelerator, resolve
-from tokenizer.errors import InputError
-from tokenizer.files import atomic_dir, atomic_write_text, rng_state, set_rng_state
+from lvm.train.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
+from lvm.train.config import TrainConfig
+from tokenizer.common.hardware import make_accelerator, resolve
+from tokenizer.common.errors import InputError
+from tokenizer.common.files import atomic_dir, atomic_write_text
+from tokenizer.common.rng import rng_state, set_rng_state
 
 
 class TrainingDiverged(InputError):

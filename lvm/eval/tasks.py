@@ -14,7 +14,7 @@ Tasks (all rendered by the built-in renderer from *held-out* objects, `render.li
     colorization  k (gray, rgb) pairs + gray                   -> rgb                   PSNR (and MSE)
     inpainting    k (rgb with black boxes, rgb) pairs + query  -> rgb                   PSNR inside the boxes
 
-For each task: the perplexity of the target image's 256 tokens given the prompt (`lvm.perplexity`), the task
+For each task: the perplexity of the target image's 256 tokens given the prompt (`lvm.eval.perplexity`), the task
 metric of the decoded prediction (greedy by default), the same metric for trivial baselines computed on
 the raw rendered images (copy the last prompt image; copy the last example answer; the mean of the example
 answers / context frames) and for the tokenizer's own reconstruction of the truth (the ceiling any
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.errors import InputError
+from tokenizer.common.errors import InputError
 
 SEQUENTIAL = ("next_view", "next_frame")
 ANALOGY = ("segmentation", "depth", "colorization", "inpainting")
@@ -71,7 +71,7 @@ class SuiteConfig:
     samples: int = 8                  # samples averaged by "mean"
     temperature: float = 1.0          # of "sample" and "mean"
     top_k: int = 50
-    device: str = "auto"              # where the model computes (tokenizer.hardware.resolve); saved resolved
+    device: str = "auto"              # where the model computes (tokenizer.common.hardware.resolve); saved resolved
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
     gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
     grid_rows: int = 3                # episodes drawn per task grid
@@ -85,7 +85,7 @@ class SuiteConfig:
             raise InputError(f"shots must be between 1 and 7 (k pairs + query + answer <= 16 images), got {self.shots}")
         if not 1 <= self.context <= 15:
             raise InputError(f"context must be 1..15 frames, got {self.context}")
-        from tokenizer.hardware import PRECISIONS
+        from tokenizer.common.hardware import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -306,10 +306,10 @@ class cpu_threads:
 def load_pair(model_dir, tokenizer_dir, device: str = "auto", precision: str = "auto"):
     """(HF LlamaForCausalLM eval, tokenizer eval), both on the policy's device, after checking that they fit
     each other. On a CPU the model is fp32 (the engine and autocast compute in the plan's precision);
-    elsewhere it is loaded straight onto the device in the plan's dtype (`lvm.perplexity.load_causal_lm`)."""
-    from lvm.generate import fits_model
+    elsewhere it is loaded straight onto the device in the plan's dtype (`lvm.eval.perplexity.load_causal_lm`)."""
+    from lvm.generate.engine import fits_model
     from tokenizer import load_tokenizer
-    from lvm.perplexity import load_causal_lm
+    from lvm.eval.perplexity import load_causal_lm
     from lvm.tokens import TokenLayout
 
     model, plan = load_causal_lm(model_dir, device, precision)
@@ -322,7 +322,7 @@ def load_pair(model_dir, tokenizer_dir, device: str = "auto", precision: str = "
 
 def predict(engine, tok, prompt_codes, mode: str, samples: int, sampling, threads: int = 1) -> Image.Image:
     """The next image after `prompt_codes` ((n, 256) codes), decoded by `mode` (see SuiteConfig.decoding)."""
-    from lvm.generate import Sampling
+    from lvm.generate.engine import Sampling
 
     if mode == "greedy":
         sampling, n = Sampling(temperature=0), 1
@@ -341,10 +341,10 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     import torch
     from tqdm import tqdm
 
-    from lvm.generate import Engine, Sampling
-    from lvm.perplexity import target_nll
+    from lvm.generate.engine import Engine, Sampling
+    from lvm.eval.perplexity import target_nll
     from lvm.tokens import TokenLayout
-    from tokenizer.hardware import resolve
+    from tokenizer.common.hardware import resolve
 
     layout = TokenLayout.from_vocab_size(model.config.vocab_size)
     w = next(model.parameters())
@@ -565,7 +565,7 @@ def save_grid(grid, path, title: str = ""):
 
 def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dict | None = None) -> dict:
     """tasks.md, tasks.json, tasks.png (bars), ppl.png (curves), grids/<model>-<task>.png into `out`."""
-    from tokenizer.files import atomic_write_text
+    from tokenizer.common.files import atomic_write_text
 
     out = Path(out)
     (out / "grids").mkdir(parents=True, exist_ok=True)

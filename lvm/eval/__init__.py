@@ -1,0 +1,1 @@
+"""`lvm eval`: perplexity of target images and the in-context task suite."""

@@ -1,0 +1,1 @@
+"""Image generation: the KV-cached decoding engine and its CPU kernels (csrc/)."""
