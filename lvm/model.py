@@ -170,3 +170,16 @@ def quiet_hf_progress():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def model_config_from_hf(hf) -> ModelConfig:
+    """The ModelConfig describing an existing HF Llama config (for --init-from and saved runs)."""
+    rope = dict(getattr(hf, "rope_parameters", None) or {})
+    return ModelConfig(hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
+                       num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
+                       num_key_value_heads=hf.num_key_value_heads, codebook_size=TokenLayout.from_vocab_size(hf.vocab_size).codebook_size,
+                       max_position_embeddings=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
+                       rope_theta=float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0),
+                       grid_rope=rope == grid_rope_parameters(hf.hidden_size // hf.num_attention_heads),
+                       attention_bias=bool(getattr(hf, "attention_bias", False)),
+                       initializer_range=hf.initializer_range, tie_word_embeddings=hf.tie_word_embeddings)

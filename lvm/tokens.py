@@ -75,6 +75,12 @@ class TokenLayout:
             raise InputError(f"vocab size {vocab_size} is too small for {NUM_RESERVED} reserved ids")
         return cls(codebook_size=vocab_size - NUM_RESERVED, **kw)
 
+    @classmethod
+    def from_model_config(cls, config) -> "TokenLayout":
+        """The layout of an HF Llama config: K from its vocabulary, the context from its positions."""
+        return cls.from_vocab_size(config.vocab_size,
+                                   images_per_context=max(1, config.max_position_embeddings // TOKENS_PER_IMAGE))
+
     # ---- ids ----
     def is_image_code(self, ids):
         return (ids >= 0) & (ids < self.codebook_size)

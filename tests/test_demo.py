@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from lvm.demo import STAGES, Demo, DemoConfig, demo_checkpoints
+from lvm.checkpoints import demo_checkpoints
+from lvm.demo import STAGES, Demo, DemoConfig
 
 TINY_TOKENIZER = ["model.resolution=32", "model.hidden_channels=32", "model.channel_mult=[1, 2]",
                   "model.z_channels=8", "model.embed_dim=8", "model.codebook_size=64", "batch_size=4",
@@ -39,9 +40,9 @@ def test_demo_stages_tiny(tmp_path):
     assert (tok / "config.json").is_file() and (tok / "model.safetensors").is_file()
     assert not list(model.glob("trainer_state*"))
     # the checkpoints work together and fit the token contract
-    from lvm.eval.tasks import load_pair
+    from lvm.checkpoints import load_pair
 
-    m, t = load_pair(model, tok)
+    m, t, _ = load_pair(model, tok)
     assert m.config.vocab_size == t.codebook_size + 100 == 164
     # the data are training objects only
     from data_builders import render

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lvm.model import ModelConfig
-from lvm.train.loop import model_config_from_hf
+from lvm.model import model_config_from_hf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

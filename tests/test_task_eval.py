@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lvm.checkpoints import load_pair
 from lvm.eval import tasks as te
 from tokenizer.common.errors import InputError
 from data_builders.annotations import PALETTE
@@ -225,7 +226,7 @@ def test_predict_modes(tmp_path):
     from lvm.tokens import TokenLayout
 
     lm, tokp = tiny_pair(tmp_path, 0)
-    model, tok = te.load_pair(lm, tokp)
+    model, tok, _ = load_pair(lm, tokp)
     engine = Engine(model, layout=TokenLayout.from_vocab_size(model.config.vocab_size), precision="fp32",
                     max_batch=4)
     prompt = torch.randint(0, 64, (2, tok.codes_per_image))

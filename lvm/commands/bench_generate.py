@@ -57,7 +57,7 @@ def _load(spec: str, device, dtype):
 
     p = Path(spec)
     if p.is_dir():
-        from lvm.eval.perplexity import load_causal_lm
+        from lvm.checkpoints import load_causal_lm
         from tokenizer.common.hardware import precision_name
 
         return load_causal_lm(p, str(device), precision_name(dtype), fp32_on_cpu=False)[0], str(p)

@@ -57,7 +57,8 @@ def run(args):
     import math
     from pathlib import Path
 
-    from lvm.eval.perplexity import load_causal_lm, target_nll
+    from lvm.checkpoints import load_pair
+    from lvm.eval.perplexity import target_nll
     from lvm.tokens import TokenLayout
     from tokenizer.common.errors import InputError
     from tokenizer import load_tokenizer
@@ -67,14 +68,8 @@ def run(args):
     from_args(args)  # a device that is not there is a one-line error before anything loads
     if not Path(args.file).is_file():
         raise InputError(f"{args.file}: no such file")
-    model, plan = load_causal_lm(args.model, args.device, args.precision)
-    cfg = model.config
-    layout = TokenLayout.from_vocab_size(cfg.vocab_size,
-                                         images_per_context=cfg.max_position_embeddings // 256)
-    tok = load_tokenizer(args.tokenizer, device=plan.device, precision=args.precision)
-    if tok.codebook_size != layout.codebook_size:
-        raise InputError(f"tokenizer {args.tokenizer} has {tok.codebook_size} codes but model {args.model} "
-                         f"expects K = {layout.codebook_size} (vocab {cfg.vocab_size})")
+    model, tok, plan = load_pair(args.model, args.tokenizer, args.device, args.precision)
+    layout = TokenLayout.from_model_config(model.config)
     examples, skipped = read_examples(args.file, tok, layout)
     if not examples:
         raise InputError(f"{args.file}: no usable examples ({skipped} skipped)")

@@ -63,7 +63,7 @@ def run(args):
 
     from lvm.eval import tasks as te
     from lvm.config import save_config
-    from lvm.demo import demo_checkpoints
+    from lvm.checkpoints import demo_checkpoints
     from tokenizer.common.hardware import from_args
 
     plan = from_args(args)  # a device that is not there is a one-line error before anything loads
@@ -96,11 +96,12 @@ def run(args):
 
 def run_suite(pairs, names, cfg, out, progress: bool = True, log=print) -> dict:
     """Evaluate each (model dir, tokenizer dir) on the same episodes; write the report into `out`."""
+    from lvm.checkpoints import load_pair
     from lvm.eval import tasks as te
 
     named, episodes, size = [], None, None
     for (model_dir, tok_dir), name in zip(pairs, names):
-        model, tok = te.load_pair(model_dir, tok_dir, cfg.device, cfg.precision)
+        model, tok, _ = load_pair(model_dir, tok_dir, cfg.device, cfg.precision)
         if episodes is None or size != tok.resolution:
             size = tok.resolution
             log(f"rendering held-out episodes at {size} px ...")

@@ -27,18 +27,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_OUT = "runs/demo"
+from lvm.checkpoints import DEMO_OUT, demo_checkpoints, load_pair
+
 STAGES = ("data", "tokenizer", "tokenize", "train", "prompts", "eval", "report")
-
-
-def demo_checkpoints(out: str | Path = DEFAULT_OUT) -> tuple[Path, Path]:
-    """(model dir, tokenizer dir) that `lvm demo` leaves under `out` (the default of `lvm prompt`)."""
-    return Path(out) / "model", Path(out) / "tokenizer"
 
 
 @dataclass
 class DemoConfig:
-    out: str = DEFAULT_OUT
+    out: str = str(DEMO_OUT)
     seed: int = 0
     workers: int = 2                        # data-building processes
     budget_minutes: float = 20.0            # reported against; stages are sized to fit it on a 2-core CPU
@@ -383,7 +379,7 @@ class Demo:
         from tokenizer.image_io import make_grid, save_png
 
         c = self.cfg
-        model, tok = te.load_pair(self.model_dir, self.tok_dir, c.device, c.precision)
+        model, tok, _ = load_pair(self.model_dir, self.tok_dir, c.device, c.precision)
         engine = Engine(model, precision=c.precision, device=c.device, max_batch=4)
         n_new, ctx, shots = 3, c.context, c.shots[-1]
         suite = te.SuiteConfig(tasks=["next_view", "next_frame", "segmentation", "colorization"], episodes=1,
@@ -565,7 +561,7 @@ def _probe_eval_episode(model_dir: Path, tok_dir: Path, suite) -> float:
     from lvm.eval import tasks as te
 
     one = dataclasses.replace(suite, tasks=["colorization"], episodes=1, grid_rows=0)
-    model, tok = te.load_pair(model_dir, tok_dir, suite.device, suite.precision)
+    model, tok, _ = load_pair(model_dir, tok_dir, suite.device, suite.precision)
     episodes = te.make_episodes(one, tok.resolution)
     t0 = time.perf_counter()
     te.evaluate_model(model, tok, episodes, one, progress=False, log=lambda *a: None)

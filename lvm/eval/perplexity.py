@@ -35,35 +35,6 @@ def build_example(input_codes, target_codes, layout) -> tuple[np.ndarray, int]:
     return np.concatenate([inp.reshape(-1), tgt.reshape(-1)]), inp.size
 
 
-def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_cpu: bool = True):
-    """(HF LlamaForCausalLM in eval mode, its Plan) for scoring and generating on the policy's device.
-
-    Off the CPU the weights load straight onto the device in the plan's dtype, so a half-precision 7B never
-    has an fp32 copy in RAM. On a CPU they stay fp32 (autocast computes in the plan's precision) unless
-    `fp32_on_cpu=False` (the generation engine, which keeps its own copy in the plan's dtype).
-    """
-    from pathlib import Path
-
-    from transformers import LlamaForCausalLM
-
-    from lvm.model import quiet_hf_progress
-    from tokenizer.common.hardware import resolve
-
-    plan = resolve(device, precision, "inference")
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path}: not a model directory (no config.json)")
-    load = {"dtype": torch.float32 if fp32_on_cpu else plan.dtype}
-    if plan.device_type != "cpu":
-        load = {"dtype": plan.dtype, "device_map": {"": plan.device}}
-    try:
-        with quiet_hf_progress():
-            model = LlamaForCausalLM.from_pretrained(path, **load)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-    return model.eval(), plan
-
-
 @torch.no_grad()
 def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "fp32") -> tuple[float, int, list]:
     """Sum of NLL over target tokens and their count, over all examples; plus per-example (nll, count).

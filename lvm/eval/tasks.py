@@ -303,23 +303,6 @@ class cpu_threads:
             torch.set_num_threads(self.old)
 
 
-def load_pair(model_dir, tokenizer_dir, device: str = "auto", precision: str = "auto"):
-    """(HF LlamaForCausalLM eval, tokenizer eval), both on the policy's device, after checking that they fit
-    each other. On a CPU the model is fp32 (the engine and autocast compute in the plan's precision);
-    elsewhere it is loaded straight onto the device in the plan's dtype (`lvm.eval.perplexity.load_causal_lm`)."""
-    from lvm.generate.engine import fits_model
-    from tokenizer import load_tokenizer
-    from lvm.eval.perplexity import load_causal_lm
-    from lvm.tokens import TokenLayout
-
-    model, plan = load_causal_lm(model_dir, device, precision)
-    tok = load_tokenizer(tokenizer_dir, device=plan.device, precision=precision)
-    fits_model(TokenLayout.from_vocab_size(model.config.vocab_size), tok.codebook_size)
-    if tok.codes_per_image != 256:
-        raise InputError(f"{tokenizer_dir}: {tok.codes_per_image} codes per image; the token contract needs 256")
-    return model, tok
-
-
 def predict(engine, tok, prompt_codes, mode: str, samples: int, sampling, threads: int = 1) -> Image.Image:
     """The next image after `prompt_codes` ((n, 256) codes), decoded by `mode` (see SuiteConfig.decoding)."""
     from lvm.generate.engine import Sampling

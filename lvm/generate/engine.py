@@ -240,7 +240,7 @@ class Engine:
     def from_pretrained(cls, path, device: str | None = "auto", precision: str = "auto", **kw) -> "Engine":
         """Load an HF Llama directory (ours or the released LVM layout) straight onto the device in the
         plan's precision (a half-precision 7B never has an fp32 copy in RAM) and into the engine."""
-        from lvm.eval.perplexity import load_causal_lm
+        from lvm.checkpoints import load_causal_lm
 
         if kw.get("dtype") is not None:
             precision = precision_name(kw.pop("dtype"))
@@ -514,11 +514,3 @@ class Engine:
         new = new.cpu()  # waits for the device
         return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - t0,
                           new_tokens=done, notes=notes, prefill_seconds=prefill)
-
-
-def fits_model(layout: TokenLayout, codebook_size: int) -> None:
-    """Raise a one-line InputError unless a tokenizer with `codebook_size` codes matches the model."""
-    if codebook_size != layout.codebook_size:
-        raise InputError(f"tokenizer has {codebook_size} codes but the model's vocabulary "
-                         f"{layout.vocab_size} is for a codebook of {layout.codebook_size}")
-

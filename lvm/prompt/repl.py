@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from lvm.checkpoints import check_fit, or_demo
 from lvm.prompt.prompts import Prompt, expand_paths, load_prompt, save_prompt
 from tokenizer.common.errors import InputError
 
-DEFAULT_MODEL = Path("runs/demo/model")  # what `lvm demo` leaves (demo is a later issue)
-DEFAULT_TOKENIZER = Path("runs/demo/tokenizer")
 HISTORY = Path(os.environ.get("LVM_HISTORY", Path.home() / ".lvm_history"))
 
 HELP = """\
@@ -71,10 +70,7 @@ class Session:
         from lvm.generate.engine import Engine
 
         if model_dir is None:
-            if not (DEFAULT_MODEL / "config.json").is_file():
-                raise InputError(f"no --model given and the demo model {DEFAULT_MODEL} does not exist "
-                                 f"(run 'lvm demo' first, or pass --model DIR)")
-            model_dir = DEFAULT_MODEL
+            model_dir = or_demo("model")
             self.print(f"using the demo model {model_dir}")
         t = time.perf_counter()
         engine = Engine.from_pretrained(model_dir, device=device, precision=precision)
@@ -84,12 +80,7 @@ class Session:
         return engine
 
     def _load_tokenizer(self, tokenizer_dir, device, precision):
-
-        if tokenizer_dir is None:
-            if not DEFAULT_TOKENIZER.exists():
-                raise InputError(f"no --tokenizer given and the demo tokenizer {DEFAULT_TOKENIZER} does not exist "
-                                 f"(run 'lvm demo' first, or pass --tokenizer DIR)")
-            tokenizer_dir = DEFAULT_TOKENIZER
+        tokenizer_dir = or_demo("tokenizer", tokenizer_dir)
         from tokenizer import load_tokenizer
 
         tok = load_tokenizer(tokenizer_dir, device=device, precision=precision).eval()
@@ -98,12 +89,7 @@ class Session:
         return tok
 
     def check_match(self):
-        from lvm.generate.engine import fits_model
-
-        fits_model(self.engine.layout, self.tok.codebook_size)
-        if self.tok.codes_per_image != self.engine.layout.tokens_per_image:
-            raise InputError(f"tokenizer makes {self.tok.codes_per_image} codes per image, the model expects "
-                             f"{self.engine.layout.tokens_per_image}")
+        check_fit(self.engine.layout, self.tok)
 
     # ---- prompt images ----
     def _check_images(self, paths):

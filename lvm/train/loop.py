@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from data_builders.token_stream import TokenStream
+from lvm.checkpoints import load_causal_lm
 from lvm.config import save_config
 from lvm.train.flops import measure_matmul_peak, train_flops
-from lvm.model import ModelConfig, grid_rope_parameters, quiet_hf_progress
+from lvm.model import model_config_from_hf, quiet_hf_progress
 from lvm.train.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention
 from lvm.train.config import TrainConfig
 from tokenizer.common.hardware import make_accelerator, resolve
@@ -95,28 +96,6 @@ def seq_lens(batch: dict, pad_id: int) -> list[int]:
 
 
 # ---- model ----
-
-def model_config_from_hf(hf) -> ModelConfig:
-    """The ModelConfig describing an existing HF Llama config (for --init-from and saved runs)."""
-    rope = dict(getattr(hf, "rope_parameters", None) or {})
-    return ModelConfig(hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
-                       num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
-                       num_key_value_heads=hf.num_key_value_heads, codebook_size=hf.vocab_size - 100,
-                       max_position_embeddings=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
-                       rope_theta=float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0),
-                       grid_rope=rope == grid_rope_parameters(hf.hidden_size // hf.num_attention_heads),
-                       attention_bias=bool(getattr(hf, "attention_bias", False)),
-                       initializer_range=hf.initializer_range, tie_word_embeddings=hf.tie_word_embeddings)
-
-
-def load_hf_model(path):
-    from transformers import LlamaForCausalLM
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise InputError(f"{path}: not a Hugging Face model directory (no config.json)")
-    return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-
 
 def param_groups(model, weight_decay: float):
     """Weight decay on matrices (linear weights, embeddings), none on norms/biases."""
@@ -227,7 +206,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     # Model: a resumed checkpoint, an HF directory to fine-tune, or a fresh init.
     start_dir = ckpts[-1] if ckpts else (Path(init_from) if init_from else None)
     if start_dir is not None:
-        model = load_hf_model(start_dir)
+        model = load_causal_lm(start_dir, "cpu", "fp32")[0].train()  # accelerate places it
         # grid_heads only shapes a fresh init: a resumed run keeps the value it was started with.
         grid_heads = cfg.model.grid_heads if ckpts else 0
         cfg.model = model_config_from_hf(model.config)
