@@ -199,7 +199,7 @@ def test_tokenizer_train_records_the_resolved_plan_and_reads_mixed_precision(tmp
     import yaml
 
     from lvm.cli import main
-    from lvm.config import load_config
+    from tokenizer.common.config import load_config
     from tokenizer.synthetic import scene
     from tokenizer.train import training_plan
     from tokenizer.train_config import TokenizerTrainConfig

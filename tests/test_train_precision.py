@@ -10,7 +10,7 @@ import pytest
 import tokenizer.common.hardware as hardware
 from data_builders.shards import write_token_shard
 from lvm.cli import main
-from lvm.config import load_config
+from tokenizer.common.config import load_config
 from lvm.train.config import TrainConfig
 from lvm.train.loop import train
 

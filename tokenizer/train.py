@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .common.errors import InputError
+from .common.config import save_config
 from .common.files import atomic_dir, atomic_write_text
 from .common.rng import rng_state, set_rng_state
 from .common.hardware import make_accelerator
@@ -87,8 +88,8 @@ def adaptive_weight(nll, g_loss, last_layer, disc_weight):
 
 
 class Trainer:
-    def __init__(self, cfg: TokenizerTrainConfig, save_config=None, log=print, progress: bool = True):
-        self.cfg, self.log, self.save_config, self.progress = cfg, log, save_config, progress
+    def __init__(self, cfg: TokenizerTrainConfig, log=print, progress: bool = True):
+        self.cfg, self.log, self.progress = cfg, log, progress
         self.out = Path(cfg.out_dir)
 
     # ---------- setup ----------
@@ -275,8 +276,7 @@ class Trainer:
         self._setup(resume)
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            if self.save_config:
-                self.save_config(cfg, self.out)
+            save_config(cfg, self.out)
         writer = None
         if self.acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter

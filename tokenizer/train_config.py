@@ -1,7 +1,7 @@
 """Config of `lvm tokenizer train` (and of configs/tokenizer/*.yaml): model + data + loss + schedule.
 
 The `model:` section is a `VQGANConfig`; tools that only need the architecture (the benchmark, tests)
-read that section. Loaded by the CLI with `lvm.config.load_config(TokenizerTrainConfig, path, overrides)`.
+read that section. Loaded by the CLI with `tokenizer.common.config.load_config(TokenizerTrainConfig, path, overrides)`.
 """
 
 from __future__ import annotations

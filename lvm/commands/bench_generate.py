@@ -51,7 +51,7 @@ def _load(spec: str, device, dtype):
 
     import torch
 
-    from lvm.config import find_config_file, load_config
+    from tokenizer.common.config import find_config_file, load_config
     from lvm.model import ModelConfig
     from tokenizer.common.errors import InputError
 

@@ -122,7 +122,7 @@ def place_codebook(model, seed_images):
 def run(args):
     import torch
 
-    from lvm.config import load_config
+    from tokenizer.common.config import load_config
     from tokenizer import VQGAN, load_tokenizer
     from tokenizer.common.errors import InputError
     from tokenizer.common.hardware import detect, parse_precisions, resolve

@@ -186,7 +186,7 @@ def run(args):
 
     import torch
 
-    from lvm.config import find_config_file, load_config
+    from tokenizer.common.config import find_config_file, load_config
     from lvm.train.flops import measure_matmul_peak
     from lvm.model import ModelConfig
     from tokenizer.common.files import atomic_write_text

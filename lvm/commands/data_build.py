@@ -11,7 +11,7 @@ example:
   lvm data build configs/data/demo.yaml out=/tmp/bench limit=400 --workers 2   # ~1-2 min measurement
 """
 
-from lvm.config import add_config_arguments, resolve_config
+from lvm.commands.config_args import add_config_arguments, resolve_config
 
 
 def add_arguments(p):
@@ -27,7 +27,7 @@ def run(args):
     from pathlib import Path
 
     from data_builders.build import DataConfig, build, plan_shards
-    from lvm.config import save_config
+    from tokenizer.common.config import save_config
 
     cfg = resolve_config(DataConfig, args)
     if cfg is None:

@@ -24,7 +24,8 @@ examples:
   lvm demo train_steps=600 tokenizer_overrides=[model.codebook_size=1024] --fresh
 """
 
-from lvm.config import add_config_arguments, config_to_yaml
+from lvm.commands.config_args import add_config_arguments
+from tokenizer.common.config import config_to_yaml
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 from tokenizer.common.hardware import apply_args
 
@@ -41,7 +42,7 @@ def add_arguments(p):
 def run(args):
     import time
 
-    from lvm.config import load_config
+    from tokenizer.common.config import load_config
     from lvm.demo import QUICK, Demo, DemoConfig
 
     path, overrides = args.config, list(args.overrides)

@@ -62,7 +62,7 @@ def run(args):
     from pathlib import Path
 
     from lvm.eval import tasks as te
-    from lvm.config import save_config
+    from tokenizer.common.config import save_config
     from lvm.checkpoints import demo_checkpoints
     from tokenizer.common.hardware import from_args
 

@@ -17,7 +17,7 @@ Example:
       out_dir=runs/tok max_minutes=15 --resume
 """
 
-from lvm.config import add_config_arguments, resolve_config
+from lvm.commands.config_args import add_config_arguments, resolve_config
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 from tokenizer.common.hardware import apply_args
 
@@ -38,7 +38,6 @@ def run(args):
     cfg = resolve_config(TokenizerTrainConfig, args)
     if cfg is None:
         return 0
-    from lvm.config import save_config
     from tokenizer.train import Trainer, training_plan
 
     if args.precision != "auto":
@@ -46,5 +45,5 @@ def run(args):
     apply_args(cfg, args)
     training_plan(cfg)  # a device that is not there ends here, before any data is read
 
-    Trainer(cfg, save_config=save_config, progress=not args.no_progress).train(resume=args.resume)
+    Trainer(cfg, progress=not args.no_progress).train(resume=args.resume)
     return 0

@@ -19,7 +19,8 @@ examples:
   lvm train configs/train/finetune-7b.yaml --init-from /models/LVM-7B data.shards=my/tokens
 """
 
-from lvm.config import add_config_arguments, config_from_args, config_to_yaml
+from lvm.commands.config_args import add_config_arguments, config_from_args
+from tokenizer.common.config import config_to_yaml
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 from tokenizer.common.hardware import apply_args
 

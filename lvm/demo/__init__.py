@@ -188,7 +188,7 @@ class Demo:
         return self._probed.get("eval")
 
     def run(self, fresh: bool = False, stages=STAGES) -> dict:
-        from lvm.config import config_to_dict, save_config
+        from tokenizer.common.config import config_to_dict, save_config
 
         self.out.mkdir(parents=True, exist_ok=True)
         if fresh:
@@ -242,7 +242,7 @@ class Demo:
     # ---- configs of the underlying tools ----
     def data_config(self):
         from data_builders.build import DataConfig
-        from lvm.config import load_config
+        from tokenizer.common.config import load_config
 
         c = self.cfg
         dc = load_config(DataConfig, c.data, [f"out={self.work / 'images'}", f"seed={c.seed}",
@@ -259,7 +259,7 @@ class Demo:
         return dc
 
     def tokenizer_config(self):
-        from lvm.config import load_config
+        from tokenizer.common.config import load_config
         from tokenizer.train_config import TokenizerTrainConfig
 
         c = self.cfg
@@ -270,7 +270,7 @@ class Demo:
             f"max_steps={c.tokenizer_steps}", f"max_minutes={c.tokenizer_minutes}", f"seed={c.seed}"])
 
     def train_config(self):
-        from lvm.config import load_config
+        from tokenizer.common.config import load_config
         from lvm.train.config import TrainConfig
 
         c = self.cfg
@@ -304,7 +304,7 @@ class Demo:
     # ---- stages ----
     def stage_data(self):
         from data_builders.build import build
-        from lvm.config import save_config
+        from tokenizer.common.config import save_config
 
         dc = self.data_config()
         Path(dc.out).mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ class Demo:
         return {k: res[k] for k in ("sequences", "images", "shards_built", "shards_skipped")}
 
     def stage_tokenizer(self):
-        from lvm.config import save_config
+        from tokenizer.common.config import save_config
         from tokenizer.train import Trainer
 
         tc = self.tokenizer_config()
@@ -323,7 +323,7 @@ class Demo:
             raise InputError(f"tokenizer resolution {tc.model.resolution} != demo image_size {self.cfg.image_size}")
         plan = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes, lambda: _probe_tokenizer(tc))
         tc.max_steps = plan["steps"]
-        res = Trainer(tc, save_config=save_config, log=self.log, progress=self.progress).train(resume=True)
+        res = Trainer(tc, log=self.log, progress=self.progress).train(resume=True)
         run = Path(tc.out_dir)
         self.tok_dir.mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors"):
@@ -422,7 +422,7 @@ class Demo:
 
     def stage_eval(self):
         from lvm.commands.eval_tasks import run_suite
-        from lvm.config import save_config
+        from tokenizer.common.config import save_config
 
         suite = self.suite_config()
         out = self.out / "eval"

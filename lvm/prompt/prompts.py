@@ -119,7 +119,7 @@ def _list(v, key, path):
 
 def load_prompt(path) -> Prompt:
     """Read a prompt YAML file (format in the module docstring)."""
-    from lvm.config import read_yaml_mapping
+    from tokenizer.common.config import read_yaml_mapping
 
     path = Path(path)
     d = read_yaml_mapping(path, "prompt file", "a YAML mapping with 'mode' and images")

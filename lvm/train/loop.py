@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from data_builders.token_stream import TokenStream
 from lvm.checkpoints import load_causal_lm
-from lvm.config import save_config
+from tokenizer.common.config import save_config
 from lvm.train.flops import measure_matmul_peak, train_flops
 from lvm.model import model_config_from_hf, quiet_hf_progress
 from lvm.train.packing import IGNORE, Packer, collate_rows, model_inputs, register_packed_attention

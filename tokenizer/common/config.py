@@ -7,13 +7,12 @@
 - Unknown keys are rejected with the list of valid keys; wrong types name the key and the expected type.
 - `save_config` writes the resolved config (YAML) next to a run's outputs.
 
-The dataclasses themselves live with the code they configure (any of the three packages); only this
-loader lives here, and the `lvm` commands call it.
+The dataclasses themselves live with the code they configure (any of the three packages); this loader and
+writer lives in the project-wide base so that every package loads and saves its configs the same way.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import dataclasses
 import types
@@ -23,13 +22,13 @@ from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin,
 
 import yaml
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.files import atomic_write_text
+from .errors import InputError
+from .files import atomic_write_text
 
 T = TypeVar("T")
 
 # Project root: shipped configs (configs/...) resolve from here when not found relative to the cwd.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def find_config_file(path: str | Path) -> Path:
@@ -278,38 +277,3 @@ def save_config(cfg, directory: str | Path, name: str = "config.yaml") -> Path:
     path = Path(directory) / name
     atomic_write_text(path, config_to_yaml(cfg))
     return path
-
-
-# ---- argparse glue used by every config-taking command ----
-
-def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    """`CONFIG [key=value ...]` positionals plus `--print-config`."""
-    dflt = f" (default: {default})" if default else ""
-    parser.add_argument("config", nargs="?", default=None, metavar="CONFIG",
-                        help=f"YAML config file{dflt}")
-    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
-                        help="override config values, nested keys with dots (e.g. model.n_layer=4)")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit")
-    parser.set_defaults(_config_default=default)
-
-
-def resolve_config(cls: type[T], args: argparse.Namespace) -> T | None:
-    """`config_from_args`, except that with --print-config it prints the config and returns None."""
-    cfg = config_from_args(cls, args)
-    if getattr(args, "print_config", False):
-        print(config_to_yaml(cfg), end="")
-        return None
-    return cfg
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Resolve the config of a command from its parsed `CONFIG [key=value ...]` arguments."""
-    path, overrides = args.config, list(args.overrides)
-    if path is not None and "=" in path and not Path(path).exists():
-        # `lvm train lr=1e-3` with no file: the first override landed in the CONFIG slot.
-        overrides.insert(0, path)
-        path = None
-    if path is None:
-        path = getattr(args, "_config_default", None)
-    return load_config(cls, path, overrides)
