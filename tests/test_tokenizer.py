@@ -1,5 +1,6 @@
 """Tokenizer model and checkpoint loaders, checked against a plain functional re-implementation."""
 
+import dataclasses
 import json
 import sys
 
@@ -234,9 +235,15 @@ def test_own_format_round_trip_and_api(tmp_path, quantizer):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     codes = tok.encode(x)
     tok.save_pretrained(tmp_path / "tok")
-    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    # huggingface_hub's mixin adds a model card beside our two files
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert "library_name: lvm" in (tmp_path / "tok" / "README.md").read_text()
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["format"] == "lvm-vqgan"
     back = load_tokenizer(tmp_path / "tok")
     assert back.config == tok.config
+    again = VQGAN.from_pretrained(tmp_path / "tok", precision="fp32")  # the mixin's entry point, same loader
+    assert again.config == dataclasses.replace(tok.config, precision="fp32")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), tok.state_dict().values()))
     assert torch.equal(back.encode(x), codes)
     assert torch.allclose(back.decode(codes), tok.decode(codes))
     # images in, PIL out

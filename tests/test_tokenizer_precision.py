@@ -80,7 +80,7 @@ def test_half_precision_paths_agree_with_fp32():
 def test_transposed_upsample_equals_taming_upsample():
     from taming.modules.diffusionmodules.model import Upsample
 
-    from tokenizer.model import TransposedUpsample
+    from tokenizer.networks import TransposedUpsample
 
     torch.manual_seed(0)
     ref = Upsample(16, with_conv=True)

@@ -34,26 +34,6 @@ def _torch_load(path: Path) -> dict:
     return obj
 
 
-def load_state_strict(model: VQGAN, state: dict, source) -> VQGAN:
-    """Load `state` into `model`, or raise InputError naming the missing and unexpected keys."""
-    expected = set(model.state_dict())
-    got = set(state)
-    missing, unexpected = sorted(expected - got), sorted(got - expected)
-    if missing or unexpected:
-        def show(keys):
-            return ", ".join(keys[:20]) + (f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else "") or "none"
-        raise InputError(f"{source}: checkpoint does not match the model config: "
-                         f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}")
-    mism = [k for k in expected if tuple(state[k].shape) != tuple(model.state_dict()[k].shape)]
-    if mism:
-        k = sorted(mism)[0]
-        raise InputError(f"{source}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)} vs model "
-                         f"{tuple(model.state_dict()[k].shape)} ({len(mism)} mismatched tensors)")
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -66,24 +46,6 @@ def _config(cls_kwargs: dict, source) -> VQGANConfig:
         return VQGANConfig(**cls_kwargs)
     except (TypeError, ValueError) as e:
         raise InputError(f"{source}: invalid tokenizer config ({e})") from None
-
-
-def load_ours(directory: Path, **overrides) -> VQGAN:
-    from safetensors.torch import load_file
-
-    d = _read_json(directory / "config.json")
-    d.pop("format", None)
-    d.update(overrides)
-    try:
-        cfg = VQGANConfig.from_dict(d)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{directory / 'config.json'}: invalid tokenizer config ({e})") from None
-    model = VQGAN(cfg)
-    try:
-        state = load_file(str(directory / "model.safetensors"))
-    except Exception as e:
-        raise InputError(f"{directory / 'model.safetensors'}: cannot read ({str(e).splitlines()[0]})") from None
-    return load_state_strict(model, state, directory / "model.safetensors")
 
 
 def muse_config(d: dict, source) -> VQGANConfig:
@@ -117,7 +79,7 @@ def load_muse(directory: Path, **overrides) -> VQGAN:
     for k, v in overrides.items():
         setattr(cfg, k, v)
     state = _torch_load(directory / "pytorch_model.bin")
-    return load_state_strict(VQGAN(cfg), state, directory / "pytorch_model.bin")
+    return VQGAN(cfg).load_checked(state, directory / "pytorch_model.bin")
 
 
 def taming_config(yaml_path: Path) -> VQGANConfig:
@@ -164,7 +126,7 @@ def load_taming(path: Path, yaml_path: Path | None = None, **overrides) -> VQGAN
     obj = _torch_load(ckpt)
     state = obj.get("state_dict", obj)
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}
-    return load_state_strict(VQGAN(cfg), state, ckpt)
+    return VQGAN(cfg).load_checked(state, ckpt)
 
 
 def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None = None,
@@ -186,7 +148,7 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
     if not path.exists():
         raise InputError(f"{path}: no such tokenizer checkpoint")
     if path.is_dir() and (path / "model.safetensors").is_file() and (path / "config.json").is_file():
-        model = load_ours(path, **overrides)
+        model = VQGAN.load_directory(path, **overrides)
     elif path.is_dir() and (path / "pytorch_model.bin").is_file() and (path / "config.json").is_file():
         model = load_muse(path, **overrides)
     elif path.suffix == ".ckpt" or (path.is_dir() and (list(path.glob("*.ckpt")) or
@@ -198,4 +160,4 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
     return model.to(plan.device)
 
 
-__all__ = ["load_tokenizer", "load_state_strict", "muse_config", "taming_config", "FORMAT"]
+__all__ = ["load_tokenizer", "muse_config", "taming_config", "FORMAT"]

@@ -10,10 +10,9 @@ Device and precision come from the policy (`tokenizer.common.hardware.resolve`, 
 - on a CPU, one-token decoding steps run fp32 activations (norms, rope, residual stream) and keep the
   weight matrices in the plan's dtype: one-row products are bandwidth-bound, so half the bytes is nearly
   half the time where bf16 is native. The compiled CPU kernels of `lvm.generate.kernels` stream the weights and
-  the KV cache (bf16 or fp32, as the plan says) with fp32 arithmetic, attention in one pass; ~2x
-  PyTorch's bandwidth on these shapes. Without them (no compiler, LVM_KERNELS=0) decoding uses PyTorch
-  ops over an fp32 KV cache: PyTorch's one-query attention over 1,800 bf16 keys took ~1 ms per layer on
-  Zen4 against ~0.16 ms in fp32;
+  the KV cache (bf16 or fp32, as the plan says) with fp32 arithmetic, attention in one pass. Without them
+  (no compiler, LVM_KERNELS=0) decoding uses PyTorch ops over an fp32 KV cache, because PyTorch's
+  one-query attention over a bf16 cache is several times slower than over an fp32 one;
 - on CUDA (and MPS), decoding runs PyTorch ops (SDPA) in the plan's dtype as a graph-safe step with a
   static cache span, captured once per batch size and span as a CUDA graph and replayed (gpt-fast).
 
@@ -34,129 +33,29 @@ default), so a candidate's image does not depend on which other candidates share
 from __future__ import annotations
 
 import math
-import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from lvm.generate import weights as W
+from lvm.generate.cuda_graphs import capture_step
+from lvm.generate.sampling import Generation, ProgressFn, Sampling, sample_next
+from lvm.generate.weights import decode_weight, layer_weights
 from lvm.tokens import TokenLayout
 from tokenizer.common.errors import InputError
 from tokenizer.common.hardware import precision_name, synchronize
 
 
-@dataclass
-class Sampling:
-    """How the next token is drawn. temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
-
-    temperature: float = 1.0
-    top_k: int = 50  # the released inference samples from the top 50
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass
-class Generation:
-    """Result of `Engine.generate`: new images' codes (candidates, n_new, 256) and what happened."""
-
-    images: torch.Tensor
-    dropped_images: int = 0  # prompt/earlier images cut to fit the context
-    seconds: float = 0.0
-    new_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
-    prefill_seconds: float = 0.0  # the first token of the first image, which includes the prompt's prefill
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
-
-
-ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
-
-
-def _decode_weight(w: torch.Tensor) -> torch.Tensor:
-    """What the CPU's one-token decoding uses of `w`: vectors (norm weights) in fp32, matrices as they are."""
-    return w.float() if w.ndim == 1 else w
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w.T in x's dtype, whatever dtype w is kept in."""
-    return F.linear(x, w) if w.dtype == x.dtype else F.linear(x.to(w.dtype), w).to(x.dtype)
-
-
-def _add_bias(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return y if b is None else y + b
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: float) -> torch.Tensor:
-    """PyTorch twin of the `attend` kernel: one query per head (B, H, hd) over the first T cached positions."""
-    H, Hkv = q.shape[1], k.shape[1]
-    return F.scaled_dot_product_attention(q[:, :, None], k[:, :, :T], v[:, :, :T], scale=scale,
-                                          enable_gqa=Hkv != H)[:, :, 0]
-
-
-def _hand_over(lins, fused: torch.Tensor) -> None:
-    """Make the model's unfused weights views of the fused matrix (the model keeps working and nothing is held
-    twice), or free them where the engine's copy has another dtype or device."""
-    row = 0
-    for lin in lins:
-        n = lin.weight.shape[0]
-        if lin.weight.dtype == fused.dtype and lin.weight.device == fused.device:
-            lin.weight.data = fused[row:row + n]
-        else:
-            lin.weight.data = torch.empty(0, dtype=lin.weight.dtype, device=lin.weight.device)
-        row += n
-
-
-def _layer_weights(layer, dtype, device, consume: bool = False):
-    at, mlp = layer.self_attn, layer.mlp
-    for lin in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-        if getattr(lin, "bias", None) is not None:
-            raise InputError("MLP biases are not supported (LLaMA has none)")
-    # Same dtype and device: no copy, the engine shares the model's tensor.
-    cast = lambda t: t.detach().to(device=device, dtype=dtype).contiguous()  # noqa: E731
-    fuse = lambda lins: torch.cat([cast(lin.weight) for lin in lins])  # noqa: E731
-    qkv, gate_up = (at.q_proj, at.k_proj, at.v_proj), (mlp.gate_proj, mlp.up_proj)
-    w = dict(
-        attn_norm=cast(layer.input_layernorm.weight),
-        wqkv=fuse(qkv),
-        wo=cast(at.o_proj.weight),
-        mlp_norm=cast(layer.post_attention_layernorm.weight),
-        w13=fuse(gate_up),
-        w2=cast(mlp.down_proj.weight),
-    )
-    if at.q_proj.bias is not None:  # HF Llama's attention_bias (grid heads, lvm.model)
-        w["bqkv"] = cast(torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]))
-        w["bo"] = cast(at.o_proj.bias)
-    if consume:  # loading a big model never holds its weights twice
-        _hand_over(qkv, w["wqkv"])
-        _hand_over(gate_up, w["w13"])
-    return w
-
-
 class Engine:
     """A LLaMA decoder with a static KV cache, built from the weights of an HF `LlamaForCausalLM`.
 
-    `device` (None = the model's) and `precision` (auto | fp32 | bf16 | fp16) go through the policy,
-    `tokenizer.common.hardware.resolve`; `engine.plan` records the outcome. Decoding one token:
-    - on a CPU: fp32 activations, the weight matrices in the plan's dtype, the compiled kernels of
-      `lvm.generate.kernels` for bf16 and fp32 engines (PyTorch ops without them);
-    - elsewhere (CUDA, MPS): PyTorch ops in the plan's dtype, as a graph-safe step (`_step_static`: the
-      position is a tensor, attention runs over a static span of the cache under a position mask), which
-      on CUDA is captured once per (batch, span) as a CUDA graph and replayed (`cuda_graphs=True`).
-    `static_step=True` runs that step on a CPU too (the code the graph captures, testable without a GPU).
-    `consume=True` turns the model's q/k/v/gate/up weights into views of the fused matrices (or frees them
-    where dtype or device differ), so a big model is never held twice.
+    `device` (None = the model's) and `precision` (auto | fp32 | bf16 | fp16) go through the policy;
+    `engine.plan` records the outcome. How one token is decoded on each device: the module doc.
+    `static_step=True` runs the graph-safe step (`_step_static`) on a CPU too (the code a CUDA graph
+    captures, testable without a GPU). `consume=True` turns the model's q/k/v/gate/up weights into views of
+    the fused matrices (or frees them where dtype or device differ), so a big model is never held twice.
     """
 
     SPAN = 256  # the static step attends over the cache in blocks of one image: one graph per image
@@ -195,7 +94,7 @@ class Engine:
         with torch.no_grad():
             m = model.model
             self.embed = m.embed_tokens.weight.detach().to(device=dev, dtype=dt).contiguous()
-            self.layers = [_layer_weights(l, dt, dev, consume) for l in m.layers]
+            self.layers = [layer_weights(l, dt, dev, consume) for l in m.layers]
             self.norm = m.norm.weight.detach().to(device=dev, dtype=dt).contiguous()
             self.lm_head = model.lm_head.weight.detach().to(device=dev, dtype=dt).contiguous()
             # The model's own rotary module gives cos/sin for every position, so any rope variant the
@@ -209,7 +108,7 @@ class Engine:
         self.static = (not on_cpu) if static_step is None else bool(static_step)
         if not self.static:
             # CPU decoding (class doc): fp32 norm weights, the matrices as they are.
-            self.dec_layers = [{k: _decode_weight(v) for k, v in w.items()} for w in self.layers]
+            self.dec_layers = [{k: decode_weight(v) for k, v in w.items()} for w in self.layers]
             self.dec_norm = self.norm.float()
         # The compiled kernels are CPU code for bf16 or fp32 weights; everything else decodes with PyTorch.
         self.kernels = None
@@ -323,22 +222,22 @@ class Engine:
         """CPU: one new token per row (tokens (B,) at position `pos`), fp32 activations (class doc), with
         the compiled kernels when the engine has them, else PyTorch ops (same math, rows (B, D))."""
         kn = self.kernels
-        linear = kn.linear if kn is not None else _linear
-        attend = kn.attend if kn is not None else _attend
+        linear = kn.linear if kn is not None else W.linear
+        attend = kn.attend if kn is not None else W.attend
         B = tokens.shape[0]
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos32[pos], self.sin32[pos]
         scale = 1.0 / hd ** 0.5
         x = F.embedding(tokens, self.embed).float()
         for i, w in enumerate(self.dec_layers):
-            qkv = _add_bias(linear(self._norm(x, w["attn_norm"]), w["wqkv"]), w.get("bqkv"))
+            qkv = W.add_bias(linear(self._norm(x, w["attn_norm"]), w["wqkv"]), w.get("bqkv"))
             qkv = qkv.view(B, H + 2 * Hkv, hd)
             qk = self._rope(qkv[:, : H + Hkv], cos, sin)
             kc, vc = self.k_cache[i, :B], self.v_cache[i, :B]
             kc[:, :, pos] = qk[:, H:]
             vc[:, :, pos] = qkv[:, H + Hkv:]
             y = attend(qk[:, :H].contiguous(), kc, vc, pos + 1, scale)
-            x = x + _add_bias(linear(y.view(B, H * hd), w["wo"]), w.get("bo"))
+            x = x + W.add_bias(linear(y.view(B, H * hd), w["wo"]), w.get("bo"))
             g, u = linear(self._norm(x, w["mlp_norm"]), w["w13"]).chunk(2, dim=-1)
             x = x + linear(F.silu(g) * u, w["w2"])
         return linear(self._norm(x, self.dec_norm), self.lm_head)
@@ -373,7 +272,7 @@ class Engine:
         """The static step at `pos`: replayed from a CUDA graph where there is one, else run eagerly."""
         span = self._span(pos)
         if self.cuda_graphs:
-            g = self._graphs.get((tokens.shape[0], span)) or self._capture(tokens, pos, span)
+            g = self._graphs.get((tokens.shape[0], span)) or capture_step(self, tokens, pos, span)
             if g is not None:
                 graph, tok, p, out = g
                 tok.copy_(tokens)
@@ -382,33 +281,6 @@ class Engine:
                 return out.clone()  # the next replay overwrites `out`
         self._pos.fill_(pos)
         return self._step_static(tokens, self._pos, span)
-
-    def _capture(self, tokens: torch.Tensor, pos: int, span: int):
-        """Capture the static step for this batch size and span (warm-up on a side stream, then capture);
-        None, and eager steps from now on, if capture fails. The warm-up runs the real step at `pos`, which
-        the replay repeats exactly (same inputs, same cache writes)."""
-        tok, p = tokens.clone(), torch.full((1,), pos, dtype=torch.long, device=self.device)
-        try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step_static(tok, p, span)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self._step_static(tok, p, span)
-        except Exception as e:  # an op that cannot be captured on this build: eager steps, same results
-            self.cuda_graphs = False
-            note = f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); " \
-                   "decoding with eager steps"
-            self.notes.append(note)
-            print(f"note: {note}", file=sys.stderr, flush=True)
-            return None
-        self._graphs[(tokens.shape[0], span)] = entry = (graph, tok, p, out)
-        return entry
 
     def describe(self) -> str:
         """How this engine decodes, in one line (benchmarks and the REPL print it)."""
@@ -422,22 +294,7 @@ class Engine:
     # ---- sampling ----
     def sample(self, logits: torch.Tensor, s: Sampling, generators: list[torch.Generator]) -> torch.Tensor:
         """Next token per row from float logits (B, vocab); ids >= K are never drawn."""
-        logits = logits[:, : self.layout.codebook_size]  # masking the reserved ids = not offering them
-        if s.temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = logits / s.temperature
-        if s.top_k and s.top_k < logits.shape[-1]:
-            vals, idx = logits.topk(s.top_k, dim=-1)  # sorted, largest first
-        else:
-            vals, idx = logits.sort(dim=-1, descending=True)
-        if s.top_p < 1.0:
-            probs = vals.softmax(-1)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            drop = probs.cumsum(-1) - probs >= s.top_p
-            vals = vals.masked_fill(drop, float("-inf"))
-        probs = vals.softmax(-1)
-        pick = torch.cat([torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(len(probs))])
-        return idx.gather(-1, pick[:, None])[:, 0]
+        return sample_next(logits, s, generators, self.layout.codebook_size)
 
     # ---- images ----
     def generate(self, prompt, n_new: int = 1, candidates: int = 1, sampling: Sampling | None = None,
@@ -449,68 +306,96 @@ class Engine:
         whole sequence for every token (slow; the reference that the cached path must equal).
         """
         s = sampling or Sampling()
-        L = self.layout
-        tpi = L.tokens_per_image
-        prompt = torch.as_tensor(prompt).long().reshape(-1).cpu()
-        if prompt.numel() == 0:
-            raise InputError("the prompt has no images")
-        L.n_images(prompt.numel())
-        L.check_codes(prompt, "prompt")
-        if n_new < 1 or candidates < 1:
-            raise InputError("n_new and candidates must be >= 1")
-        seeds = list(seeds) if seeds is not None else [s.seed + c for c in range(candidates)]
-        if len(seeds) != candidates:
-            raise InputError(f"{len(seeds)} seeds for {candidates} candidates")
-        gens = [torch.Generator(device=self.device).manual_seed(int(sd)) for sd in seeds]
+        tpi = self.layout.tokens_per_image
+        prompt = self._check_prompt(prompt, n_new, candidates)
+        gens = self._generators(s, candidates, seeds)
         B = candidates
         self._alloc(B)
         # Preallocated token rows; `n` of them are valid. Positions are indices into this buffer.
         seq = torch.empty(B, self.context, dtype=torch.long, device=self.device)
-        dropped = 0
         notes: list[str] = []
+        dropped = 0
         if prompt.numel() + tpi > self.context:
-            prompt, dropped = L.keep_last_images(prompt, self.context_images - 1)
+            prompt, dropped = self.layout.keep_last_images(prompt, self.context_images - 1)
             notes.append(f"context full: kept the last {prompt.numel() // tpi} prompt images "
                          f"(dropped {dropped})")
         n = prompt.numel()
         seq[:, :n] = prompt
-        shared = True  # all rows still equal (only the prompt): prefill one row and copy its cache
-        cached = 0
         new = torch.empty(B, n_new, tpi, dtype=torch.long, device=self.device)
-        t0 = time.perf_counter()
-        prefill = 0.0
-        done = 0
+        run = _Run(t0=time.perf_counter(), shared=True)
         for j in range(n_new):
             if n + tpi > self.context:
-                kept, d = L.keep_last_images(seq[:, :n], self.context_images - 1)
-                n = kept.shape[1]
-                seq[:, :n] = kept.clone()
-                dropped += d
-                cached = 0
+                n, d = self._crop(seq, n)
+                run.cached, dropped = 0, dropped + d
                 notes.append(f"context full: kept the last {n // tpi} images "
                              f"(dropped {d}) before generating new image {j + 1}")
-            for t in range(tpi):
-                if not use_cache:
-                    cached = 0
-                if cached == 0 and shared and B > 1:
-                    logits = self.forward(seq[:1, :n], 0)
-                    self.k_cache[:, 1:B, :, :n] = self.k_cache[:, :1, :, :n]
-                    self.v_cache[:, 1:B, :, :n] = self.v_cache[:, :1, :, :n]
-                    logits = logits.expand(B, -1)
-                else:
-                    logits = self.forward(seq[:, cached:n], cached)
-                cached = n
-                tok = self.sample(logits, s, gens)
-                seq[:, n] = tok
-                n += 1
-                new[:, j, t] = tok
-                shared = False
-                done += B
-                if j == 0 and t == 0:
-                    synchronize(self.device)
-                    prefill = time.perf_counter() - t0
-                if progress is not None:
-                    progress(j, t + 1, done / max(time.perf_counter() - t0, 1e-9))
+            n = self._decode_image(seq, n, new[:, j], s, gens, run, use_cache,
+                                   (lambda t, tps, j=j: progress(j, t, tps)) if progress else None, first=j == 0)
         new = new.cpu()  # waits for the device
-        return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - t0,
-                          new_tokens=done, notes=notes, prefill_seconds=prefill)
+        return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - run.t0,
+                          new_tokens=run.done, notes=notes, prefill_seconds=run.prefill)
+
+    def _check_prompt(self, prompt, n_new: int, candidates: int) -> torch.Tensor:
+        """The prompt as flat CPU tokens, after the token contract's checks (whole images, image codes)."""
+        prompt = torch.as_tensor(prompt).long().reshape(-1).cpu()
+        if prompt.numel() == 0:
+            raise InputError("the prompt has no images")
+        self.layout.n_images(prompt.numel())
+        self.layout.check_codes(prompt, "prompt")
+        if n_new < 1 or candidates < 1:
+            raise InputError("n_new and candidates must be >= 1")
+        return prompt
+
+    def _generators(self, s: Sampling, candidates: int, seeds) -> list[torch.Generator]:
+        """One generator per candidate (seed + index by default), so a candidate's image does not depend on
+        its batch."""
+        seeds = list(seeds) if seeds is not None else [s.seed + c for c in range(candidates)]
+        if len(seeds) != candidates:
+            raise InputError(f"{len(seeds)} seeds for {candidates} candidates")
+        return [torch.Generator(device=self.device).manual_seed(int(sd)) for sd in seeds]
+
+    def _crop(self, seq: torch.Tensor, n: int) -> tuple[int, int]:
+        """Cut the rows to their last `context_images - 1` whole images, in place: (new length, images dropped)."""
+        kept, d = self.layout.keep_last_images(seq[:, :n], self.context_images - 1)
+        seq[:, :kept.shape[1]] = kept.clone()
+        return kept.shape[1], d
+
+    def _decode_image(self, seq, n: int, out, s: Sampling, gens, run: "_Run", use_cache: bool, progress,
+                      first: bool) -> int:
+        """Sample one image's tokens after the first `n` of every row into `out` (B, 256); the new length."""
+        B = seq.shape[0]
+        for t in range(self.layout.tokens_per_image):
+            if not use_cache:
+                run.cached = 0
+            if run.cached == 0 and run.shared and B > 1:
+                # All rows are still the prompt: prefill one row and copy its cache.
+                logits = self.forward(seq[:1, :n], 0)
+                self.k_cache[:, 1:B, :, :n] = self.k_cache[:, :1, :, :n]
+                self.v_cache[:, 1:B, :, :n] = self.v_cache[:, :1, :, :n]
+                logits = logits.expand(B, -1)
+            else:
+                logits = self.forward(seq[:, run.cached:n], run.cached)
+            run.cached = n
+            tok = self.sample(logits, s, gens)
+            seq[:, n] = tok
+            out[:, t] = tok
+            n += 1
+            run.shared = False
+            run.done += B
+            if first and t == 0:
+                synchronize(self.device)
+                run.prefill = time.perf_counter() - run.t0
+            if progress is not None:
+                progress(t + 1, run.done / max(time.perf_counter() - run.t0, 1e-9))
+        return n
+
+
+@dataclass
+class _Run:
+    """The state one `generate` call carries from image to image."""
+
+    t0: float
+    shared: bool  # every row still holds only the prompt
+    cached: int = 0  # tokens of each row already in the KV cache
+    done: int = 0  # tokens sampled, over all rows
+    prefill: float = 0.0

@@ -1,0 +1,68 @@
+"""How the next token is drawn (temperature, top-k, top-p, one generator per candidate) and what a
+generation returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from tokenizer.common.errors import InputError
+
+
+@dataclass
+class Sampling:
+    """How the next token is drawn. temperature 0 = greedy; top_k 0 = off; top_p 1.0 = off."""
+
+    temperature: float = 1.0
+    top_k: int = 50  # the released inference samples from the top 50
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    """Result of `Engine.generate`: new images' codes (candidates, n_new, 256) and what happened."""
+
+    images: torch.Tensor
+    dropped_images: int = 0  # prompt/earlier images cut to fit the context
+    seconds: float = 0.0
+    new_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+    prefill_seconds: float = 0.0  # the first token of the first image, which includes the prompt's prefill
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
+
+
+def sample_next(logits: torch.Tensor, s: Sampling, generators: list[torch.Generator], codebook_size: int) -> torch.Tensor:
+    """Next token per row from float logits (B, vocab); ids >= `codebook_size` (PAD, reserved) are never drawn."""
+    logits = logits[:, :codebook_size]  # masking the reserved ids = not offering them
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / s.temperature
+    if s.top_k and s.top_k < logits.shape[-1]:
+        vals, idx = logits.topk(s.top_k, dim=-1)  # sorted, largest first
+    else:
+        vals, idx = logits.sort(dim=-1, descending=True)
+    if s.top_p < 1.0:
+        probs = vals.softmax(-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = probs.cumsum(-1) - probs >= s.top_p
+        vals = vals.masked_fill(drop, float("-inf"))
+    probs = vals.softmax(-1)
+    pick = torch.cat([torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(len(probs))])
+    return idx.gather(-1, pick[:, None])[:, 0]
