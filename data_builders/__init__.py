@@ -3,15 +3,18 @@
 Modules (import what you need; nothing heavy is imported here):
 - `sequence`: the `Sequence` record (images + kind + source + metadata) and its shard sample layout
   (`{key}.0.png ... {key}.15.png` + `{key}.json`).
-- `build`: `DataConfig` / `SourceConfig`, `build(cfg, workers, rank, world)` (stage 1, resumable,
-  byte-deterministic per shard), `collect_stats(root)`.
-- `sources`: every source type (builtin, images, class_groups, videos, multiview_mesh, multiview_folder,
-  pairs, annotate, annotated_video).
+- `config`: `DataConfig` / `SourceConfig`, the per-unit RNG (`unit_rng`), `Skip`, `dist_env`.
+- `build`: `build(cfg, workers, rank, world)` (stage 1, resumable, byte-deterministic per shard) and
+  `run_build` (the same, after checking inputs and saving `data_config.yaml`).
+- `stats`: `collect_stats(root)`, the totals of a built dataset, and `stats_report`.
+- `sources`: one module per source type (builtin, images, class_groups, videos, multiview_mesh,
+  multiview_folder, pairs, annotate, annotated_video) and `make_source`, the type -> class table.
 - `render`: the built-in pybullet TinyRenderer scenes (`list_objects`, `render_orbit`, `render_video`,
   `render_object_view`, `task_pair`, `annotation_image`), callable from other packages.
 - `annotations`: annotations drawn as images (segmentation palette, depth, normals, edges, colorization,
   inpainting, boxes, skeletons).
-- `tokenize`: stage 2, image shards -> token shards (`tokenize`), and `export_jsonl`.
-- `shards`: the tar shard writer/reader and the fixed token-shard format.
+- `encode`: stage 2, image shards -> token shards (`tokenize`), and `export_jsonl`.
+- `shards`: the tar shard writer and the fixed token-shard format (reading: `tokenizer/tar.py`).
+- `token_stream`: token shards streamed for training (`TokenStream`).
 - `preview`: PNG grid of sample sequences.
 """

@@ -16,106 +16,18 @@ How work is cut (so any number of machines and workers build one identical datas
 from __future__ import annotations
 
 import json
-import os
 import time
-import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from tokenizer.common.config import save_config
 from tokenizer.common.errors import InputError
 from tokenizer.common.files import atomic_write_text
 
+from .config import DataConfig, Skip, SourceConfig, dist_env, source_name, unit_rng, unit_seed
 from .shards import TarShardWriter
-
-
-@dataclass
-class SourceConfig:
-    """One source of visual sequences. `type` picks the builder; unused keys are ignored by that type."""
-
-    type: str = "builtin"  # builtin | images | class_groups | videos | multiview_mesh | multiview_folder | pairs | annotate | annotated_video
-    name: str = ""  # shard/key prefix; defaults to the type
-    path: str = ""  # folder, list file, or shard spec of local inputs
-    count: int = 0  # number of sequences (builtin); 0 = one pass over the inputs
-    split: str = "train"  # builtin objects: train | heldout | all
-    kinds: dict = field(default_factory=dict)  # builtin: kind -> weight
-    n_frames: int = 16  # video frames per sequence
-    strides: list = field(default_factory=lambda: [10, 20, 30])  # video strides (frames)
-    short_video: str = "skip"  # video too short for a stride: skip (count it) | shrink (largest stride that fits)
-    group_sizes: list = field(default_factory=lambda: [2, 4, 8, 16])  # class_groups
-    views: int = 16  # multi-view: views per sequence (consecutive views of the orbit)
-    orbit_views: int = 24  # multi-view: views in the full orbit (360 / step)
-    step_deg: float = 15.0
-    # builtin orbits: forward (azimuth grows) | both (each sequence's direction at random, so that a model
-    # has to read the rotation from the frames it is shown rather than assume it)
-    orbit_direction: str = "forward"
-    orbits_per_object: int = 1
-    up: str = "z"  # multiview_mesh: up axis of the OBJ files (y = rotate upright)
-    tasks: list = field(default_factory=list)  # pairs / annotate / builtin tasks
-    task_weights: dict = field(default_factory=dict)  # builtin pairs: task -> weight (unlisted tasks: 1)
-    pairs_per_sequence: int = 8
-    tuples: bool = False  # k annotations of one image as (image, a1..ak) m-tuples instead of pairs
-    image_dir: str = "images"  # pairs: folder of inputs; annotation folders are named by `tasks`
-    labels_dir: str = "labels"  # annotate: integer label maps (segmentation)
-    depth_dir: str = "depth"  # annotate: depth maps (16-bit PNG / .npy) for depth and normals
-    json_dir: str = "annotations"  # annotate: {"boxes": [[x0,y0,x1,y1,label]], "keypoints": [[[x,y,v]...]]}
-    fov_deg: float = 60.0  # annotate: camera FOV used to turn depth into normals
-    frames_dir: str = "frames"  # annotated_video: frame folders; annotation frame folders are under `tasks[0]`
-    layouts: list = field(default_factory=lambda: ["interleaved", "grouped"])  # annotated videos
-
-
-@dataclass
-class DataConfig:
-    out: str = "data/out"
-    seed: int = 0
-    image_size: int = 256
-    image_format: str = "png"  # png | jpg
-    shard_size: int = 64  # units per shard
-    limit: int = 0  # at most this many units per source (0 = all): quick runs and benchmarks
-    sources: list[SourceConfig] = field(default_factory=list)
-
-    def __post_init__(self):
-        if self.image_format not in ("png", "jpg", "jpeg"):
-            raise InputError(f"image_format must be png or jpg, got {self.image_format!r}")
-        if self.shard_size < 1 or self.image_size < 8:
-            raise InputError("shard_size must be >= 1 and image_size >= 8")
-        names = [source_name(s) for s in self.sources]
-        if len(set(names)) != len(names):
-            raise InputError(f"source names must be unique, got {names} (set `name:` on each source)")
-
-
-def source_name(s: SourceConfig) -> str:
-    name = s.name or s.type
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise InputError(f"source name {name!r} may only contain letters, digits, '_' and '-'")
-    return name
-
-
-def unit_rng(seed: int, name: str, index: int, stream: int = 0) -> np.random.Generator:
-    """The RNG of one unit: depends on the dataset seed, the source and the unit only (not the process)."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), index, stream])
-
-
-def unit_seed(seed: int, name: str, index: int) -> int:
-    return int(unit_rng(seed, name, index, stream=7).integers(2**31))
-
-
-class Skip(Exception):
-    """A bad input item: skipped and counted under `reason` (short, snake_case)."""
-
-    def __init__(self, reason: str, item: str = ""):
-        super().__init__(f"{reason}: {item}")
-        self.reason, self.item = reason, str(item)
-
-
-def dist_env() -> tuple[int, int]:
-    """(rank, world size) from torchrun / accelerate / SLURM environment variables, else (0, 1)."""
-    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if r in os.environ and w in os.environ:
-            return int(os.environ[r]), int(os.environ[w])
-    return 0, 1
+from .sources import make_source
 
 
 @dataclass
@@ -138,8 +50,6 @@ def is_done(out: Path, stem: str) -> bool:
 
 def plan_shards(cfg: DataConfig) -> list[ShardTask]:
     """Every shard of the dataset, in a fixed order (the same list on every rank)."""
-    from .sources import make_source
-
     if not cfg.sources:
         raise InputError("the data config lists no sources")
     tasks = []
@@ -155,8 +65,6 @@ def plan_shards(cfg: DataConfig) -> list[ShardTask]:
 
 def build_shard(task: ShardTask) -> dict:
     """Build one shard (tar, then its stats JSON). Runs in a worker process."""
-    from .sources import make_source
-
     cfg, out = task.cfg, Path(task.cfg.out)
     name = source_name(task.source)
     src = make_source(task.source, cfg)
@@ -249,28 +157,11 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
             "sequences_per_s": seqs / dt if dt > 0 else 0.0, "images_per_s": imgs / dt if dt > 0 else 0.0}
 
 
-def collect_stats(root: str | os.PathLike) -> dict:
-    """Sum every `*.stats.json` under `root`: counts per kind and source, failures per reason."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a directory")
-    files = sorted(root.rglob("*.stats.json"))
-    if not files:
-        raise InputError(f"{root}: no shard stats (*.stats.json) found; was it built with 'lvm data build'?")
-    total = {"shards": 0, "sequences": 0, "images": 0, "kinds": Counter(), "sources": Counter(),
-             "failures": Counter(), "failed_items": []}
-    for f in files:
-        try:
-            st = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{f}: unreadable stats file ({e})") from None
-        total["shards"] += 1
-        total["sequences"] += st.get("sequences", 0)
-        total["images"] += st.get("images", 0)
-        total["kinds"].update(st.get("kinds", {}))
-        total["sources"][st.get("source", "?")] += st.get("sequences", 0)
-        total["failures"].update(st.get("failures", {}))
-        total["failed_items"].extend(st.get("failed_items", [])[: max(0, 20 - len(total["failed_items"]))])
-    for k in ("kinds", "sources", "failures"):
-        total[k] = dict(sorted(total[k].items()))
-    return total
+def run_build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int | None = None,
+              progress: bool = True, log=print) -> dict:
+    """`lvm data build`: check every source's inputs, save the resolved config as `{out}/data_config.yaml`,
+    then `build` this rank's shards; returns build's summary."""
+    tasks = plan_shards(cfg)  # checks every source's inputs before anything is written
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.out, "data_config.yaml")
+    return build(cfg, workers=workers, rank=rank, world=world, progress=progress, log=log, tasks=tasks)

@@ -1,4 +1,4 @@
-"""Stage 2: image-sequence shards -> token shards (tokens.npy (n_images, 256) + json per sequence).
+"""Stage 2: image-sequence shards -> token shards (tokens.npy (n_images, codes_per_image) + json per sequence).
 
 Each input shard becomes one token shard of the same name under the output folder; a token shard exists
 only once complete (atomic write), so a rerun skips finished ones. Shards are split by rank
@@ -18,9 +18,10 @@ import numpy as np
 
 from tokenizer.common.files import atomic_path, atomic_write_text
 
-from .build import dist_env
+from .config import dist_env
 from .sequence import sample_images, sample_meta
-from .shards import iter_tar_samples, list_shards, token_sample, TarShardWriter
+from .shards import token_sample, TarShardWriter
+from tokenizer.tar import iter_tar_samples, list_shards
 
 
 def _relative_name(shard: Path, roots: list[Path]) -> str:
@@ -94,7 +95,8 @@ def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | No
 
 
 def export_jsonl(tokens, out, progress: bool = True) -> int:
-    """Token shards -> JSON lines `{"tokens": base64 of the int32 array (n_images*256,)}` (original LVM format)."""
+    """Token shards -> JSON lines `{"tokens": base64 of the int32 array (n_images * codes_per_image,)}`
+    (the original LVM format)."""
     import base64
 
     from tqdm import tqdm

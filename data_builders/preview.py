@@ -7,7 +7,7 @@ from collections import Counter
 from tokenizer.image_io import make_grid, save_png
 
 from .sequence import sample_images, sample_meta
-from .shards import iter_tar_samples, list_shards
+from tokenizer.tar import iter_tar_samples, list_shards
 
 
 def row_label(meta: dict) -> str:

@@ -4,7 +4,8 @@ A shard is a POSIX tar whose members are grouped into samples by key: ``{key}.{e
 dots (webdataset splits the member name at the first dot). Members are written in sample order, with
 fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples always give byte-identical shards;
 the file appears under its final name only when complete (temp + rename), so a killed build never
-leaves a truncated shard that looks finished.
+leaves a truncated shard that looks finished. Shards are read (and shard specs resolved) by
+`tokenizer/tar.py`, the one reader for every package.
 
 Token shards (the output of `lvm data tokenize`, the input of `lvm train`): one sample per visual sequence
 with ``tokens.npy`` (integer array, shape (n_images, codes_per_image), saved without pickle) and ``json``
@@ -25,6 +26,10 @@ import numpy as np
 
 from tokenizer.common.errors import InputError
 from tokenizer.common.files import atomic_path
+from tokenizer.tar import iter_tar_samples, list_shards  # the one shard reader, shared with the tokenizer
+
+__all__ = ["check_key", "TarShardWriter", "encode_tokens", "decode_tokens",
+           "token_sample", "iter_token_shard", "write_token_shard"]
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-/]+$")
 
@@ -35,6 +40,8 @@ def check_key(key: str) -> str:
     return key
 
 
+# Hand-written, not webdataset's TarWriter: this one fixes every member's metadata (byte-identical shards)
+# and renames only a complete file into place, and importing webdataset loads torch in every build worker.
 class TarShardWriter:
     """Write samples ({"__key__": str, ext: bytes, ...}) into one tar shard, atomically.
 
@@ -79,37 +86,6 @@ class TarShardWriter:
         self._tar.close()
         self._ctx.__exit__(exc_type, exc, tb)
         return False
-
-
-def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
-    """Samples of a shard as {"__key__": key, ext: bytes}, in file order. Never unpickles anything."""
-    path = Path(path)
-    try:
-        tar = tarfile.open(path, "r")
-    except (OSError, tarfile.TarError) as e:
-        raise InputError(f"{path}: not a readable tar shard ({e})") from None
-    with tar:
-        current: dict | None = None
-        try:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name
-                base = name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    continue
-                prefix = name[: len(name) - len(base)]
-                stem, ext = base.split(".", 1)
-                key = prefix + stem
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key}
-                current[ext] = tar.extractfile(member).read()
-        except (OSError, tarfile.TarError, EOFError) as e:
-            raise InputError(f"{path}: corrupt tar shard ({e})") from None
-        if current is not None:
-            yield current
 
 
 # ---- token shards ----
@@ -160,21 +136,3 @@ def write_token_shard(path: str | os.PathLike, items: Iterable[tuple[str, np.nda
         for key, codes, meta in items:
             w.write(token_sample(key, codes, meta))
         return w.count
-
-
-def list_shards(spec: str | os.PathLike | Iterable) -> list[Path]:
-    """Shard paths from a directory (all *.tar, recursive, sorted), a glob, a file, or a list of those."""
-    if not isinstance(spec, (str, os.PathLike)):
-        return [p for s in spec for p in list_shards(s)]
-    p = Path(spec)
-    if p.is_dir():
-        found = sorted(x for x in p.rglob("*.tar") if not x.name.startswith("."))
-    elif p.is_file():
-        found = [p]
-    else:
-        import glob
-
-        found = sorted(Path(x) for x in glob.glob(str(spec)) if x.endswith(".tar"))
-    if not found:
-        raise InputError(f"{spec}: no .tar shards found")
-    return found

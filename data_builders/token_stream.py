@@ -37,7 +37,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from data_builders.shards import iter_token_shard, list_shards
+from data_builders.shards import iter_token_shard
+from tokenizer.tar import list_shards
 from tokenizer.common.errors import InputError
 
 

@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from tokenizer.common.errors import InputError
+from tokenizer.common.errors import InputError, one_line
 
 # name -> (one-line help, example, module) for a leaf; (help, {sub: leaf}) for a group.
 COMMANDS: dict = {
@@ -153,13 +153,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{e.filename}: {text}"
-    return " ".join(text.split())
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LVM_DEBUG", "") not in ("", "0")
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         if debug:
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -46,7 +46,7 @@ def test_demo_stages_tiny(tmp_path):
     assert m.config.vocab_size == t.codebook_size + 100 == 164
     # the data are training objects only
     from data_builders import render
-    from data_builders.shards import iter_tar_samples
+    from tokenizer.tar import iter_tar_samples
     from data_builders.sequence import sample_meta
 
     held = {o.name for o in render.list_objects("heldout")}

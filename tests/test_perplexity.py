@@ -9,17 +9,18 @@ from PIL import Image
 from lvm.cli import main
 from lvm.model import ModelConfig
 from lvm.eval.perplexity import target_nll
-from lvm.tokens import TokenLayout
+from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 K = 64
+P = TOKENS_PER_IMAGE  # codes per image
 
 
 def _model(ctx_images=4):
     torch.manual_seed(0)
     return ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       codebook_size=K, max_position_embeddings=256 * ctx_images).build().eval()
+                       codebook_size=K, max_position_embeddings=P * ctx_images).build().eval()
 
 
 def _direct(model, inp, tgt):
@@ -36,20 +37,20 @@ def test_target_nll_equals_direct_computation_batched():
     model = _model()
     layout = TokenLayout(codebook_size=K, images_per_context=4)
     rng = np.random.default_rng(0)
-    examples = [(rng.integers(0, K, (n_in, 256)), rng.integers(0, K, (n_t, 256)))
+    examples = [(rng.integers(0, K, (n_in, P)), rng.integers(0, K, (n_t, P)))
                 for n_in, n_t in [(3, 1), (1, 1), (2, 2), (0, 1), (1, 3)]]
     total, count, per = target_nll(model, examples, layout, batch_size=3)
     for (inp, tgt), (s, c) in zip(examples, per):
         ds, dc = _direct(model, inp, tgt)
         assert c == dc and s == pytest.approx(ds, rel=1e-5)
-    assert count == sum(c for _, c in per) == 256 * 8 - 1  # 8 target images, one without any input
+    assert count == sum(c for _, c in per) == P * 8 - 1  # 8 target images, one without any input
 
 
 def test_long_input_is_cropped_to_the_context():
     model = _model(ctx_images=2)
     layout = TokenLayout(codebook_size=K, images_per_context=2)
     rng = np.random.default_rng(1)
-    inp, tgt = rng.integers(0, K, (5, 256)), rng.integers(0, K, (1, 256))
+    inp, tgt = rng.integers(0, K, (5, P)), rng.integers(0, K, (1, P))
     _, _, per = target_nll(model, [(inp, tgt)], layout)
     assert per[0][0] == pytest.approx(_direct(model, inp[-1:], tgt)[0], rel=1e-5)
 
@@ -87,7 +88,7 @@ def test_cli_equals_direct_llama_on_the_same_tokens(tmp_path, capsys):
         codes = tok.encode_images([str(tmp_path / p) for p in ex["input"] + ex["target"]]).numpy()
         s, c = _direct(model, codes[:len(ex["input"])], codes[len(ex["input"]):])
         s_all, c_all = s_all + s, c_all + c
-    assert res["tokens"] == c_all == 3 * 256
+    assert res["tokens"] == c_all == 3 * P
     assert res["perplexity"] == pytest.approx(math.exp(s_all / c_all), rel=1e-5)
     assert f"perplexity {res['perplexity']:.4f}" in capsys.readouterr().out
 
@@ -97,7 +98,7 @@ def test_half_precision_nll_is_close_to_fp32(precision):
     model = _model()
     layout = TokenLayout(codebook_size=K, images_per_context=4)
     rng = np.random.default_rng(3)
-    examples = [(rng.integers(0, K, (2, 256)), rng.integers(0, K, (1, 256)))]
+    examples = [(rng.integers(0, K, (2, P)), rng.integers(0, K, (1, P)))]
     ref, n, _ = target_nll(model, examples, layout)
     half, n2, _ = target_nll(model, examples, layout, precision=precision)
     assert n == n2 and half == pytest.approx(ref, rel=2e-2)

@@ -51,7 +51,7 @@ def dirs(tmp_path_factory):
 
 
 def _session(dirs, tok="tok"):
-    from lvm.prompt.repl import Session
+    from lvm.prompt.session import Session
 
     lines = []
     s = Session(dirs["model"], dirs[tok], out_dir=dirs["root"] / "out", display="none", precision="fp32",
@@ -120,15 +120,16 @@ def test_tokenizer_model_mismatch_is_one_line(dirs):
 
 def test_prompt_errors(dirs):
     s, _ = _session(dirs)
+    from lvm.prompt.repl import command
     from tokenizer.common.errors import InputError
 
     with pytest.raises(InputError, match="no images"):
         s.generate(1)
-    s.command(f"/pair {dirs['imgs'][0]} {dirs['imgs'][1]}")
+    command(s, f"/pair {dirs['imgs'][0]} {dirs['imgs'][1]}")
     with pytest.raises(InputError, match="query"):
         s.generate(1)
     with pytest.raises(InputError, match="usage: /pair"):
-        s.command("/pair a")
+        command(s, "/pair a")
 
 
 def test_one_shot_and_batch_cli(dirs, tmp_path):
@@ -181,7 +182,8 @@ def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
     the prompt the engine gets is exactly the images' raw codes in order (no BOS), as the released inference."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lvm.prompt.repl import Session
+    from lvm.prompt.repl import command
+    from lvm.prompt.session import Session
     from tokenizer import VQGAN, VQGANConfig
     from tokenizer.image_io import load_image, pil_to_tensor
 
@@ -213,7 +215,7 @@ def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
     wide = tmp_path / "wide.png"  # not square: squash, not crop
     Image.new("RGB", (64, 32), (10, 200, 30)).save(wide)
     paths = [dirs["imgs"][0], wide]
-    s.command(" ".join(map(str, paths)))
+    command(s, " ".join(map(str, paths)))
     res = s.generate(1, write=False)
     x = torch.stack([pil_to_tensor(load_image(p).resize((32, 32), Image.Resampling.BICUBIC), (0.0, 1.0))
                      for p in paths])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_builders.shards import (TarShardWriter, check_key, decode_tokens, iter_token_shard, list_shards,
-                                  write_token_shard)
+from data_builders.shards import TarShardWriter, check_key, decode_tokens, iter_token_shard, write_token_shard
+from tokenizer.tar import list_shards
 from tokenizer.common.errors import InputError
 
 
@@ -51,3 +51,26 @@ def test_bad_keys_and_bad_shards(tmp_path):
     with pytest.raises(InputError, match="no .tar shards"):
         list_shards(tmp_path / "empty_dir_*")
     assert list_shards(tmp_path) == [bad]
+
+
+def test_one_reader_for_every_shard_spec(tmp_path):
+    """Directories, files, globs, brace ranges and lists name shards alike, for data builders and tokenizer."""
+    from tokenizer.data import shard_list
+    from tokenizer.tar import iter_tar_members, list_shards as tar_list_shards
+
+    assert list_shards is tar_list_shards
+    (tmp_path / "sub").mkdir()
+    paths = [tmp_path / f"s-{i:03d}.tar" for i in range(3)] + [tmp_path / "sub" / "s-009.tar"]
+    for p in paths:
+        write_token_shard(p, _items(1))
+    (tmp_path / ".s-tmp.tar").write_bytes(b"")  # a writer's temp file is never a shard
+    assert list_shards(tmp_path) == sorted(paths)
+    assert list_shards(str(tmp_path / "s-{000..002}.tar")) == paths[:3]
+    assert list_shards(str(tmp_path / "s-00[12].tar")) == paths[1:3]
+    assert list_shards(str(tmp_path / "*" / "s-{009..009}.tar")) == paths[3:]
+    assert list_shards([paths[2], str(tmp_path / "s-000.tar")]) == [paths[2], paths[0]]
+    with pytest.raises(InputError, match="no such shard file"):
+        list_shards(str(tmp_path / "s-{000..004}.tar"))
+    assert shard_list(str(tmp_path / "s-{000..001}.tar")) == [str(p) for p in paths[:2]]
+    assert shard_list(str(tmp_path)) is None  # a folder is an image folder for the tokenizer
+    assert [n for n, _ in iter_tar_members(paths[0])] == ["seq_0000.tokens.npy", "seq_0000.json"]

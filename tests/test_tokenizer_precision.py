@@ -181,8 +181,10 @@ def test_tiny_runs_with_precision_fp32(tmp_path):
 
 
 def test_data_tokenize_precision_fp32(tmp_path):
-    from data_builders.build import DataConfig, SourceConfig, build
-    from data_builders.shards import iter_token_shard, list_shards
+    from data_builders.build import build
+    from data_builders.config import DataConfig, SourceConfig
+    from data_builders.shards import iter_token_shard
+    from tokenizer.tar import list_shards
     from lvm.cli import main
 
     torch.manual_seed(0)

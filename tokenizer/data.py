@@ -3,7 +3,8 @@
 `path` may be:
 - a folder: every image under it, recursively;
 - a list file (.txt/.lst): one image path per line (relative paths resolve against the file's folder);
-- webdataset image shards: a .tar file, a glob (`shards/*.tar`) or a brace range (`train-{000..009}.tar`).
+- webdataset image shards: a .tar file, a glob (`shards/*.tar`) or a brace range (`train-{000..009}.tar`)
+  (read by `tokenizer/tar.py`).
   Every member with an image extension is one image (a visual-sequence sample may hold several).
 
 Unreadable images are skipped and counted, never fatal: a dataset item is `None` then, and `collate`
@@ -12,10 +13,8 @@ drops it and reports how many it dropped.
 
 from __future__ import annotations
 
-import glob
 import io
 import random
-import re
 from pathlib import Path
 
 import torch
@@ -23,28 +22,14 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from .common.errors import ImageLoadError, InputError
 from .image_io import IMAGE_EXTENSIONS, list_images, load_image_tensor, pil_to_tensor, resize_square, to_rgb
-
-
-def _expand_braces(spec: str) -> list[str]:
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", spec)
-    if not m:
-        return [spec]
-    a, b = m.group(1), m.group(2)
-    out = []
-    for i in range(int(a), int(b) + 1):
-        out.extend(_expand_braces(spec[:m.start()] + str(i).zfill(len(a)) + spec[m.end():]))
-    return out
+from .tar import is_shard_spec, iter_tar_members, list_shards
 
 
 def shard_list(spec: str) -> list[str] | None:
     """The tar shards named by `spec`, or None when `spec` does not name shards."""
-    if not (spec.endswith(".tar") or ".tar" in spec and ("{" in spec or "*" in spec)):
+    if not is_shard_spec(spec):
         return None
-    files = sorted(f for s in _expand_braces(spec) for f in (glob.glob(s) if any(c in s for c in "*?[") else [s]))
-    missing = [f for f in files if not Path(f).is_file()]
-    if not files or missing:
-        raise InputError(f"{spec}: no such shard file{': ' + missing[0] if missing else 's'}")
-    return files
+    return [str(p) for p in list_shards(spec)]
 
 
 def image_paths(spec: str | Path) -> list[Path]:
@@ -110,15 +95,12 @@ class ImageShards(IterableDataset):
         return x
 
     def _members(self, shards):
-        import tarfile
-
         for shard in shards:
             try:
-                with tarfile.open(shard) as tf:
-                    for m in tf:
-                        if m.isfile() and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
-                            yield m.name, tf.extractfile(m).read()
-            except (tarfile.TarError, OSError):
+                for name, data in iter_tar_members(shard):
+                    if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                        yield name, data
+            except InputError:
                 yield shard, b""  # a broken shard counts as one skipped item
 
     def __iter__(self):

@@ -7,28 +7,26 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .model import VQGANConfig
 
-
-def _ddconfig(cfg: VQGANConfig) -> dict:
+def taming_ddconfig(cfg) -> dict:
+    """taming's `ddconfig` of a VQGANConfig."""
     return dict(ch=cfg.hidden_channels, out_ch=cfg.in_channels, ch_mult=cfg.channel_mult,
                 num_res_blocks=cfg.num_res_blocks, attn_resolutions=list(cfg.attn_resolutions),
                 dropout=cfg.dropout, resamp_with_conv=cfg.resamp_with_conv, in_channels=cfg.in_channels,
                 resolution=cfg.resolution, z_channels=cfg.z_channels, double_z=False)
 
 
-def build_encoder_decoder(cfg: VQGANConfig) -> tuple[nn.Module, nn.Module]:
+def build_encoder_decoder(cfg) -> tuple[nn.Module, nn.Module]:
+    """taming's Encoder and Decoder for a VQGANConfig, with this module's faster modules swapped in."""
     # Only taming's module file is imported: taming.models.* would pull in pytorch_lightning.
     from taming.modules.diffusionmodules.model import Decoder, Encoder
 
-    dd = _ddconfig(cfg)
+    dd = taming_ddconfig(cfg)
     encoder = Encoder(**dd)
     with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints the z shape
         decoder = Decoder(**dd)

@@ -20,9 +20,7 @@ pre-Ampere GPUs, else fp32); the resolved values are written into the config bef
 from __future__ import annotations
 
 import json
-import math
 import re
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -32,9 +30,11 @@ import torch.nn.functional as F
 
 from .common.errors import InputError
 from .common.config import save_config
-from .common.files import atomic_dir, atomic_write_text
-from .common.rng import rng_state, set_rng_state
+from .common.checkpointing import atomic_dir, load_train_state, prune_step_dirs, save_train_state
+from .common.files import atomic_write_text
 from .common.hardware import make_accelerator
+from .common.schedule import warmup_cosine
+from .common.tracking import RunLog, tracker_kwargs
 from .train_config import TokenizerTrainConfig
 
 
@@ -55,14 +55,7 @@ def training_model(cfg: TokenizerTrainConfig, plan):
     return model
 
 
-def lr_lambda(cfg: TokenizerTrainConfig):
-    def f(step):
-        if step < cfg.warmup_steps:
-            return (step + 1) / max(1, cfg.warmup_steps)
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        floor = cfg.min_lr / cfg.lr
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-    return f
+MARKER = "train_state.pt"  # written last inside a checkpoint directory
 
 
 def random_crops(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -106,7 +99,8 @@ class Trainer:
             raise InputError(f"data.crop={cfg.data.crop} must be a positive multiple of the downsampling factor {f}")
         self.plan = plan = training_plan(cfg)
         # The steps below autocast with the plan themselves (accelerate's own covers no fp16 on a CPU).
-        self.acc, _ = make_accelerator(plan, gradient_accumulation_steps=cfg.grad_accum)
+        self.acc, _ = make_accelerator(plan, gradient_accumulation_steps=cfg.grad_accum,
+                                       **tracker_kwargs(self.out, cfg.trackers))
         # what auto resolved to goes into the saved config
         cfg.device, cfg.precision, cfg.mixed_precision = str(self.acc.device), plan.precision, None
         if self.acc.is_main_process:
@@ -128,8 +122,8 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                       weight_decay=cfg.weight_decay)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr * cfg.loss.disc_lr_mult, betas=cfg.betas)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_lambda(cfg))
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_lambda(cfg))
+        self.sched_g = warmup_cosine(self.opt_g, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
+        self.sched_d = warmup_cosine(self.opt_d, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
         self.step, self.epoch, self.batch_in_epoch, self.images_seen, self.skipped = 0, 0, 0, 0, 0
         self.qgen = torch.Generator().manual_seed(cfg.seed + 17)
         self.resumed_from = None
@@ -195,28 +189,25 @@ class Trainer:
             save_file({k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
                       str(tmp / "disc.safetensors"))
             q = model.quantize
-            state = {
+            state = {  # save_train_state adds the RNG states
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "images_seen": self.images_seen, "skipped": self.skipped,
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-                "rng": rng_state(), "qgen": self.qgen.get_state(),
+                "qgen": self.qgen.get_state(),
                 "quantizer": {"idle_steps": q.idle_steps.cpu(), "initialized": q.initialized}
                 if hasattr(q, "idle_steps") else {},
             }
-            torch.save(state, tmp / "train_state.pt")
+            save_train_state(tmp / MARKER, state)
         atomic_write_text(root / "latest", name + "\n")
         # export the newest weights at the top of out_dir (each file atomic)
         model.save_pretrained(self.out)
-        for old in sorted(root.glob("step-*")):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_step_dirs(root, MARKER, [name])
         self.acc.wait_for_everyone()
 
     def _load_latest(self):
         from safetensors.torch import load_file
 
-        from .loaders import load_state_strict
 
         latest = self._ckpt_root() / "latest"
         if not latest.is_file():
@@ -230,17 +221,16 @@ class Trainer:
         if saved != now:
             diff = sorted(k for k in saved if saved.get(k) != now.get(k))
             raise InputError(f"{d}: checkpoint model config differs from this config in: {', '.join(diff)}")
-        load_state_strict(self.model, load_file(str(d / "model.safetensors")), d)
+        self.model.load_checked(load_file(str(d / "model.safetensors")), d)
         self.model.train()
         self.disc.load_state_dict(load_file(str(d / "disc.safetensors")))
-        s = torch.load(d / "train_state.pt", map_location="cpu", weights_only=True)
+        s = load_train_state(d / MARKER)  # restores the RNGs too
         self.opt_g.load_state_dict(s["opt_g"])
         self.opt_d.load_state_dict(s["opt_d"])
         self.sched_g.load_state_dict(s["sched_g"])
         self.sched_d.load_state_dict(s["sched_d"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         self.images_seen, self.skipped = s["images_seen"], s["skipped"]
-        set_rng_state(s["rng"])
         self.qgen.set_state(s["qgen"])
         if s.get("quantizer"):
             self.model.quantize.idle_steps.copy_(s["quantizer"]["idle_steps"])
@@ -249,7 +239,7 @@ class Trainer:
         self.log(f"resumed from {d} at step {self.step}")
 
     # ---------- loop ----------
-    def _eval(self, writer):
+    def _eval(self):
         from .evaluate import evaluate, format_metrics
 
         if self.val_loader is None or not self.acc.is_main_process:
@@ -259,13 +249,87 @@ class Trainer:
         r = evaluate(model, self.val_loader, self.lpips, max_images=self.cfg.data.val_images)
         model.train()
         self.log(f"eval @ step {self.step}: {format_metrics(r)}")
-        if writer:
-            for k in ("psnr", "ssim", "lpips", "codebook_usage", "code_perplexity"):
-                if r.get(k) is not None:
-                    writer.add_scalar(f"eval/{k}", r[k], self.step)
-        with open(self.out / "eval.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **r}) + "\n")
+        self.run_log.scalars({f"eval/{k}": r[k] for k in ("psnr", "ssim", "lpips", "codebook_usage",
+                                                          "code_perplexity") if r.get(k) is not None}, self.step)
+        self.run_log.record("eval.jsonl", {"step": self.step, **r})
         return r
+
+    def _loss(self, x, logs: dict):
+        """(generator loss, nll, reconstruction loss, quantizer loss, reconstruction) of batch `x`."""
+        cfg = self.cfg
+        with self.plan.autocast():
+            xrec, qloss, codes = self.model(x)
+        xrec = xrec.float()
+        rec = (x - xrec).abs() if cfg.loss.recon == "l1" else (x - xrec) ** 2
+        rec = rec.mean()
+        nll = cfg.loss.recon_weight * rec
+        if cfg.loss.perceptual_used:
+            lo, hi = cfg.model.value_range
+            p = self.lpips((x - lo) / (hi - lo) * 2 - 1, (xrec - lo) / (hi - lo) * 2 - 1).mean()
+            nll = nll + cfg.loss.perceptual_weight * p
+            logs["lpips"] = p.item()
+        return nll + cfg.loss.codebook_weight * qloss, nll, rec, qloss, xrec
+
+    def _step(self, batches, last_layer) -> dict:
+        """One optimizer step (grad_accum micro-steps of generator and, after disc_start, discriminator)."""
+        cfg, model, disc = self.cfg, self.model, self.disc
+        logs = {}
+        for _ in range(cfg.grad_accum):
+            x = random_crops(next(batches), cfg.data.crop).to(self.acc.device)
+            with self.acc.accumulate(model, disc):
+                gan_on = self.step >= cfg.loss.disc_start
+                loss, nll, rec, qloss, xrec = self._loss(x, logs)
+                if gan_on:
+                    with self.plan.autocast():
+                        g_loss = -disc(xrec).float().mean()
+                    d_w = adaptive_weight(nll, g_loss, last_layer, cfg.loss.disc_weight)
+                    loss = loss + d_w * g_loss
+                    logs["g_loss"], logs["d_weight"] = g_loss.item(), d_w.item()
+                self.acc.backward(loss)
+                if self.acc.sync_gradients and cfg.grad_clip:
+                    self.acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.opt_g.step()
+                self.opt_g.zero_grad(set_to_none=True)
+                if gan_on:
+                    with self.plan.autocast():
+                        d_loss = hinge_d_loss(disc(x).float(), disc(xrec.detach()).float())
+                    self.acc.backward(d_loss)
+                    self.opt_d.step()
+                    self.opt_d.zero_grad(set_to_none=True)
+                    logs["d_loss"] = d_loss.item()
+            logs.update(loss=loss.item(), rec=rec.item(), q=qloss.item())
+            self.images_seen += x.shape[0] * self.acc.num_processes
+        self.step += 1
+        self.sched_g.step()
+        self.sched_d.step()
+        if cfg.model.quantizer == "normed" and cfg.dead_code_max_idle > 0:
+            logs["restarted"] = self.acc.unwrap_model(model).quantize.restart_dead_codes(cfg.dead_code_max_idle,
+                                                                                         self.qgen)
+        return logs
+
+    def _log_step(self, logs: dict, bar) -> None:
+        """Trackers and train_log.jsonl every `log_every` steps (and the first), with images/s since the last."""
+        if not self.acc.is_main_process:
+            return
+        now = time.time()
+        if self.step % self.cfg.log_every == 0 or self.step == 1:
+            ips = (self.images_seen - self._img_last) / max(now - self._t_last, 1e-9)
+            self._t_last, self._img_last = now, self.images_seen
+            bar.set_postfix(loss=f"{logs['loss']:.4f}", rec=f"{logs['rec']:.4f}", img_s=f"{ips:.1f}")
+            self.run_log.scalars({**{f"train/{k}": v for k, v in logs.items()},
+                                  "train/lr": self.sched_g.get_last_lr()[0], "train/images_per_s": ips}, self.step)
+            self.run_log.record("train_log.jsonl", {"step": self.step, **logs, "images_per_s": ips})
+        bar.update(1)
+
+    def _stop_reason(self, t_start: float) -> str | None:
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes:
+            return "max_minutes"
+        if cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
+            return "stop_at_step"
+        return None
 
     def train(self, resume: bool = False) -> dict:
         from tqdm import tqdm
@@ -277,99 +341,30 @@ class Trainer:
         if self.acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out)
-        writer = None
-        if self.acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step if self.step else None)
-        model, disc = self.model, self.disc
-        raw = self.acc.unwrap_model(model)
-        last_layer = raw.decoder.conv_out.weight
-        model.train()
-        disc.train()
+        self.run_log = RunLog(self.acc, self.out, self.step)
+        last_layer = self.acc.unwrap_model(self.model).decoder.conv_out.weight
+        self.model.train()
+        self.disc.train()
         t_start = time.time()
         batches = self._batches()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.acc.is_main_process and self.progress))
-        t_last, img_last = time.time(), self.images_seen
+        self._t_last, self._img_last = time.time(), self.images_seen
         last_loss = None
-        history = []
-        stop_reason = "max_steps"
-        while self.step < cfg.max_steps:
-            if cfg.max_minutes is not None and (time.time() - t_start) / 60 >= cfg.max_minutes:
-                stop_reason = "max_minutes"
-                break
-            if cfg.stop_at_step is not None and self.step >= cfg.stop_at_step:
-                stop_reason = "stop_at_step"
-                break
-            logs = {}
-            for _ in range(cfg.grad_accum):
-                x = random_crops(next(batches), cfg.data.crop).to(self.acc.device)
-                with self.acc.accumulate(model, disc):
-                    gan_on = self.step >= cfg.loss.disc_start
-                    with self.plan.autocast():
-                        xrec, qloss, codes = model(x)
-                    xrec = xrec.float()
-                    rec = (x - xrec).abs() if cfg.loss.recon == "l1" else (x - xrec) ** 2
-                    rec = rec.mean()
-                    nll = cfg.loss.recon_weight * rec
-                    if cfg.loss.perceptual_used:
-                        lo, hi = cfg.model.value_range
-                        p = self.lpips((x - lo) / (hi - lo) * 2 - 1, (xrec - lo) / (hi - lo) * 2 - 1).mean()
-                        nll = nll + cfg.loss.perceptual_weight * p
-                        logs["lpips"] = p.item()
-                    loss = nll + cfg.loss.codebook_weight * qloss
-                    if gan_on:
-                        with self.plan.autocast():
-                            g_loss = -disc(xrec).float().mean()
-                        d_w = adaptive_weight(nll, g_loss, last_layer, cfg.loss.disc_weight)
-                        loss = loss + d_w * g_loss
-                        logs["g_loss"], logs["d_weight"] = g_loss.item(), d_w.item()
-                    self.acc.backward(loss)
-                    if self.acc.sync_gradients and cfg.grad_clip:
-                        self.acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    self.opt_g.step()
-                    self.opt_g.zero_grad(set_to_none=True)
-                    if gan_on:
-                        with self.plan.autocast():
-                            d_loss = hinge_d_loss(disc(x).float(), disc(xrec.detach()).float())
-                        self.acc.backward(d_loss)
-                        self.opt_d.step()
-                        self.opt_d.zero_grad(set_to_none=True)
-                        logs["d_loss"] = d_loss.item()
-                logs.update(loss=loss.item(), rec=rec.item(), q=qloss.item())
-                self.images_seen += x.shape[0] * self.acc.num_processes
-            self.step += 1
-            self.sched_g.step()
-            self.sched_d.step()
-            if cfg.model.quantizer == "normed" and cfg.dead_code_max_idle > 0:
-                moved = raw.quantize.restart_dead_codes(cfg.dead_code_max_idle, self.qgen)
-                logs["restarted"] = moved
+        while (stop_reason := self._stop_reason(t_start)) is None:
+            logs = self._step(batches, last_layer)
             last_loss = logs["loss"]
-            history.append((self.step, last_loss))
-            if self.acc.is_main_process:
-                now = time.time()
-                if self.step % cfg.log_every == 0 or self.step == 1:
-                    ips = (self.images_seen - img_last) / max(now - t_last, 1e-9)
-                    t_last, img_last = now, self.images_seen
-                    bar.set_postfix(loss=f"{last_loss:.4f}", rec=f"{logs['rec']:.4f}", img_s=f"{ips:.1f}")
-                    for k, v in logs.items():
-                        writer.add_scalar(f"train/{k}", v, self.step)
-                    writer.add_scalar("train/lr", self.sched_g.get_last_lr()[0], self.step)
-                    writer.add_scalar("train/images_per_s", ips, self.step)
-                    with open(self.out / "train_log.jsonl", "a") as f:
-                        f.write(json.dumps({"step": self.step, **logs, "images_per_s": ips}) + "\n")
-                bar.update(1)
+            self._log_step(logs, bar)
             if self.step % cfg.save_every == 0:
                 self.save()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
-                self._eval(writer)
+                self._eval()
         bar.close()
         self.save()
         result = None
         if self.val_loader is not None and (not cfg.eval_every or self.step % cfg.eval_every):
-            result = self._eval(writer)
-        if writer:
-            writer.close()
+            result = self._eval()
+        self.run_log.close()
         if self.skipped:
             self.log(f"skipped {self.skipped} unreadable images")
         self.log(f"stopped at step {self.step} ({stop_reason}); weights in {self.out}")

@@ -73,6 +73,9 @@ class TokenizerTrainConfig:
     # Older name of `precision`, still read from old configs and overrides; wins when set.
     mixed_precision: Literal["fp32", "bf16", "fp16"] | None = None
     dead_code_max_idle: int = 100    # "normed" quantizer: restart codes unused for this many steps (0 = off)
+    # accelerate trackers, a comma list (tensorboard, wandb, mlflow, ...; none = the JSONL logs only);
+    # TensorBoard writes to out_dir/tb
+    trackers: str = "tensorboard"
     log_every: int = 10
     eval_every: int = 500
     save_every: int = 200

@@ -24,18 +24,13 @@ def add_arguments(p):
 
 def run(args):
     import json
-    from pathlib import Path
 
-    from data_builders.build import DataConfig, build, plan_shards
-    from tokenizer.common.config import save_config
+    from data_builders.build import run_build
+    from data_builders.config import DataConfig
 
     cfg = resolve_config(DataConfig, args)
     if cfg is None:
         return 0
-    tasks = plan_shards(cfg)  # checks every source's inputs before anything is written
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.out, "data_config.yaml")
-    res = build(cfg, workers=args.workers, rank=args.rank, world=args.world_size, progress=not args.no_progress,
-                tasks=tasks)
+    res = run_build(cfg, workers=args.workers, rank=args.rank, world=args.world_size, progress=not args.no_progress)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}))
     return 0

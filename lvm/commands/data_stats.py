@@ -13,19 +13,7 @@ def add_arguments(p):
 
 
 def run(args):
-    import json
+    from data_builders.stats import stats_report
 
-    from data_builders.build import collect_stats
-
-    st = collect_stats(args.root)
-    if args.json:
-        print(json.dumps(st, indent=1))
-        return 0
-    print(f"{args.root}: {st['shards']} shards, {st['sequences']} sequences, {st['images']} images")
-    for title, key in (("kinds", "kinds"), ("sources", "sources"), ("failures (skipped)", "failures")):
-        print(f"{title}:" + ("" if st[key] else " none"))
-        for k, v in st[key].items():
-            print(f"  {k:<32} {v}")
-    for it in st["failed_items"][:10]:
-        print(f"  e.g. {it['reason']}: {it['item']}")
+    print(stats_report(args.root, as_json=args.json))
     return 0

@@ -25,9 +25,7 @@ examples:
 """
 
 from lvm.commands.config_args import add_config_arguments
-from tokenizer.common.config import config_to_yaml
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
-from tokenizer.common.hardware import apply_args
 
 
 def add_arguments(p):
@@ -40,29 +38,11 @@ def add_arguments(p):
 
 
 def run(args):
-    import time
-
-    from tokenizer.common.config import load_config
-    from lvm.demo import QUICK, Demo, DemoConfig
+    from lvm.demo import run_demo
 
     path, overrides = args.config, list(args.overrides)
-    if path is not None and "=" in path:
+    if path is not None and "=" in path:  # `lvm demo out=x`: the first override landed in the CONFIG slot
         overrides.insert(0, path)
         path = None
-    if args.quick:
-        overrides = QUICK + (["out=runs/demo-quick"] if not any(o.startswith("out=") for o in overrides) else []) \
-            + overrides
-    cfg = load_config(DemoConfig, path, overrides)
-    apply_args(cfg, args)
-    if args.print_config:
-        print(config_to_yaml(cfg), end="")
-        return 0
-    t0 = time.perf_counter()
-    times = Demo(cfg, progress=not args.no_progress).run(fresh=args.fresh)
-    total = time.perf_counter() - t0
-    print("\nstage        seconds")
-    for st, r in times.items():
-        print(f"{st:<12} {r['seconds']:8.1f}")
-    print(f"this run     {total:8.1f}  (budget {cfg.budget_minutes:g} min)")
-    print(f"report: {cfg.out}/report.md")
-    return 0
+    return run_demo(path, overrides, quick=args.quick, fresh=args.fresh, progress=not args.no_progress,
+                    device=args.device, precision=args.precision, print_config=args.print_config)

@@ -23,6 +23,12 @@ examples:
 """
 
 
+from lvm.eval.tasks.config import DECODINGS, MAX_SHOTS, TASKS, SuiteConfig
+from tokenizer.common.errors import InputError
+
+_D = SuiteConfig()  # the flags' defaults are the suite's
+
+
 def add_arguments(p):
     p.add_argument("--model", default=None, help="HF Llama directory (default: the demo's runs/demo/model)")
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the demo's runs/demo/tokenizer)")
@@ -30,28 +36,31 @@ def add_arguments(p):
     p.add_argument("--compare-tokenizer", default=None, metavar="TOKENIZER",
                    help="tokenizer of --compare (default: --tokenizer)")
     p.add_argument("--names", default="model,compare", help="labels of the two models in tables and plots")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of: next_view,next_frame,segmentation,"
-                                                 "depth,colorization,inpainting (default: all)")
-    p.add_argument("--episodes", type=int, default=8, help="held-out episodes per task (default 8)")
-    p.add_argument("--shots", default="1,2,3,5,7", help="analogy shots, 1..7; metrics at the largest (default 1,2,3,5,7)")
-    p.add_argument("--context", type=int, default=7, help="frames shown for next view / next frame (default 7)")
-    p.add_argument("--decoding", choices=["greedy", "sample", "mean"], default=None,
+    p.add_argument("--tasks", default=None, help=f"comma-separated subset of: {','.join(TASKS)} (default: all)")
+    p.add_argument("--episodes", type=int, default=_D.episodes,
+                   help=f"held-out episodes per task (default {_D.episodes})")
+    shots = ",".join(map(str, _D.shots))
+    p.add_argument("--shots", default=shots, help=f"analogy shots, 1..{MAX_SHOTS}; metrics at the largest "
+                                                  f"(default {shots})")
+    p.add_argument("--context", type=int, default=_D.context,
+                   help=f"frames shown for next view / next frame (default {_D.context})")
+    p.add_argument("--decoding", choices=list(DECODINGS), default=None,
                    help="how every task's prediction is decoded (default: greedy for segmentation, the pixel mean "
                         "of --samples samples for the others)")
-    p.add_argument("--samples", type=int, default=8, help="samples averaged by the mean decoding (default 8)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1; top-k 50)")
+    p.add_argument("--samples", type=int, default=_D.samples,
+                   help=f"samples averaged by the mean decoding (default {_D.samples})")
+    p.add_argument("--temperature", type=float, default=_D.temperature,
+                   help=f"sampling temperature (default {_D.temperature:g}; top-k {_D.top_k})")
     from tokenizer.common.hardware import add_arguments as device_arguments
 
     device_arguments(p, device_help="where the models and tokenizers run: auto (a GPU if there is one), cpu, "
                                     "cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the held-out episodes and of sampling")
+    p.add_argument("--seed", type=int, default=_D.seed, help="seed of the held-out episodes and of sampling")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def _ints(s: str, what: str) -> list[int]:
-    from tokenizer.common.errors import InputError
-
     try:
         return [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
@@ -61,8 +70,6 @@ def _ints(s: str, what: str) -> list[int]:
 def run(args):
     from pathlib import Path
 
-    from lvm.eval import tasks as te
-    from tokenizer.common.config import save_config
     from lvm.checkpoints import demo_checkpoints
     from tokenizer.common.hardware import from_args
 
@@ -72,41 +79,21 @@ def run(args):
     for what, p in (("model", model), ("tokenizer", tok)):
         if not Path(p).exists():
             raise FileNotFoundError(f"{p}: {what} not found (give --{what}, or run 'lvm demo' first)")
-    cfg = te.SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(te.TASKS), episodes=args.episodes,
-                         shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
-                         temperature=args.temperature, samples=args.samples,
-                         device=plan.device, precision=plan.precision,  # saved as resolved
-                         **({"decoding": {t: args.decoding for t in te.TASKS}} if args.decoding else {}))
+    cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
+                      shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
+                      temperature=args.temperature, samples=args.samples,
+                      device=plan.device, precision=plan.precision,  # saved as resolved
+                      **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}))
     pairs = [(model, tok)]
     if args.compare:
         pairs.append((args.compare, args.compare_tokenizer or tok))
     names = [n.strip() for n in args.names.split(",")][:len(pairs)]
     if len(names) < len(pairs) or len(set(names)) != len(names):
-        from tokenizer.common.errors import InputError
-
         raise InputError(f"--names needs {len(pairs)} distinct labels, got {args.names!r}")
+    from lvm.eval.tasks.run import run_suite
+
+    rep = run_suite(pairs, names, cfg, args.out, progress=not args.no_progress)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out, "suite_config.yaml")
-    rep = run_suite(pairs, names, cfg, out, progress=not args.no_progress)
     print(rep["table"], end="")
     print(f"wrote {out / 'tasks.md'}, tasks.json, tasks.png, ppl.png, grids/")
     return 0
-
-
-def run_suite(pairs, names, cfg, out, progress: bool = True, log=print) -> dict:
-    """Evaluate each (model dir, tokenizer dir) on the same episodes; write the report into `out`."""
-    from lvm.checkpoints import load_pair
-    from lvm.eval import tasks as te
-
-    named, episodes, size = [], None, None
-    for (model_dir, tok_dir), name in zip(pairs, names):
-        model, tok, _ = load_pair(model_dir, tok_dir, cfg.device, cfg.precision)
-        if episodes is None or size != tok.resolution:
-            size = tok.resolution
-            log(f"rendering held-out episodes at {size} px ...")
-            episodes = te.make_episodes(cfg, size)
-        log(f"[{name}] {model_dir} + {tok_dir}")
-        named.append((name, te.evaluate_model(model, tok, episodes, cfg, progress=progress, log=log)))
-    meta = {"models": {n: {"model": str(m), "tokenizer": str(t)} for n, (m, t) in zip(names, pairs)}}
-    return te.write_report(named, out, cfg, meta)

@@ -49,88 +49,12 @@ def add_arguments(p):
 
 
 def run(args):
-    from lvm.generate.engine import Sampling
-    from lvm.prompt.repl import Session, repl
-    from tokenizer.common.hardware import from_args, precision_name
+    from lvm.prompt.modes import run_prompt
+    from tokenizer.common.hardware import precision_name
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = precision_name(args.dtype)
-    from_args(args)  # a device that is not there is a one-line error before anything loads
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    display = "none" if args.no_display else args.display
-    if args.prompt and args.batch:
-        from tokenizer.common.errors import InputError
-
-        raise InputError("give --prompt or --batch, not both")
-    s = Session(args.model, args.tokenizer, out_dir=args.out, display=display, device=args.device,
-                precision=args.precision)
-    s.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    s.candidates = args.candidates
-    if args.batch:
-        return batch(s, args.batch)
-    if args.prompt:
-        from pathlib import Path
-
-        s.command(f"/load '{args.prompt}'")
-        n = args.n or (s.prompt.n_new if s.prompt.mode == "sequential" else 1)
-        res = s.generate(n, out_dir=Path(args.out))
-        print(f"wrote {len(res['files'])} candidate PNGs, {res['grid']} and {res['dir'] / 'generation.json'}")
-        if display != "none":
-            from lvm.prompt import display as disp
-
-            disp.preview(res["grid_image"], display)
-        return 0
-    return repl(s)
-
-
-def batch(s, path) -> int:
-    """Released batch-generation format: {"input": [...], "output": "...", "target"?: "..."} per line."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    from tokenizer.common.errors import InputError
-    from tokenizer.image_io import load_image, resize_square, save_png
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such batch file")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    r = s.tok.resolution
-    mses, bad = [], 0
-    for i, ln in enumerate(lines, 1):
-        where = f"{path}:{i}"
-        try:
-            item = json.loads(ln)
-            if not isinstance(item, dict) or not isinstance(item.get("input"), list) or "output" not in item:
-                raise InputError('each line is {"input": [image paths], "output": "path"}')
-            s.prompt = type(s.prompt)()
-            s.prompt.add_frames(Path(x) for x in item["input"])
-            s._check_images(s.prompt.images)
-            res = s.generate(1, write=False)
-        except (InputError, OSError, json.JSONDecodeError) as e:
-            bad += 1
-            print(f"skipped {where}: {' '.join(str(e).split())}")
-            continue
-        gen = res["images"][0][0]
-        shown = [resize_square(load_image(x), r, s.tok.resize_mode) for x in item["input"]] + [gen]
-        strip = Image.new("RGB", (r * len(shown), r))
-        for k, im in enumerate(shown):
-            strip.paste(im, (k * r, 0))
-        save_png(strip, item["output"])
-        msg = f"{where}: wrote {item['output']}"
-        if item.get("target"):
-            t = np.asarray(resize_square(load_image(item["target"]), r, s.tok.resize_mode), np.float32) / 255
-            mse = float(((np.asarray(gen, np.float32) / 255 - t) ** 2).mean())
-            mses.append(mse)
-            msg += f" (MSE {mse:.4f})"
-        print(msg)
-    print(f"{len(lines) - bad} generated, {bad} skipped"
-          + (f"; mean MSE {np.mean(mses):.4f} over {len(mses)} targets" if mses else ""))
-    return 0 if not bad else 1
+    return run_prompt(args.model, args.tokenizer, prompt=args.prompt, batch=args.batch, out=args.out, n=args.n,
+                      candidates=args.candidates, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, seed=args.seed, device=args.device, precision=args.precision,
+                      threads=args.threads, display="none" if args.no_display else args.display)

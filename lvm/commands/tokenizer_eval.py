@@ -22,33 +22,16 @@ def add_arguments(p):
     p.add_argument("--lpips-vgg", default=None, help="torchvision VGG16 state dict (local file)")
     p.add_argument("--lpips-lin", default=None, help="LPIPS linear-layer weights (local file)")
     add_hardware_arguments(p)
-    p.add_argument("--fp32", action="store_const", const="fp32", dest="precision", 
+    p.add_argument("--fp32", action="store_const", const="fp32", dest="precision",
                    help=argparse.SUPPRESS)  # older spelling of --precision fp32
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
 
 
 def run(args):
     from_args(args)  # a device that is not there ends here, before any input is read
-    import json
+    from tokenizer.evaluate import evaluate_checkpoint
 
-    from torch.utils.data import DataLoader
-
-    from tokenizer import load_tokenizer
-    from tokenizer.data import build_dataset, collate
-    from tokenizer.evaluate import evaluate, format_metrics
-    from tokenizer.common.files import atomic_write_text
-    from tokenizer.lpips import maybe_lpips
-
-    tok = load_tokenizer(args.checkpoint, device=args.device, precision=args.precision)
-    ds = build_dataset(args.images, tok.resolution, tok.value_range, tok.resize_mode, loop=False)
-    loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate)
-    lp = maybe_lpips(args.lpips_vgg, args.lpips_lin)
-    r = evaluate(tok, loader, lp, progress=True, max_images=args.max_images)
-    r["checkpoint"] = str(args.checkpoint)
-    r["images_spec"] = str(args.images)
-    plan = tok.inference_plan()
-    r["device"], r["precision"] = plan.device, plan.precision
-    print(format_metrics(r))
-    if args.out:
-        atomic_write_text(args.out, json.dumps(r, indent=2) + "\n")
+    evaluate_checkpoint(args.checkpoint, args.images, batch_size=args.batch_size, max_images=args.max_images,
+                        lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, device=args.device,
+                        precision=args.precision, out=args.out)
     return 0

@@ -1,16 +1,26 @@
 """Perplexity of target images given input images (the released evaluation's definition).
 
-    nll, n = target_nll(model, [(input_codes, target_codes), ...], layout)   # codes: (n_images, 256)
+    nll, n, _ = target_nll(model, [(input_codes, target_codes), ...], layout)  # codes: (n_images, tokens per image)
     ppl = math.exp(nll / n)
+    result = evaluate_file("eval.jsonl", model_dir, tokenizer_dir)            # `lvm eval perplexity`
 
 perplexity = exp(mean negative log-likelihood over all target tokens, each given the input images and the
 earlier target tokens). The sequence is input images then target images, positions from 0 (token
 contract); when it is longer than the context, the oldest input images are dropped (as prompting does).
 With no input images the first target token has nothing to be predicted from (there is no BOS) and is
 not scored. Batches are right-padded; only the target positions go through the output layer.
+
+The JSONL format of `evaluate_file`: each line is {"input": [image paths], "target": [image paths]}, relative
+paths read from the JSONL file's directory; lines that cannot be used (bad JSON, unreadable image) are
+skipped, reported on stderr and counted.
 """
 
 from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,3 +82,57 @@ def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "f
     total = sum(p[0] for p in per)
     count = sum(p[1] for p in per)
     return total, count, per
+
+
+def read_examples(path, tok, layout) -> tuple[list, int]:
+    """([(line number, input codes, target codes)], number of skipped lines) of a JSONL file."""
+    path = Path(path)
+    base = path.parent
+    examples, skipped = [], 0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("target"), list) or not rec["target"] \
+                    or not isinstance(rec.get("input", []), list):
+                raise InputError('expected {"input": [paths], "target": [paths, at least one]}')
+            paths = [p if Path(p).is_absolute() else str(base / p) for p in rec.get("input", []) + rec["target"]]
+            codes = tok.encode_images(paths).numpy()
+            n_in = len(rec.get("input", []))
+            layout.check_codes(codes, "tokenizer output")
+            examples.append((n, codes[:n_in], codes[n_in:]))
+        except (InputError, OSError, ValueError) as e:
+            skipped += 1
+            print(f"warning: {path}:{n}: skipped ({' '.join(str(e).split())})", file=sys.stderr)
+    return examples, skipped
+
+
+def evaluate_file(file, model_dir, tokenizer_dir, device: str = "auto", precision: str = "auto",
+                  batch_size: int = 4, out=None, log=print) -> dict:
+    """`lvm eval perplexity`: the perplexity of a JSONL file's targets under a model + tokenizer pair.
+
+    Logs one summary line; writes the result with per-example rows to `out` (JSON) when given. Returns it."""
+    from lvm.checkpoints import load_pair
+    from lvm.tokens import TokenLayout
+    from tokenizer.common.files import atomic_write_text
+
+    if not Path(file).is_file():
+        raise InputError(f"{file}: no such file")
+    model, tok, plan = load_pair(model_dir, tokenizer_dir, device, precision)
+    layout = TokenLayout.from_model_config(model.config)
+    examples, skipped = read_examples(file, tok, layout)
+    if not examples:
+        raise InputError(f"{file}: no usable examples ({skipped} skipped)")
+    total, count, per = target_nll(model, [(i, t) for _, i, t in examples], layout,
+                                   batch_size=batch_size, precision=plan.precision)
+    ppl = math.exp(total / count)
+    log(f"perplexity {ppl:.4f} (mean NLL {total / count:.4f} over {count} target tokens, "
+        f"{len(examples)} examples, {skipped} skipped; {plan.device} {plan.precision})")
+    rows = [{"line": n, "nll": s, "tokens": c, "perplexity": math.exp(s / c)}
+            for (n, _, _), (s, c) in zip(examples, per)]
+    result = {"perplexity": ppl, "mean_nll": total / count, "tokens": count, "examples": len(examples),
+              "skipped": skipped, "device": plan.device, "precision": plan.precision, "per_example": rows}
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=1))
+    return result

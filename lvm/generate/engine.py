@@ -22,8 +22,7 @@ would pass the context, the sequence is cut to its last `context_images - 1` who
 at 0, as the released inference does) and the caller is told how many images were dropped. Ids >= K are
 never sampled: their logits are masked before temperature / top-k / top-p.
 
-Each candidate has its own torch.Generator on the engine's device (seed = seed + candidate index by
-default), so a candidate's image does not depend on which other candidates share its batch.
+Each candidate has its own torch.Generator (seed + candidate index by default): its image does not depend on its batch.
 
     engine = Engine.from_pretrained("runs/lvm", device="auto", precision="auto")   # or Engine(hf_model)
     out = engine.generate(prompt_codes, n_new=1, candidates=4, sampling=Sampling(temperature=1.0))
@@ -43,7 +42,7 @@ from lvm.generate import weights as W
 from lvm.generate.cuda_graphs import capture_step
 from lvm.generate.sampling import Generation, ProgressFn, Sampling, sample_next
 from lvm.generate.weights import decode_weight, layer_weights
-from lvm.tokens import TokenLayout
+from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
 from tokenizer.common.errors import InputError
 from tokenizer.common.hardware import precision_name, synchronize
 
@@ -58,7 +57,7 @@ class Engine:
     the fused matrices (or frees them where dtype or device differ), so a big model is never held twice.
     """
 
-    SPAN = 256  # the static step attends over the cache in blocks of one image: one graph per image
+    SPAN = TOKENS_PER_IMAGE  # the static step attends over the cache in blocks of one image: one graph each
 
     def __init__(self, model, layout: TokenLayout | None = None, precision: str = "auto", device=None,
                  max_batch: int = 8, max_context: int | None = None, consume: bool = False,

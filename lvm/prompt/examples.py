@@ -29,52 +29,70 @@ def _write(root: Path, name: str, spec: dict, images: dict) -> Path:
     return path
 
 
-def _sequential(root, name, frames, description, n_context=7):
-    imgs = {f"{i:02d}.png": im for i, im in enumerate(frames[: n_context + 1])}
+def _ordinal(k: int) -> str:
+    return f"{k}" + ("th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th"))
+
+
+def _sequential(root, name, frames, description, context, n_new):
+    imgs = {f"{i:02d}.png": im for i, im in enumerate(frames[: context + n_new])}
     names = [f"{name}/{k}" for k in imgs]
-    spec = {"mode": "sequential", "description": description, "images": names[:n_context], "n": 1,
-            "target": [names[n_context]]}
+    spec = {"mode": "sequential", "description": description, "images": names[:context], "n": n_new,
+            "target": names[context:]}
     return _write(root, name, spec, imgs)
 
 
-def _analogy(root, name, task, objects, description, seed):
+def _analogy(root, name, task, objects, description, seed, size, shots):
     from data_builders import render
 
     rng = np.random.default_rng(seed)
     imgs, pairs = {}, []
-    for k, obj in enumerate(objects[: SHOTS + 1]):
-        view = render.render_object_view(obj, seed=seed + k, size=SIZE)
+    for k in range(shots + 1):
+        view = render.render_object_view(objects[k % len(objects)], seed=seed + k, size=size)
         a, b = render.task_pair(view, task, rng)
         imgs[f"{k}_in.png"], imgs[f"{k}_out.png"] = a, b
         pairs.append([f"{name}/{k}_in.png", f"{name}/{k}_out.png"])
-    spec = {"mode": "analogy", "description": description, "pairs": pairs[:SHOTS], "query": pairs[SHOTS][0],
-            "target": [pairs[SHOTS][1]]}
+    spec = {"mode": "analogy", "description": description, "pairs": pairs[:shots], "query": pairs[shots][0],
+            "target": [pairs[shots][1]]}
     return _write(root, name, spec, imgs)
 
 
-def make_example_prompts(root: str | Path = "prompts") -> list[Path]:
+ANALOGIES = [("segmentation", "rgb -> segmentation map"), ("depth", "rgb -> depth map"),
+             ("colorization", "grayscale -> color"), ("inpainting", "image with black boxes -> original")]
+NAMES = ["rotation", "video"] + [task for task, _ in ANALOGIES]
+
+
+def make_example_prompts(root: str | Path = "prompts", size: int = SIZE, context: int = 7, n_new: int = 1,
+                         shots: int = SHOTS, names=None) -> list[Path]:
+    """Write the example prompts `names` (default: all of NAMES) under `root`: `context` frames and `n_new`
+    to generate (sequential), `shots` example pairs (analogies), images of `size` px. The defaults make the
+    prompts shipped in prompts/."""
     from data_builders import render
 
     root = Path(root)
+    names = set(NAMES if names is None else names)
+    if names - set(NAMES):
+        raise ValueError(f"unknown example prompts {sorted(names - set(NAMES))} (known: {NAMES})")
     held = render.list_objects("heldout")
-    if len(held) < SHOTS + 1:
-        raise RuntimeError(f"the renderer has only {len(held)} held-out objects")
+    if not held:
+        raise RuntimeError("the renderer has no held-out objects")
     named = [o for o in held if not o.name.startswith("random_")]
-    pick = (named + [o for o in held if o.name.startswith("random_")])[: SHOTS + 1]
+    pick = (named + [o for o in held if o.name.startswith("random_")])[: shots + 1]
+    upto = f"the {_ordinal(context + 1)}" if n_new == 1 else f"the next {n_new}"
     out = []
-    orbit = render.render_orbit(pick[0], size=SIZE, seed=1, views=8, step_deg=15.0)
-    out.append(_sequential(root, "rotation", orbit["images"],
-                           f"held-out object '{orbit['object']}' turning 15 deg per view: 7 views -> the 8th"))
-    video = render.render_video(seed=3, size=SIZE, n_frames=8, split="heldout", scenario="drop",
-                                moving_camera=False)
-    out.append(_sequential(root, "video", video["images"],
-                           f"physics clip ({video['meta']['scenario']}, {', '.join(video['meta']['objects'])}): "
-                           "7 frames -> the 8th"))
-    for i, (task, desc) in enumerate([
-        ("segmentation", "rgb -> segmentation map"), ("depth", "rgb -> depth map"),
-        ("colorization", "grayscale -> color"), ("inpainting", "image with black boxes -> original"),
-    ]):
-        out.append(_analogy(root, task, task, pick, f"{desc}: {SHOTS} example pairs, then the query", 10 + 10 * i))
+    if "rotation" in names:
+        orbit = render.render_orbit(pick[0], size=size, seed=1, views=context + n_new, step_deg=15.0)
+        out.append(_sequential(root, "rotation", orbit["images"], f"held-out object '{orbit['object']}' turning "
+                               f"15 deg per view: {context} views -> {upto}", context, n_new))
+    if "video" in names:
+        video = render.render_video(seed=3, size=size, n_frames=context + n_new, split="heldout",
+                                    scenario="drop", moving_camera=False)
+        out.append(_sequential(root, "video", video["images"],
+                               f"physics clip ({video['meta']['scenario']}, {', '.join(video['meta']['objects'])}): "
+                               f"{context} frames -> {upto}", context, n_new))
+    for i, (task, desc) in enumerate(ANALOGIES):
+        if task in names:
+            out.append(_analogy(root, task, task, pick, f"{desc}: {shots} example pairs, then the query",
+                                10 + 10 * i, size, shots))
     return out
 
 

@@ -47,6 +47,9 @@ class TrainConfig:
     peak_tflops: float | None = None  # for MFU; None = measure this device's matmul peak in the dtype used
 
     # logging, evaluation, checkpoints
+    # accelerate trackers, a comma list (tensorboard, wandb, mlflow, ...; none = metrics.jsonl only);
+    # TensorBoard writes to out_dir/tb
+    trackers: str = "tensorboard"
     log_every: int = 10
     eval_every: int = 200
     eval_batches: int = 16

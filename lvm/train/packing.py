@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lvm.tokens import TOKENS_PER_IMAGE
+
 IGNORE = -100
 
 
@@ -55,7 +57,7 @@ def split_to_context(codes: np.ndarray, max_images: int) -> list[np.ndarray]:
     return [codes[i:i + max_images].reshape(-1) for i in range(0, n, max_images)]
 
 
-def row_arrays(seqs: list[np.ndarray], length: int, pad_id: int, tokens_per_image: int = 256) -> dict:
+def row_arrays(seqs: list[np.ndarray], length: int, pad_id: int, tokens_per_image: int = TOKENS_PER_IMAGE) -> dict:
     """Flat arrays of one packed row: input_ids, position_ids, segment_ids, targets, last_image.
 
     `last_image` marks target tokens that belong to the last image of a sequence of >= 2 images (the
@@ -95,7 +97,7 @@ class Packer:
     With a handful of open rows the padded fraction on mixed-length data stays at a few percent.
     """
 
-    def __init__(self, length: int, pad_id: int, tokens_per_image: int = 256, open_rows: int = 8):
+    def __init__(self, length: int, pad_id: int, tokens_per_image: int = TOKENS_PER_IMAGE, open_rows: int = 8):
         if length % tokens_per_image:
             raise ValueError(f"row length {length} is not a multiple of {tokens_per_image}")
         self.length, self.pad_id, self.tpi, self.open_rows = length, pad_id, tokens_per_image, open_rows
@@ -137,7 +139,7 @@ class Packer:
         return 1.0 - self.real_tokens / self.emitted_tokens if self.emitted_tokens else 0.0
 
 
-def pack_sequences(seqs, length: int, pad_id: int, tokens_per_image: int = 256, open_rows: int = 8):
+def pack_sequences(seqs, length: int, pad_id: int, tokens_per_image: int = TOKENS_PER_IMAGE, open_rows: int = 8):
     """Pack an iterable of (n_images, 256) code arrays; returns (list of row dicts, padded fraction)."""
     p = Packer(length, pad_id, tokens_per_image, open_rows)
     rows = [r for s in seqs for r in p.add(s)] + p.flush()

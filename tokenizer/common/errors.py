@@ -17,3 +17,12 @@ class ImageLoadError(InputError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+def one_line(e: BaseException) -> str:
+    """`e` as one line fit for `error: ...`: its message with white space folded, naming the file of an
+    OSError whose message leaves it out."""
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return " ".join(text.split())

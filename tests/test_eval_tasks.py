@@ -91,6 +91,26 @@ def test_psnr_inside_hole_only():
     assert m["hole_psnr"] > m["psnr"]
 
 
+def test_psnr_is_the_tokenizers_on_the_same_images():
+    """The suite and `lvm tokenizer eval` share one PSNR: equal values, identical images capped alike."""
+    import torch
+
+    from tokenizer.evaluate import PSNR_MAX_DB, psnr_per_image
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (8, 8, 3))
+    b = np.clip(a + rng.integers(-30, 31, (8, 8, 3)), 0, 255)
+
+    def chw(x):
+        return torch.from_numpy(np.asarray(x, np.float64) / 255).permute(2, 0, 1)[None]
+
+    mse = float((((a - b) / 255.0) ** 2).mean())
+    assert te.psnr(_img(a), _img(b)) == pytest.approx(float(psnr_per_image(chw(a), chw(b))[0]), abs=1e-9)
+    # torchmetrics scales to dB by a float32 1 / ln(10): about 5e-8 of the value
+    assert te.psnr(_img(a), _img(b)) == pytest.approx(10 * math.log10(1 / mse), rel=1e-7)
+    assert float(psnr_per_image(chw(a), chw(a))[0]) == te.psnr(_img(a), _img(a)) == PSNR_MAX_DB == 100.0
+
+
 def test_baselines_sequential_and_analogy():
     frames = [_img(np.full((4, 4, 3), 10 * i)) for i in range(8)]
     ep = te.Episode("next_view", frames)

@@ -1,0 +1,103 @@
+"""The data config and the per-unit types every part of stage 1 shares (build, sources, encode).
+
+`DataConfig` (the YAML of `lvm data build`, e.g. `configs/data/demo.yaml`) lists `SourceConfig`s; each unit
+of work gets its RNG from `unit_rng` (dataset seed, source name, unit index: never the process); a bad
+input item is raised or returned as `Skip`; `dist_env` reads rank and world size from the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tokenizer.common.errors import InputError
+
+
+@dataclass
+class SourceConfig:
+    """One source of visual sequences. `type` picks the builder; unused keys are ignored by that type."""
+
+    type: str = "builtin"  # builtin | images | class_groups | videos | multiview_mesh | multiview_folder | pairs | annotate | annotated_video
+    name: str = ""  # shard/key prefix; defaults to the type
+    path: str = ""  # folder, list file, or shard spec of local inputs
+    count: int = 0  # number of sequences (builtin); 0 = one pass over the inputs
+    split: str = "train"  # builtin objects: train | heldout | all
+    kinds: dict = field(default_factory=dict)  # builtin: kind -> weight
+    n_frames: int = 16  # video frames per sequence
+    strides: list = field(default_factory=lambda: [10, 20, 30])  # video strides (frames)
+    short_video: str = "skip"  # video too short for a stride: skip (count it) | shrink (largest stride that fits)
+    group_sizes: list = field(default_factory=lambda: [2, 4, 8, 16])  # class_groups
+    views: int = 16  # multi-view: views per sequence (consecutive views of the orbit)
+    orbit_views: int = 24  # multi-view: views in the full orbit (360 / step)
+    step_deg: float = 15.0
+    # builtin orbits: forward (azimuth grows) | both (each sequence's direction at random, so that a model
+    # has to read the rotation from the frames it is shown rather than assume it)
+    orbit_direction: str = "forward"
+    orbits_per_object: int = 1
+    up: str = "z"  # multiview_mesh: up axis of the OBJ files (y = rotate upright)
+    tasks: list = field(default_factory=list)  # pairs / annotate / builtin tasks
+    task_weights: dict = field(default_factory=dict)  # builtin pairs: task -> weight (unlisted tasks: 1)
+    pairs_per_sequence: int = 8
+    tuples: bool = False  # k annotations of one image as (image, a1..ak) m-tuples instead of pairs
+    image_dir: str = "images"  # pairs: folder of inputs; annotation folders are named by `tasks`
+    labels_dir: str = "labels"  # annotate: integer label maps (segmentation)
+    depth_dir: str = "depth"  # annotate: depth maps (16-bit PNG / .npy) for depth and normals
+    json_dir: str = "annotations"  # annotate: {"boxes": [[x0,y0,x1,y1,label]], "keypoints": [[[x,y,v]...]]}
+    fov_deg: float = 60.0  # annotate: camera FOV used to turn depth into normals
+    frames_dir: str = "frames"  # annotated_video: frame folders; annotation frame folders are under `tasks[0]`
+    layouts: list = field(default_factory=lambda: ["interleaved", "grouped"])  # annotated videos
+
+
+@dataclass
+class DataConfig:
+    out: str = "data/out"
+    seed: int = 0
+    image_size: int = 256
+    image_format: str = "png"  # png | jpg
+    shard_size: int = 64  # units per shard
+    limit: int = 0  # at most this many units per source (0 = all): quick runs and benchmarks
+    sources: list[SourceConfig] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.image_format not in ("png", "jpg", "jpeg"):
+            raise InputError(f"image_format must be png or jpg, got {self.image_format!r}")
+        if self.shard_size < 1 or self.image_size < 8:
+            raise InputError("shard_size must be >= 1 and image_size >= 8")
+        names = [source_name(s) for s in self.sources]
+        if len(set(names)) != len(names):
+            raise InputError(f"source names must be unique, got {names} (set `name:` on each source)")
+
+
+def source_name(s: SourceConfig) -> str:
+    name = s.name or s.type
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise InputError(f"source name {name!r} may only contain letters, digits, '_' and '-'")
+    return name
+
+
+def unit_rng(seed: int, name: str, index: int, stream: int = 0) -> np.random.Generator:
+    """The RNG of one unit: depends on the dataset seed, the source and the unit only (not the process)."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), index, stream])
+
+
+def unit_seed(seed: int, name: str, index: int) -> int:
+    return int(unit_rng(seed, name, index, stream=7).integers(2**31))
+
+
+class Skip(Exception):
+    """A bad input item: skipped and counted under `reason` (short, snake_case)."""
+
+    def __init__(self, reason: str, item: str = ""):
+        super().__init__(f"{reason}: {item}")
+        self.reason, self.item = reason, str(item)
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun / accelerate / SLURM environment variables, else (0, 1)."""
+    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if r in os.environ and w in os.environ:
+            return int(os.environ[r]), int(os.environ[w])
+    return 0, 1

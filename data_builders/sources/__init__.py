@@ -1,0 +1,40 @@
+"""Sources of visual sequences: the built-in renderer and local files, one module per type.
+
+Types (config `sources[i].type`; every source follows the `Source` contract in `base.py`):
+  builtin          pybullet scenes: multiview orbits, physics videos, task pairs, tuples, annotated videos
+  images           single images from a folder (recursive), a list file (.txt) or image shards (.tar)
+  class_groups     class-per-folder tree: groups of 2/4/8/16 same-class images concatenated to 16
+  videos           video files (PyAV) or frame folders: 16 frames at strides 10/20/30 from random starts
+  multiview_mesh   OBJ / URDF meshes rendered around an orbit (radius U[1.5,2.2], elevation U[-45,45])
+  multiview_folder folders of views rendered elsewhere (sorted by name = azimuth order)
+  pairs            paired folders: {path}/{image_dir}/x.png + {path}/{task}/x.png, 8 pairs of one task
+  annotate         annotations the builder draws itself: edges, colorization, inpainting, segmentation
+                   (from label maps), depth and normals (from depth maps), boxes and keypoints (from JSON)
+  annotated_video  {path}/{frames_dir}/{video}/ + {path}/{task}/{video}/ frame folders, both layouts
+"""
+
+from __future__ import annotations
+
+from tokenizer.common.errors import InputError
+
+from ..config import DataConfig, SourceConfig
+from .annotate import AnnotateSource
+from .annotated_video import AnnotatedVideoSource
+from .base import Source
+from .builtin import BuiltinSource
+from .class_groups import ClassGroupsSource
+from .images import ImagesSource
+from .multiview_folder import MultiviewFolderSource
+from .multiview_mesh import MultiviewMeshSource
+from .pairs import PairsSource
+from .videos import VideosSource
+
+SOURCES = {"builtin": BuiltinSource, "images": ImagesSource, "class_groups": ClassGroupsSource,
+           "videos": VideosSource, "multiview_mesh": MultiviewMeshSource, "multiview_folder": MultiviewFolderSource,
+           "pairs": PairsSource, "annotate": AnnotateSource, "annotated_video": AnnotatedVideoSource}
+
+
+def make_source(cfg: SourceConfig, data: DataConfig) -> Source:
+    if cfg.type not in SOURCES:
+        raise InputError(f"unknown source type {cfg.type!r}; valid: {', '.join(SOURCES)}")
+    return SOURCES[cfg.type](cfg, data)

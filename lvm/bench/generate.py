@@ -1,0 +1,176 @@
+"""The measuring of `lvm bench generate` (lvm/commands/bench_generate.py describes the sides and the
+roofline)."""
+
+from __future__ import annotations
+
+
+def _load(spec: str, device, dtype):
+    """(HF LlamaForCausalLM in eval mode on `device` in `dtype`, where it came from)."""
+    from pathlib import Path
+
+    import torch
+
+    from tokenizer.common.config import find_config_file, load_config
+    from lvm.model import ModelConfig
+    from tokenizer.common.errors import InputError
+
+    p = Path(spec)
+    if p.is_dir():
+        from lvm.checkpoints import load_causal_lm
+        from tokenizer.common.hardware import precision_name
+
+        return load_causal_lm(p, str(device), precision_name(dtype), fp32_on_cpu=False)[0], str(p)
+    yaml = p if p.suffix in (".yaml", ".yml") else Path("configs/model") / f"{spec}.yaml"
+    yaml = find_config_file(yaml)
+    if not yaml.is_file():
+        raise InputError(f"--model {spec}: no such model directory or config ({yaml})")
+    torch.manual_seed(0)
+    cfg = load_config(ModelConfig, yaml, [])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in place on the device: a 7B never passes through host RAM
+    try:
+        with torch.device(device):
+            model = cfg.build()
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval(), str(yaml)
+
+
+def copy_bandwidth(device, mib: int = 0) -> float:
+    """Bytes per second of a large tensor copy on `device` (read + write), best of a few."""
+    import time
+
+    import torch
+
+    n = (mib or (1024 if device.type == "cuda" else 256)) * 2 ** 20
+    src = torch.ones(n // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    from tokenizer.common.hardware import synchronize
+
+    sync = lambda: synchronize(device)  # noqa: E731
+    dst.copy_(src)
+    sync()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n / best
+
+
+def step_bytes(engine, position: float, batch: int = 1) -> tuple[float, float]:
+    """(weight bytes, KV bytes) one decoding step reads at `position` (the cache up to it, for each row)."""
+    mats = [t for w in engine.layers for t in w.values()] + [engine.norm, engine.lm_head]
+    weights = sum(t.numel() * t.element_size() for t in mats)
+    per_pos = 2 * len(engine.layers) * engine.n_kv * engine.head_dim * engine.k_cache.element_size()
+    return float(weights), float(per_pos * (position + 1) * batch)
+
+
+def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
+                   temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
+                   device: str = "auto", precision: str = "auto", dtype: str | None = None) -> int:
+    """`lvm bench generate`: the engine in each precision of the comma list `precision` against HF
+    generate() for each candidate count of the comma list `batch`; prints the table and the roofline."""
+    import os
+    import statistics
+    import time
+
+    import torch
+
+    from lvm.generate.engine import Engine, Sampling
+    from lvm.tokens import TokenLayout
+    from tokenizer.common.hardware import detect, parse_precisions, precision_name, resolve, synchronize
+
+    if dtype and precision == "auto":  # the older flag
+        precision = precision_name(dtype)
+    asked = parse_precisions(precision)
+    plans = [resolve(device, p, "inference") for p in asked]  # a missing device is the first error
+    device = torch.device(plans[0].device)
+    if threads:
+        torch.set_num_threads(threads)
+    # The HF side: fp32 on a CPU (the reference), else what auto picks for the device.
+    hf_plan = resolve(plans[0].device, "fp32" if device.type == "cpu" else "auto", "inference")
+    spec = model
+    model, where = _load(spec, device, hf_plan.dtype)
+    layout = TokenLayout.from_vocab_size(model.config.vocab_size)
+    K, V, tpi = layout.codebook_size, model.config.vocab_size, layout.tokens_per_image
+    n_params = sum(p.numel() for p in model.parameters())
+    batches = [int(b) for b in batch.split(",")]
+    engines, setup = {}, {}
+    for p, plan in zip(asked, plans):
+        if plan.precision not in engines:  # auto and the precision it picks share one engine
+            t = time.perf_counter()
+            engines[plan.precision] = Engine(model, layout=layout, precision=plan.precision, device=plan.device,
+                                             max_batch=max(batches))
+            setup[plan.precision] = time.perf_counter() - t
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, K, (prompt_images, tpi), generator=g)
+    samp = Sampling(temperature=temperature, top_k=top_k, top_p=1.0, seed=seed)
+    hw = detect()
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {prompt_images} images "
+          f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens)")
+    print(f"device {device}{gpu}; CPU {hw.cpu_summary()}; torch threads {torch.get_num_threads()}; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"HF generate(): {hf_plan.device} {hf_plan.precision}, its defaults (dynamic cache, "
+          f"{getattr(model.config, '_attn_implementation', None) or 'default'} attention)")
+    names, eng = {}, {}
+    for p, plan in zip(asked, plans):
+        names[p] = f"{p}->{plan.precision}" if p == "auto" else p
+        eng[p] = e = engines[plan.precision]
+        print(f"engine {names[p]}: {e.describe()} (setup {setup[plan.precision]:.2f}s)")
+
+    def ours(e, b):
+        out = e.generate(prompt, n_new=1, candidates=b, sampling=samp)
+        assert out.images.shape == (b, 1, tpi) and int(out.images.max()) < K
+        return out
+
+    def hf(b):
+        ids = prompt.reshape(1, -1).expand(b, -1).contiguous().to(device)
+        synchronize(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=temperature, top_k=top_k, top_p=1.0,
+                                 max_new_tokens=tpi, min_new_tokens=tpi, pad_token_id=K,
+                                 suppress_tokens=list(range(K, V)))
+        out = out.cpu()
+        dt = time.perf_counter() - t0
+        assert out.shape == (b, ids.shape[1] + tpi) and int(out[:, ids.shape[1]:].max()) < K
+        return dt
+
+    print(f"{'precision':>12} {'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}")
+    decode = {}  # precision asked -> median decoding seconds per step at batch 1
+    for b in batches:
+        hf(b)  # warm-up: allocation, kernel selection, graph capture
+        for p in asked:
+            ours(eng[p], b)
+        th, to = [], {p: [] for p in asked}
+        for r in range(repeats):  # alternate the order so drifting load hits all sides alike
+            order = list(asked) if r % 2 == 0 else list(reversed(asked))
+            if r % 2 == 0:
+                th.append(hf(b))
+            for p in order:
+                to[p].append(ours(eng[p], b))
+            if r % 2:
+                th.append(hf(b))
+        mh = statistics.median(th)
+        tok = b * tpi
+        for p in asked:
+            mo = statistics.median(o.seconds for o in to[p])
+            if b == 1:
+                decode[p] = statistics.median((o.seconds - o.prefill_seconds) / (tpi - 1) for o in to[p])
+            print(f"{names[p]:>12} {b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} "
+                  f"{mh / mo:>5.2f}x", flush=True)
+    if decode:
+        bw = copy_bandwidth(device)
+        position = prompt.numel() + (tpi - 1) / 2  # the mean position of the new image's steps
+        for p in asked:
+            w, kv = step_bytes(eng[p], position)
+            ideal = (w + kv) / bw
+            print(f"roofline {names[p]} batch 1: {(w + kv) / 1e6:.1f} MB per step (weights {w / 1e6:.1f} + KV "
+                  f"{kv / 1e6:.1f}) / copy bandwidth {bw / 1e9:.1f} GB/s = {ideal * 1e3:.3f} ms; measured "
+                  f"{decode[p] * 1e3:.3f} ms per step -> {100 * ideal / decode[p]:.0f}% of roofline")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0

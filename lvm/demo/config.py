@@ -1,0 +1,96 @@
+"""What `lvm demo` runs: its stages, its config (`DemoConfig`, `QUICK`) and the numbers its plans start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lvm.checkpoints import DEMO_OUT
+
+STAGES = ("data", "tokenizer", "tokenize", "train", "prompts", "eval", "report")
+
+
+@dataclass
+class DemoConfig:
+    out: str = str(DEMO_OUT)
+    seed: int = 0
+    workers: int = 2                        # data-building processes
+    budget_minutes: float = 20.0            # reported against; stages are sized to fit it on a 2-core CPU
+    # data: a data config (built-in source first) + how many sequences to render
+    data: str = "configs/data/demo.yaml"
+    sequences: int = 400
+    image_size: int = 128
+    # annotation tasks of the built-in source's pairs (boxes/keypoints left out: not evaluated here)
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "depth", "normals", "edges",
+                                                      "colorization", "inpainting"])
+    # tokenizer: a tokenizer training config + overrides; stops at whichever comes first
+    tokenizer: str = "configs/tokenizer/small-128-f8.yaml"
+    # 64 px crops: a step costs a quarter of a 128 px one, so the tokenizer sees four times the images in
+    # its budget. Batch 8: in a fixed time, more steps beat bigger batches here. The config's colour
+    # shortcut (color_skip) is what keeps object colour in the segmentation answers early in training, so a
+    # few minutes suffice and the rest of the budget goes to the transformer. K = 1024: on this little data
+    # a smaller codebook is better used, and the transformer's softmax is 8x smaller.
+    tokenizer_overrides: list[str] = field(default_factory=lambda: [
+        "data.crop=64", "batch_size=8", "model.codebook_size=1024", "lr=1e-3", "min_lr=1e-4",
+        "warmup_steps=30"])
+    tokenizer_steps: int = 3000             # at most; fewer when a timing probe says they do not fit:
+    tokenizer_minutes: float = 4.0          # the stage's time budget (also a hard stop)
+    # transformer: a train config + overrides (its codebook size is always set to the tokenizer's)
+    train: str = "configs/train/tiny.yaml"
+    # One 4096-token row per optimizer step: in a budget of a few hundred steps, twice the updates of the
+    # config's two-row steps. A higher lr than the config's suits so few steps: a lower loss and a lower
+    # target perplexity on all six tasks.
+    train_overrides: list[str] = field(default_factory=lambda: ["tokens_per_step=4096", "lr=2e-3",
+                                                                "min_lr=2e-4"])
+    train_steps: int = 2000                 # at most; fewer when the timing probe says they do not fit
+    train_minutes: float = 10.0             # the transformer stage's time budget (probe and saving included)
+    # prompting and evaluation on held-out objects
+    prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
+    eval_episodes: int = 4
+    shots: list[int] = field(default_factory=lambda: [1, 3, 7])
+    context: int = 7
+    # Where and in what precision every stage computes (tokenizer.common.hardware.resolve): auto = this rank's GPU,
+    # else MPS, else CPU; bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs, else fp32.
+    # Each stage's own overrides (tokenizer_overrides, train_overrides) still win. demo_config.yaml records
+    # what auto resolved to.
+    device: str = "auto"
+    precision: str = "auto"
+
+
+# `--quick`: a smoke run of every stage in about three minutes; quality is not expected.
+QUICK = ["sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_steps=4", "train_minutes=1",
+         "train_overrides=[tokens_per_step=4096,warmup_steps=2,save_every=4,log_every=1]", "eval_episodes=1",
+         "shots=[1,3]", "context=3", "prompt_candidates=1", "budget_minutes=3"]
+QUICK_OUT = "runs/demo-quick"  # where --quick writes unless out= is given
+
+# Seconds per unit of work on an idle 2-core CPU (bf16), used only to print an estimate before each stage
+# (the training stages size themselves by a timing probe to PLANNED_SHARE of their minutes). They are scaled
+# by the tokenizer probe against its tokenizer_per_step (`Demo.speed_factor`), and tokenize / eval are
+# estimated from a short timing of their own work once their inputs exist (`Demo.estimate`).
+EST = {"data_per_seq": 0.06, "tokenizer_per_step": 0.3, "tokenize_per_image": 0.011, "train_per_row": 1.2,
+       "prompts": 36.0, "eval_per_episode": 4.8, "report": 1.0}
+PLANNED_SHARE = 0.9  # of a training stage's minutes: the rest is for data loading, logging, checkpoints
+BUDGET_SHARE = 0.95  # of the demo's budget the stages plan to fill: the estimates of the later stages are rough
+
+
+def demo_config(path=None, overrides=(), quick: bool = False, device: str = "auto",
+                precision: str = "auto") -> DemoConfig:
+    """The resolved demo config: the YAML file `path` (None: the defaults) with `overrides`, on top of
+    `QUICK` (and out=QUICK_OUT unless an override sets out) when `quick`; a `device` / `precision` other
+    than auto replaces the config's."""
+    from types import SimpleNamespace
+
+    from tokenizer.common.config import load_config
+    from tokenizer.common.hardware import apply_args
+
+    overrides = list(overrides)
+    if quick:
+        overrides = QUICK + ([] if any(o.startswith("out=") for o in overrides) else [f"out={QUICK_OUT}"]) \
+            + overrides
+    cfg = load_config(DemoConfig, path, overrides)
+    apply_args(cfg, SimpleNamespace(device=device, precision=precision))
+    return cfg
+
+
+def fmt_s(s: float) -> str:
+    """Seconds for a log line: "42 s", or minutes from 90 s on."""
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"

@@ -1,0 +1,106 @@
+"""The demo's last stage: OUT/report.md with the stage times, the loss curves (OUT/figures/*.png), the prompt
+grids and the task evaluation of the stages before it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lvm.demo.config import STAGES, fmt_s
+
+
+def write_report(demo) -> dict:
+    """Write `demo.out`/report.md from what the other stages of the `Demo` left in its folders."""
+    from tokenizer.common.files import atomic_write_text
+
+    out = demo.out
+    figs = out / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    tok_log = demo.work / "tokenizer-run" / "train_log.jsonl"
+    lm_log = demo.work / "lvm-run" / "metrics.jsonl"
+    plots = []
+    if tok_log.is_file():
+        plots.append(("tokenizer training loss", plot_log(tok_log, ["loss", "rec", "q"], figs / "tokenizer_loss.png",
+                                                         "VQGAN tokenizer")))
+    if lm_log.is_file():
+        plots.append(("transformer training loss", plot_log(lm_log, ["loss", "eval/loss"],
+                                                           figs / "transformer_loss.png", "tiny LLaMA")))
+    stages = {}
+    for st in STAGES[:-1]:
+        m = demo.marker(st)
+        if m.is_file():
+            stages[st] = json.loads(m.read_text())
+    total = sum(r["seconds"] for r in stages.values())
+    c = demo.cfg
+    md = ["# lvm demo report\n",
+          f"Everything below was produced by `lvm demo` on this machine: built-in renderer data "
+          f"({c.sequences} sequences at {c.image_size} px, training objects only), the tokenizer config "
+          f"`{c.tokenizer}`, the transformer config `{c.train}`, then prompts and the task suite on "
+          f"held-out objects, computed on {c.device} in {c.precision}. Resolved config: "
+          f"`demo_config.yaml`.\n",
+          f"Checkpoints: `{demo.model_dir.relative_to(out)}/` (HF Llama) and "
+          f"`{demo.tok_dir.relative_to(out)}/` (tokenizer); `lvm prompt` and `lvm eval tasks` use "
+          f"them by default.\n",
+          "## Stages\n", "| stage | wall time | estimate | notes |", "|---|---|---|---|"]
+    for st, r in stages.items():
+        info = r.get("info", {})
+        note = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("sequences", "images", "steps", "final_loss"))
+        if "plan" in info:
+            pl = info["plan"]
+            note += (f" (planned {pl['steps']} of max {pl['max_steps']}: {pl['seconds_per_step']} s/step "
+                     f"measured for a {pl['minutes']:g}-min budget)")
+        md.append(f"| {st} | {fmt_s(r['seconds'])} | ~{fmt_s(r.get('estimate_seconds', 0))} | {note} |")
+    md.append(f"| **total** | **{fmt_s(total)}** | | budget {c.budget_minutes:g} min: "
+              f"{'within' if total <= c.budget_minutes * 60 else 'OVER'} |\n")
+    if plots:
+        md.append("## Training\n")
+        md += [f"![{t}]({p.relative_to(out)})\n" for t, p in plots]
+    prompts = out / "prompts"
+    if prompts.is_dir():
+        md.append("## Prompts on held-out objects\n")
+        md.append("Rows: the prompt (with the truth under the new-image columns), then the model's answers: "
+                  "greedy, and for analogies also sampled candidates at temperature 1, top-k 50.\n")
+        for p in sorted(prompts.glob("*.png")):
+            md.append(f"### {p.stem}\n\n![{p.stem}]({p.relative_to(out)})\n")
+    ev = out / "eval" / "tasks.md"
+    if ev.is_file():
+        text = ev.read_text().replace("](tasks.png)", "](eval/tasks.png)").replace("](ppl.png)", "](eval/ppl.png)")
+        md.append("## Task evaluation (held-out objects)\n")
+        md.append(text.split("\n", 1)[1])
+        grids = sorted((out / "eval" / "grids").glob("*.png"))
+        if grids:
+            md.append("Prompt | prediction | truth for the first episodes of each task:\n")
+            md += [f"![{g.stem}]({g.relative_to(out)})\n" for g in grids]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    return {"total_seconds": round(total, 1)}
+
+
+def plot_log(path: Path, keys: list[str], out: Path, title: str) -> Path:
+    """A PNG of the `keys` of a JSONL training log against its steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: ([], []) for k in keys}
+    for ln in path.read_text().splitlines():
+        if not ln.strip():
+            continue
+        rec = json.loads(ln)
+        for k in keys:
+            if isinstance(rec.get(k), (int, float)):
+                series[k][0].append(rec["step"])
+                series[k][1].append(rec[k])
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for k, (x, y) in series.items():
+        if x:
+            ax.plot(x, y, "o-" if len(x) < 20 else "-", label=k, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,71 @@
+"""The suite's tasks, their metrics and decodings, and `SuiteConfig` (what one run of the suite does).
+
+An analogy episode fills one context (lvm/tokens.py): MAX_SHOTS example pairs, the query, its answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lvm.tokens import IMAGES_PER_CONTEXT
+from tokenizer.common.errors import InputError
+
+SEQUENTIAL = ("next_view", "next_frame")
+ANALOGY = ("segmentation", "depth", "colorization", "inpainting")
+TASKS = SEQUENTIAL + ANALOGY
+# task -> (main metric, higher is better)
+METRIC = {"next_view": ("psnr", True), "next_frame": ("psnr", True), "segmentation": ("miou", True),
+          "depth": ("abs_rel", False), "colorization": ("psnr", True), "inpainting": ("hole_psnr", True)}
+BASELINES = ("copy_last", "copy_last_answer", "mean_image")
+SEG_CLASSES = 8
+DECODINGS = ("greedy", "sample", "mean")
+
+MAX_SHOTS = (IMAGES_PER_CONTEXT - 2) // 2  # example pairs that fit one context beside the query and its answer
+QUERY = 2 * MAX_SHOTS                      # index of the query in an analogy episode; its answer is the last image
+MAX_CONTEXT = IMAGES_PER_CONTEXT - 1       # context frames of a sequential task: the target takes the last slot
+
+
+@dataclass
+class SuiteConfig:
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    episodes: int = 8                 # held-out episodes per task
+    shots: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 7])  # analogies; metrics at the largest
+    context: int = 7                  # frames shown for next view / next frame (curve over 1..context)
+    seed: int = 1234                  # episodes depend on this only (same data for every model)
+    # How each task's prediction is decoded: greedy | sample (one sample) | mean (the pixel mean of `samples`
+    # samples: the model's estimate of the expected image, which PSNR and abs-rel reward; a single sharp
+    # guess at an uncertain colour or pose is penalised twice, once for the missing truth and once for the
+    # wrong detail). Segmentation stays greedy: a mean of label maps blends colours that are not labels.
+    decoding: dict = field(default_factory=lambda: {t: "greedy" if t == "segmentation" else "mean" for t in TASKS})
+    samples: int = 8                  # samples averaged by "mean"
+    temperature: float = 1.0          # of "sample" and "mean"
+    top_k: int = 50
+    device: str = "auto"              # where the model computes (tokenizer.common.hardware.resolve); saved resolved
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
+    gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
+    grid_rows: int = 3                # episodes drawn per task grid
+
+    def __post_init__(self):
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise InputError(f"unknown task(s) {bad}; valid: {', '.join(TASKS)}")
+        self.shots = sorted(set(int(s) for s in self.shots))
+        if not self.shots or self.shots[0] < 1 or self.shots[-1] > MAX_SHOTS:
+            raise InputError(f"shots must be between 1 and {MAX_SHOTS} (k pairs + query + answer <= "
+                             f"{IMAGES_PER_CONTEXT} images), got {self.shots}")
+        if not 1 <= self.context <= MAX_CONTEXT:
+            raise InputError(f"context must be 1..{MAX_CONTEXT} frames, got {self.context}")
+        from tokenizer.common.hardware import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.episodes < 1:
+            raise InputError("episodes must be >= 1")
+        bad = {t: m for t, m in self.decoding.items() if t not in TASKS or m not in DECODINGS}
+        if bad:
+            raise InputError(f"decoding {bad}: tasks are {', '.join(TASKS)}; modes are {', '.join(DECODINGS)}")
+        if self.samples < 1 or self.temperature < 0:
+            raise InputError(f"samples must be >= 1 and temperature >= 0, got {self.samples}, {self.temperature}")
+
+    def decode_mode(self, task: str) -> str:
+        return self.decoding.get(task, "greedy")
