@@ -97,29 +97,15 @@ def _leaf_parser(sub, name: str, entry, selected: bool, prog: str):
     p = sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
     description = help_[0].upper() + help_[1:] + "."
     if selected:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            mod = None
-        if mod is None:
-            p.description = description + "\n\n(not available yet in this version)"
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            p.set_defaults(_run=lambda args: _not_available(prog))
-        else:
-            doc = (mod.__doc__ or "").strip()
-            p.description = f"{description}\n\n{doc}" if doc else description
-            mod.add_arguments(p)
-            p.set_defaults(_run=mod.run)
+        mod = importlib.import_module(module)
+        doc = (mod.__doc__ or "").strip()
+        p.description = f"{description}\n\n{doc}" if doc else description
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
     else:
         p.description = description
     p.epilog = f"example:\n  {example}"
     return p
-
-
-def _not_available(prog: str):
-    raise InputError(f"'{prog}' is not available yet in this version")
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

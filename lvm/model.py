@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lvm.tokens import NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
+from lvm.tokens import DEFAULT_CODEBOOK_SIZE, DEFAULT_LAYOUT, NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
 
 
 @dataclass
@@ -24,8 +24,8 @@ class ModelConfig:
     num_hidden_layers: int = 22
     num_attention_heads: int = 8
     num_key_value_heads: int | None = None  # None = multi-head attention (as the released models)
-    codebook_size: int = 8192  # K; the vocabulary is K + 100 reserved ids (token contract)
-    max_position_embeddings: int = 4096
+    codebook_size: int = DEFAULT_CODEBOOK_SIZE  # K; the vocabulary is K + the reserved ids (token contract)
+    max_position_embeddings: int = DEFAULT_LAYOUT.context_length  # 16 images of 256 tokens
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     initializer_range: float = 0.02

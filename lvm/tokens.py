@@ -6,41 +6,24 @@
 - Image ``i`` of a visual sequence sits at positions ``256*i .. 256*i+255`` counted from the start of that
   sequence, in training and in prompting. Sampling never emits an id >= K.
 
-Functions accept numpy arrays or torch tensors and return the same kind.
+Methods accept numpy arrays or torch tensors and return the same kind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from data_builders.sequence import MAX_IMAGES
 from tokenizer.common.errors import InputError
 
 TOKENS_PER_IMAGE = 256
-IMAGES_PER_CONTEXT = 16
+IMAGES_PER_CONTEXT = MAX_IMAGES  # the data builders' limit on a visual sequence
 NUM_RESERVED = 100
 DEFAULT_CODEBOOK_SIZE = 8192
 
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
-
-
-def _cat(parts, like):
-    if _is_torch(like):
-        import torch
-
-        return torch.cat(list(parts))
-    return np.concatenate(list(parts))
-
-
-def _arange(n, like):
-    if _is_torch(like):
-        import torch
-
-        return torch.arange(n, dtype=torch.long, device=like.device)
-    return np.arange(n, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -97,46 +80,10 @@ class TokenLayout:
         return codes
 
     # ---- images <-> flat tokens ----
-    def image_start(self, i: int) -> int:
-        """Position of the first token of image `i` within its visual sequence."""
-        return i * self.tokens_per_image
-
     def n_images(self, n_tokens: int) -> int:
         if n_tokens % self.tokens_per_image:
             raise InputError(f"{n_tokens} tokens is not a whole number of {self.tokens_per_image}-token images")
         return n_tokens // self.tokens_per_image
-
-    def flatten(self, images):
-        """Codes of a visual sequence -> (tokens, positions).
-
-        `images` is an (n, 256) array/tensor or a list of per-image code arrays (each 256 values, any shape,
-        e.g. 16x16). Returns 1-D int64 tokens of length n*256 and positions ``0 .. n*256-1``, so image i
-        starts at position 256*i.
-        """
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise InputError("a visual sequence needs at least one image")
-            parts = [im.reshape(-1) for im in images]
-            like = parts[0]
-        else:
-            like = images
-            parts = [images.reshape(-1)]
-        for k, p in enumerate(parts):
-            n = p.shape[0]
-            if isinstance(images, (list, tuple)) and n != self.tokens_per_image:
-                raise InputError(f"image {k} has {n} codes, expected {self.tokens_per_image}")
-        tokens = _cat(parts, like)
-        tokens = tokens.long() if _is_torch(tokens) else tokens.astype(np.int64)
-        n_img = self.n_images(tokens.shape[0])
-        if n_img > self.images_per_context:
-            raise InputError(f"a visual sequence holds at most {self.images_per_context} images, got {n_img}")
-        self.check_codes(tokens)
-        return tokens, _arange(tokens.shape[0], tokens)
-
-    def unflatten(self, tokens):
-        """Flat tokens (length n*256) -> (n, 256) codes per image."""
-        n = self.n_images(tokens.shape[-1])
-        return tokens.reshape(*tokens.shape[:-1], n, self.tokens_per_image)
 
     def keep_last_images(self, tokens, max_images: int | None = None):
         """Crop a flat visual sequence to its last `max_images` whole images (default: context - 1).

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lvm.cli import main
-from lvm.generate.engine import Engine, Sampling
+from lvm.generate.engine import Engine
+from lvm.generate.sampling import Sampling
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
 

@@ -156,11 +156,11 @@ def test_best_baseline_and_checks():
 
 
 def test_suite_config_validates():
-    with pytest.raises(te.InputError):
+    with pytest.raises(InputError):
         te.SuiteConfig(shots=[0, 3])
-    with pytest.raises(te.InputError):
+    with pytest.raises(InputError):
         te.SuiteConfig(shots=[8])
-    with pytest.raises(te.InputError):
+    with pytest.raises(InputError):
         te.SuiteConfig(tasks=["nope"])
 
 
@@ -242,7 +242,8 @@ def test_predict_modes(tmp_path):
     """greedy = the temperature-0 image; mean = the pixel mean of the sampled candidates, which differ."""
     import torch
 
-    from lvm.generate.engine import Engine, Sampling
+    from lvm.generate.engine import Engine
+    from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
 
     lm, tokp = tiny_pair(tmp_path, 0)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lvm.generate.engine import Engine, Sampling
+from lvm.generate.engine import Engine
+from lvm.generate.sampling import Sampling
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
 from tokenizer.common.errors import InputError

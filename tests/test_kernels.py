@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lvm.generate import kernels
-from lvm.generate.engine import Engine, Sampling
+from lvm.generate.engine import Engine
+from lvm.generate.sampling import Sampling
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
 
@@ -48,12 +49,19 @@ def test_attend_matches_sdpa_with_gqa_and_cache_views(kn, T, dtype):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_engine_with_kernels_close_to_without(kn):
-    K = 64
-    layout = TokenLayout(codebook_size=K, tokens_per_image=16, images_per_context=4)
-    torch.manual_seed(0)
+K = 64
+
+
+def _tiny(seed: int):
+    """A 2-layer GQA model with 16-token images and a 4-image context, and its layout."""
+    torch.manual_seed(seed)
     m = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, codebook_size=K, max_position_embeddings=256).build().eval()
+    return m, TokenLayout(codebook_size=K, tokens_per_image=16, images_per_context=4)
+
+
+def test_engine_with_kernels_close_to_without(kn):
+    m, layout = _tiny(seed=0)
     fast = Engine(m, layout=layout, precision="bf16", max_context=64)
     plain = Engine(m, layout=layout, precision="bf16", max_context=64, kernels=False)
     assert fast.kernels is not None and fast.k_cache.dtype == torch.bfloat16
@@ -80,11 +88,7 @@ def test_other_dtypes_are_refused(kn):
 
 def test_fp32_engine_uses_kernels_and_equals_hf_greedy(kn):
     """Under precision=auto an AVX2 CPU gets fp32: that engine decodes with the fp32 kernels, exactly."""
-    K = 64
-    layout = TokenLayout(codebook_size=K, tokens_per_image=16, images_per_context=4)
-    torch.manual_seed(1)
-    m = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, codebook_size=K, max_position_embeddings=256).build().eval()
+    m, layout = _tiny(seed=1)
     e = Engine(m, layout=layout, precision="fp32", max_context=64)
     assert e.kernels is not None and e.k_cache.dtype == torch.float32 and "kernels" in e.describe()
     prompt = torch.randint(0, K, (2, 16), generator=torch.Generator().manual_seed(2))

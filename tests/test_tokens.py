@@ -14,49 +14,30 @@ def test_default_layout_matches_reference():
     assert TokenLayout(codebook_size=1024).vocab_size == 1124
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_flatten_positions_are_image_aligned(kind):
-    L = TokenLayout(codebook_size=64)
-    rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 64, size=(16, 16)) for _ in range(3)]
-    if kind == "torch":
-        imgs = [torch.from_numpy(i) for i in imgs]
-    tokens, pos = L.flatten(imgs)
-    assert type(tokens) is type(imgs[0]) and tokens.shape == (768,)
-    for i in range(3):
-        s = L.image_start(i)
-        assert int(pos[s]) == 256 * i and int(pos[s + 255]) == 256 * i + 255
-        assert (np.asarray(tokens[s:s + 256]) == np.asarray(imgs[i]).reshape(-1)).all()
-    back = L.unflatten(tokens)
-    assert back.shape == (3, 256)
-    assert (np.asarray(back[1]) == np.asarray(imgs[1]).reshape(-1)).all()
-
-
-def test_flatten_accepts_stacked_array():
-    L = TokenLayout(codebook_size=64)
-    arr = np.arange(2 * 256).reshape(2, 256) % 64
-    tokens, pos = L.flatten(arr)
-    assert tokens.dtype == np.int64 and (pos == np.arange(512)).all()
-
-
-def test_flatten_rejects_bad_sequences():
-    L = TokenLayout(codebook_size=64)
-    with pytest.raises(InputError, match="image codes"):
-        L.flatten([np.full(256, 64)])  # PAD is not an image code
-    with pytest.raises(InputError, match="image codes"):
-        L.flatten([np.full(256, -1)])
-    with pytest.raises(InputError, match="expected 256"):
-        L.flatten([np.zeros(255, dtype=int)])
-    with pytest.raises(InputError, match="at most 16"):
-        L.flatten([np.zeros(256, dtype=int)] * 17)
-    with pytest.raises(InputError, match="at least one"):
-        L.flatten([])
-
-
 def test_is_image_code_excludes_specials():
     L = TokenLayout(codebook_size=8192)
     ids = torch.tensor([0, 8191, 8192, 8291, -1])
     assert L.is_image_code(ids).tolist() == [True, True, False, False, False]
+    assert L.is_image_code(ids.numpy()).tolist() == [True, True, False, False, False]
+
+
+def test_check_codes_names_what_is_wrong():
+    L = TokenLayout(codebook_size=64)
+    assert L.check_codes(np.zeros((2, 256), dtype=int)).shape == (2, 256)
+    with pytest.raises(InputError, match=r"prompt: values must be image codes in \[0, 63\], found range \[0, 64\]"):
+        L.check_codes(np.array([0, 64]), "prompt")  # PAD is not an image code
+    with pytest.raises(InputError, match="found range"):
+        L.check_codes(torch.tensor([-1, 3]))
+    with pytest.raises(InputError, match="whole number"):
+        L.n_images(300)
+
+
+def test_model_defaults_follow_the_contract():
+    from lvm.model import ModelConfig
+
+    c = ModelConfig()
+    assert (c.codebook_size, c.max_position_embeddings) == (DEFAULT_LAYOUT.codebook_size, DEFAULT_LAYOUT.context_length)
+    assert c.layout == DEFAULT_LAYOUT
 
 
 def test_keep_last_images_crops_whole_images():

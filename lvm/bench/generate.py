@@ -78,7 +78,8 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
 
     import torch
 
-    from lvm.generate.engine import Engine, Sampling
+    from lvm.generate.engine import Engine
+    from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
     from tokenizer.common.hardware import detect, parse_precisions, precision_name, resolve, synchronize
 

@@ -13,10 +13,11 @@ def run_prompts(demo) -> dict:
     """OUT/prompts/<name>.png for each of PROMPTS: the prompt with its truth, then the greedy answer and,
     for analogies, `prompt_candidates` sampled ones; the prompt files are written in OUT/work/prompts."""
     from lvm.checkpoints import load_pair
-    from lvm.eval import tasks as te
-    from lvm.generate.engine import Engine, Sampling
+    from lvm.generate.engine import Engine
+    from lvm.generate.sampling import Sampling
     from lvm.prompt.examples import make_example_prompts
     from lvm.prompt.session import Session
+    from tokenizer.common.hardware import cpu_threads
     from tokenizer.image_io import save_png
 
     c = demo.cfg
@@ -29,7 +30,7 @@ def run_prompts(demo) -> dict:
                                 shots=c.shots[-1], names=PROMPTS.values())
     files = {}
     by_name = {p.stem: p for p in made}
-    with te.cpu_threads(1):
+    with cpu_threads(1):
         for name, example in PROMPTS.items():
             s.load(by_name[example])
             n = s.default_n()

@@ -13,7 +13,7 @@ def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, out="out/pro
                display=None) -> int:
     """Load the model and tokenizer (the demo's where not given) into a session and run one mode on it:
     `batch` (a JSONL file), `prompt` (a prompt YAML file, results in `out`) or else the REPL."""
-    from lvm.generate.engine import Sampling
+    from lvm.generate.sampling import Sampling
     from lvm.prompt.session import Session
     from tokenizer.common.hardware import resolve
 

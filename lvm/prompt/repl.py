@@ -103,7 +103,7 @@ def _candidates(s, args):
 def _set(s, args):
     import dataclasses
 
-    from lvm.generate.engine import Sampling
+    from lvm.generate.sampling import Sampling
 
     _nargs(args, 2, "/set temperature|top_k|top_p|seed VALUE")
     key, value = args[0].lower().replace("-", "_"), args[1]

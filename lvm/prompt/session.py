@@ -21,7 +21,7 @@ class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
                  dtype: str | None = None, print_fn=print, progress: bool = True):
-        from lvm.generate.engine import Sampling
+        from lvm.generate.sampling import Sampling
         from tokenizer.common.hardware import precision_name
 
         if dtype is not None:  # the older keyword: "bfloat16" / "float32"

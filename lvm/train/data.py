@@ -26,7 +26,7 @@ class PackRows:
         used = skipped = 0
         for key, codes, meta in items:
             if codes.ndim != 2 or codes.shape[1] != lay.tokens_per_image or codes.size == 0 \
-                    or codes.min() < 0 or codes.max() >= lay.codebook_size:
+                    or not lay.is_image_code(codes).all():
                 # Wrong tokenizer for this model (e.g. K mismatch): skip, never train on ids >= K.
                 skipped += 1
                 if skipped <= WARN_SKIPPED:

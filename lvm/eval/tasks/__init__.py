@@ -15,11 +15,9 @@ Tasks (rendered from *held-out* objects, episodes.py), each with its main metric
     colorization  k (gray, rgb) pairs + gray        -> rgb                     PSNR (and MSE)
     inpainting    k (rgb with black boxes, rgb) pairs + query -> rgb           PSNR inside the boxes
 
-The modules: config.py (tasks, SuiteConfig), metrics.py, episodes.py, threads.py (cpu_threads), run.py
+The modules: config.py (tasks, SuiteConfig), metrics.py, episodes.py, run.py
 (decoding, the evaluation loop, run_suite), checks.py (quality bars), report.py (markdown, JSON, plots).
 """
-
-from tokenizer.common.errors import InputError
 
 from .checks import PPL_FALL, best_baseline, quality_checks
 from .config import (ANALOGY, BASELINES, DECODINGS, MAX_CONTEXT, MAX_SHOTS, METRIC, QUERY, SEG_CLASSES,
@@ -28,10 +26,9 @@ from .episodes import Episode, make_episodes
 from .metrics import abs_rel, mean_image, miou, mse, psnr, rmse, seg_classes, seg_palette, snap_to_palette, task_metrics
 from .report import markdown_table, save_grid, write_report
 from .run import evaluate_model, predict, run_suite
-from .threads import cpu_threads
 
-__all__ = ["ANALOGY", "BASELINES", "DECODINGS", "Episode", "InputError", "MAX_CONTEXT", "MAX_SHOTS", "METRIC",
+__all__ = ["ANALOGY", "BASELINES", "DECODINGS", "Episode", "MAX_CONTEXT", "MAX_SHOTS", "METRIC",
            "PPL_FALL", "QUERY", "SEG_CLASSES", "SEQUENTIAL", "SuiteConfig", "TASKS", "abs_rel", "best_baseline",
-           "cpu_threads", "evaluate_model", "make_episodes", "markdown_table", "mean_image", "miou", "mse",
+           "evaluate_model", "make_episodes", "markdown_table", "mean_image", "miou", "mse",
            "predict", "psnr", "quality_checks", "rmse", "run_suite", "save_grid", "seg_classes", "seg_palette",
            "snap_to_palette", "task_metrics", "write_report"]

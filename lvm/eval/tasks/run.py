@@ -21,7 +21,7 @@ from lvm.eval.tasks.config import BASELINES, METRIC, SEQUENTIAL, SuiteConfig
 from lvm.eval.tasks.episodes import Episode, make_episodes
 from lvm.eval.tasks.metrics import mean_image, seg_classes, task_metrics
 from lvm.eval.tasks.report import write_report
-from lvm.eval.tasks.threads import cpu_threads
+from tokenizer.common.hardware import cpu_threads
 
 ENCODE_BATCH = 16  # images the tokenizer encodes at once
 NLL_BATCH = 4      # prompts scored per forward pass
@@ -30,7 +30,7 @@ NLL_BATCH = 4      # prompts scored per forward pass
 def predict(engine, tok, prompt_codes, mode: str, samples: int, sampling, threads: int = 1) -> Image.Image:
     """The next image after `prompt_codes` ((n, tokens per image) codes), decoded by `mode` (see
     SuiteConfig.decoding)."""
-    from lvm.generate.engine import Sampling
+    from lvm.generate.sampling import Sampling
 
     if mode == "greedy":
         sampling, n = Sampling(temperature=0), 1
@@ -97,7 +97,8 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     decoded predictions of the first `grid_rows` episodes under result["_grid"] (PIL, not for JSON)."""
     from tqdm import tqdm
 
-    from lvm.generate.engine import Engine, Sampling
+    from lvm.generate.engine import Engine
+    from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
     from tokenizer.common.hardware import resolve
 
