@@ -70,15 +70,11 @@ def _ints(s: str, what: str) -> list[int]:
 def run(args):
     from pathlib import Path
 
-    from lvm.checkpoints import demo_checkpoints
+    from lvm.checkpoints import or_demo
     from tokenizer.common.hardware import from_args
 
     plan = from_args(args)  # a device that is not there is a one-line error before anything loads
-    dm, dt = demo_checkpoints()
-    model, tok = args.model or dm, args.tokenizer or dt
-    for what, p in (("model", model), ("tokenizer", tok)):
-        if not Path(p).exists():
-            raise FileNotFoundError(f"{p}: {what} not found (give --{what}, or run 'lvm demo' first)")
+    model, tok = or_demo("model", args.model), or_demo("tokenizer", args.tokenizer)
     cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
                       shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
                       temperature=args.temperature, samples=args.samples,

@@ -26,7 +26,7 @@ import torch
 
 from lvm.checkpoints import load_causal_lm
 from lvm.model import model_config_from_hf
-from lvm.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from lvm.train.resume import list_checkpoints, load_checkpoint, save_checkpoint
 from lvm.train.config import TrainConfig
 from lvm.train.data import make_loader, seq_lens
 from lvm.train.flops import measure_matmul_peak, train_flops

@@ -1,7 +1,7 @@
 """Checkpoint directories of both trainers: `root/step-N/` written whole (atomic_dir), listed, pruned,
 and a train-state file holding optimizer/scheduler state and every RNG.
 
-The trainers keep their own layouts (lvm/train/checkpoint.py: `checkpoints/step-%08d/` with
+The trainers keep their own layouts (lvm/train/resume.py: `checkpoints/step-%08d/` with
 trainer_state.pt + trainer_state.json; tokenizer/train.py: `ckpt/step-%07d/` with train_state.pt and a
 `latest` pointer); this module only holds what they do alike.
 """
