@@ -87,7 +87,7 @@ class TrainingGroupNorm(nn.GroupNorm):
     contiguous when autograd is on.
 
     oneDNN's bf16 convolutions return channels-last tensors, and PyTorch's CPU GroupNorm backward on
-    those is ~7x slower than on contiguous ones (a third of a training step, measured on Zen4). In fp32
+    those is several times slower than on contiguous ones (a large share of a training step). In fp32
     the channels-last backward is about as fast as the contiguous one, so fp32 training stays channels-last
     (the faster layout for fp32 oneDNN convolutions) without copies; inference too. Same parameters, same
     state-dict keys.
@@ -108,7 +108,7 @@ def _swap_group_norms(net: nn.Module, groups: int):
 
 def _conv1x1(conv, x):
     # A 1x1 conv of a channels-last tensor is one matmul over its (pixels, channels) view; torch sends
-    # such convs to a slow non-oneDNN kernel (2.5x slower in fp32 on an AVX2 CPU).
+    # such convs to a slower non-oneDNN kernel.
     if not x.is_contiguous(memory_format=torch.channels_last):
         return conv(x)
     return F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)

@@ -168,7 +168,7 @@ class Engine:
     # ---- the decoder ----
     def _norm(self, x, w):
         if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and x.device.type == "cpu"):
-            # Written out: F.rms_norm's bf16 path costs ~3x these four ops on one CPU row.
+            # Written out: F.rms_norm's bf16 path costs several times these four ops on one CPU row.
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
         # Half precision off the CPU: statistics in fp32 as HF does (fp16 squares overflow past 256).
         xf = x.float()

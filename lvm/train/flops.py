@@ -30,7 +30,8 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
     """Best observed FLOP/s of a square matmul in `dtype` on `device` (the MFU denominator).
 
     The size grows from 256 up to `n` while one product takes under a tenth of `seconds`, so a dtype the
-    hardware only emulates (bf16 on an AVX2 CPU: ~100x slower) is still measured, in about `seconds`.
+    hardware only emulates (bf16 on an AVX2 CPU, orders of magnitude slower) is still measured, in about
+    `seconds`.
     """
     import torch
 

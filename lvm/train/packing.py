@@ -187,7 +187,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     # split (one cat in backward) rather than slicing (a zero-filled full-size gradient per slice), and
-    # contiguous pieces: the CPU flash kernel is ~2x slower on strided (B, H, T, D) views in bf16.
+    # contiguous pieces: the CPU flash kernel is much slower on strided (B, H, T, D) views in bf16.
     lens = [e - s for s, e in zip(lvm_cu_seqlens[:-1], lvm_cu_seqlens[1:])]
     drop = dropout if module.training else 0.0
     outs = [F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), is_causal=True,

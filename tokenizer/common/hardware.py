@@ -11,8 +11,8 @@ What `auto` picks:
 - device: the GPU of this rank (`cuda:LOCAL_RANK`) when CUDA is available, else Apple's `mps`, else `cpu`.
 - CPU precision: bf16 only where the CPU computes it natively, i.e. torch dispatches AVX-512 (or better)
   kernels, the CPU has AMX-BF16, AVX512-BF16 or AVX512-FP16, and oneDNN is allowed to use them. Everywhere
-  else bf16 is emulated (a 3x3 conv and a 1024^3 matmul ran 90-180x slower than fp32 on an AVX2-only
-  EPYC) and auto picks fp32. The check honours `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so
+  else bf16 is emulated (convolutions and matmuls two orders of magnitude slower than fp32) and auto
+  picks fp32. The check honours `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so
   `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` makes a newer CPU behave (and be judged) as AVX2.
 - CUDA precision: bf16 on compute capability >= 8.0 (Ampere and later), else fp16 (training then uses a
   gradient scaler, which accelerate adds for "fp16").
