@@ -1,4 +1,5 @@
-"""tokenizer: images <-> discrete codes (VQGAN), plus the image I/O every other package uses.
+"""tokenizer: images <-> discrete codes (VQGAN), plus the image I/O and the project-wide base (`common/`)
+every other package uses.
 
     from tokenizer import load_tokenizer
     tok = load_tokenizer("runs/tok")              # ours, released LVM (MUSE) dir, or taming .ckpt + yaml

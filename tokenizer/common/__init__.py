@@ -1,3 +1,4 @@
-"""The project-wide base that every package uses: the input-error type, atomic file writes, RNG state and the
-device/precision policy. It sits in `tokenizer`, the bottom of the import graph, so that data_builders and
-lvm can use it without importing upward."""
+"""The project-wide base that every package uses: errors.py (the input-error type), files.py (atomic
+writes), config.py (dataclass configs <-> YAML), hardware.py (the device/precision policy, CPU threads),
+rng.py, checkpointing.py, schedule.py and tracking.py (what both trainers share). It sits in `tokenizer`,
+the bottom of the import graph, so that data_builders and lvm use it without importing upward."""
