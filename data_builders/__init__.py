@@ -5,7 +5,7 @@ Modules (import what you need; nothing heavy is imported here):
   (`{key}.0.png ... {key}.15.png` + `{key}.json`).
 - `config`: `DataConfig` / `SourceConfig`, the per-unit RNG (`unit_rng`), `Skip`, `dist_env`.
 - `build`: `build(cfg, workers, rank, world)` (stage 1, resumable, byte-deterministic per shard) and
-  `run_build` (the same, after checking inputs and saving `data_config.yaml`).
+  `prepare_build` (check inputs, save `data_config.yaml`).
 - `stats`: `collect_stats(root)`, the totals of a built dataset, and `stats_report`.
 - `sources`: one module per source type (builtin, images, class_groups, videos, multiview_mesh,
   multiview_folder, pairs, annotate, annotated_video) and `make_source`, the type -> class table.
@@ -13,6 +13,8 @@ Modules (import what you need; nothing heavy is imported here):
   `render_object_view`, `task_pair`, `annotation_image`), callable from other packages.
 - `annotations`: annotations drawn as images (segmentation palette, depth, normals, edges, colorization,
   inpainting, boxes, skeletons).
+- `engines`: where shards run: `local` (this rank's share) or `ray` (tasks with retries, tokenizer actors);
+  `run_build`, `run_tokenize`.
 - `encode`: stage 2, image shards -> token shards (`tokenize`), and `export_jsonl`.
 - `shards`: the tar shard writer and the fixed token-shard format (reading: `tokenizer/tar.py`).
 - `token_stream`: token shards streamed for training (`TokenStream`).

@@ -11,6 +11,8 @@ How work is cut (so any number of machines and workers build one identical datas
 - a shard's stats JSON (`{S}-{j:06d}.stats.json`) is written after its tar is complete and renamed into
   place: it marks the shard done. A rerun skips shards with stats, and rebuilds the others from scratch.
 - bad inputs are skipped and counted per reason in the stats (`failures`), with the first few items named.
+
+This module is the local engine; `engines.py` runs the same `build_shard` as Ray tasks (`--engine ray`).
 """
 
 from __future__ import annotations
@@ -63,14 +65,26 @@ def plan_shards(cfg: DataConfig) -> list[ShardTask]:
     return tasks
 
 
-def build_shard(task: ShardTask) -> dict:
-    """Build one shard (tar, then its stats JSON). Runs in a worker process."""
+def remove_stale_temps(out: Path, stem: str) -> None:
+    """Remove the temp files a killed run of shard `stem` left behind."""
+    for stale in out.glob(f".{stem}.*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def build_shard(task: ShardTask, clean_stale: bool = True, on_unit=None) -> dict:
+    """Build one shard (tar, then its stats JSON). Runs in a worker process.
+
+    Both files are written to a temp file of their own and renamed into place, and the bytes depend only
+    on the task, so two runs of one shard at once (a retried or duplicated task) each commit a complete,
+    identical file. `clean_stale=False` leaves other temp files of this shard alone (the Ray engine's
+    tasks: a duplicate's temp may be live; the driver cleans up instead). `on_unit(i)` is called after
+    unit i of the shard is written."""
     cfg, out = task.cfg, Path(task.cfg.out)
     name = source_name(task.source)
     src = make_source(task.source, cfg)
     tar_path, stats_path = shard_paths(out, task.shard)
-    for stale in out.glob(f".{task.shard}.*.tmp*"):  # temp files of a killed run of this shard
-        stale.unlink(missing_ok=True)
+    if clean_stale:
+        remove_stale_temps(out, task.shard)
     kinds, failures, failed = Counter(), Counter(), []
     n_seq = n_img = 0
     t0 = time.perf_counter()
@@ -97,6 +111,8 @@ def build_shard(task: ShardTask) -> dict:
                 n_seq += 1
                 n_img += len(item.images)
                 kinds[item.kind] += 1
+            if on_unit is not None:
+                on_unit(i)
     stats = {"shard": tar_path.name, "source": name, "type": task.source.type, "units": len(task.units),
              "sequences": n_seq, "images": n_img, "kinds": dict(sorted(kinds.items())),
              "failures": dict(sorted(failures.items())), "failed_items": failed,
@@ -120,10 +136,7 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
     out.mkdir(parents=True, exist_ok=True)
     mine = tasks[rank::world]
     todo = [t for t in mine if not is_done(out, t.shard)]
-    for scfg in cfg.sources:
-        if scfg.type == "videos":
-            log(f"[{source_name(scfg)}] videos too short for a stride: policy '{scfg.short_video}' "
-                f"({'skipped and counted as video_too_short' if scfg.short_video == 'skip' else 'use the largest stride that fits, recorded in meta'})")
+    log_policies(cfg, log)
     log(f"rank {rank}/{world}: {len(mine)} of {len(tasks)} shards, {len(mine) - len(todo)} already done, "
         f"{len(todo)} to build with {workers} worker(s) -> {out}")
     t0 = time.perf_counter()
@@ -151,17 +164,27 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
         if pool is not None:
             pool.terminate()
             pool.join()
-    dt = time.perf_counter() - t0
-    return {"shards_built": len(todo), "shards_skipped": len(mine) - len(todo), "shards_total": len(tasks),
+    return summary(len(todo), len(mine) - len(todo), len(tasks), seqs, imgs, time.perf_counter() - t0)
+
+
+def log_policies(cfg: DataConfig, log=print) -> None:
+    for scfg in cfg.sources:
+        if scfg.type == "videos":
+            log(f"[{source_name(scfg)}] videos too short for a stride: policy '{scfg.short_video}' "
+                f"({'skipped and counted as video_too_short' if scfg.short_video == 'skip' else 'use the largest stride that fits, recorded in meta'})")
+
+
+def summary(built: int, skipped: int, total: int, seqs: int, imgs: int, dt: float) -> dict:
+    """The summary `build` returns (and `lvm data build` prints as JSON), whichever engine ran."""
+    return {"shards_built": built, "shards_skipped": skipped, "shards_total": total,
             "sequences": seqs, "images": imgs, "seconds": dt,
             "sequences_per_s": seqs / dt if dt > 0 else 0.0, "images_per_s": imgs / dt if dt > 0 else 0.0}
 
 
-def run_build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int | None = None,
-              progress: bool = True, log=print) -> dict:
-    """`lvm data build`: check every source's inputs, save the resolved config as `{out}/data_config.yaml`,
-    then `build` this rank's shards; returns build's summary."""
-    tasks = plan_shards(cfg)  # checks every source's inputs before anything is written
+def prepare_build(cfg: DataConfig) -> list[ShardTask]:
+    """Check every source's inputs (before anything is written), save the resolved config as
+    `{out}/data_config.yaml`; returns the plan (`plan_shards`)."""
+    tasks = plan_shards(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.out, "data_config.yaml")
-    return build(cfg, workers=workers, rank=rank, world=world, progress=progress, log=log, tasks=tasks)
+    return tasks

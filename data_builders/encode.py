@@ -5,7 +5,8 @@ only once complete (atomic write), so a rerun skips finished ones. Shards are sp
 (`shards[rank::world]`, rank/world from `accelerate launch` / torchrun / SLURM environment), and images of
 many sequences are batched together through the tokenizer, on the device and in the precision that the
 hardware policy (`tokenizer.common.hardware.resolve`) gives for `device`/`precision` (auto: this rank's GPU if
-any; bf16 only where the hardware computes it natively, else fp32).
+any; bf16 only where the hardware computes it natively, else fp32). This is the local engine; `engines.py`
+runs the same `tokenize_shard` on a pool of Ray actors, one tokenizer each (`--engine ray`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer.common.errors import InputError
 from tokenizer.common.files import atomic_path, atomic_write_text
 
 from .config import dist_env
@@ -53,6 +55,31 @@ def tokenize_shard(tok, shard: Path, out_path: Path, batch_size: int = 64, token
     return {"sequences": len(samples), "images": n}
 
 
+def plan_tokenize(shards, out) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """(every input shard, [(input shard, its token shard)] in the same order): the same list on every rank."""
+    spec_roots = [Path(s) for s in ([shards] if isinstance(shards, (str, Path)) else shards)]
+    all_shards = [s for s in list_shards(shards) if not s.name.startswith(".")]
+    out = Path(out)
+    return all_shards, [(s, out / _relative_name(s, spec_roots)) for s in all_shards]
+
+
+def tokens_info(tok, tokenizer_path) -> dict:
+    """What `{out}/tokens_info.json` records about the tokenizer."""
+    return {"tokenizer": str(tokenizer_path), "codebook_size": int(tok.codebook_size),
+            "codes_per_image": int(tok.codes_per_image), "resolution": int(tok.resolution),
+            "value_range": list(tok.value_range), "resize_mode": tok.resize_mode}
+
+
+def write_tokens_info(out, info: dict) -> None:
+    atomic_write_text(Path(out) / "tokens_info.json", json.dumps(info, indent=1))
+
+
+def summary(done: int, skipped: int, seqs: int, imgs: int, dt: float) -> dict:
+    """The summary `tokenize` returns (and `lvm data tokenize` prints as JSON), whichever engine ran."""
+    return {"shards_done": done, "shards_skipped": skipped, "sequences": seqs, "images": imgs,
+            "seconds": round(dt, 3), "images_per_s": round(imgs / dt, 2) if dt > 0 else 0.0}
+
+
 def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | None = "auto",
              precision: str | None = "auto", rank: int | None = None, world: int | None = None,
              progress: bool = True, log=print) -> dict:
@@ -65,20 +92,17 @@ def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | No
     env_rank, env_world = dist_env()
     rank = env_rank if rank is None else rank
     world = env_world if world is None else world
-    spec_roots = [Path(s) for s in ([shards] if isinstance(shards, (str, Path)) else shards)]
-    all_shards = [s for s in list_shards(shards) if not s.name.startswith(".")]
-    mine = all_shards[rank::world]
+    if not 0 <= rank < world:
+        raise InputError(f"rank {rank} is not in [0, world size {world})")
+    all_shards, pairs = plan_tokenize(shards, out)
+    mine = pairs[rank::world]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(s, out / _relative_name(s, spec_roots)) for s in mine]
-    todo = [(s, o) for s, o in todo if not o.is_file()]
+    todo = [(s, o) for s, o in mine if not o.is_file()]
     tok = load_tokenizer(tokenizer_path, device=device, precision=precision).eval()
     plan = tok.inference_plan()
     if rank == 0:
-        info = {"tokenizer": str(tokenizer_path), "codebook_size": int(tok.codebook_size),
-                "codes_per_image": int(tok.codes_per_image), "resolution": int(tok.resolution),
-                "value_range": list(tok.value_range), "resize_mode": tok.resize_mode}
-        atomic_write_text(out / "tokens_info.json", json.dumps(info, indent=1))
+        write_tokens_info(out, tokens_info(tok, tokenizer_path))
     log(f"rank {rank}/{world}: {len(mine)} of {len(all_shards)} shards, {len(mine) - len(todo)} already done, "
         f"tokenizer K={tok.codebook_size} on {plan.device} in {plan.precision}")
     t0 = time.perf_counter()
@@ -89,9 +113,7 @@ def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | No
         seqs += st["sequences"]
         imgs += st["images"]
         bar.set_postfix(seq=seqs, img=imgs)
-    dt = time.perf_counter() - t0
-    return {"shards_done": len(todo), "shards_skipped": len(mine) - len(todo), "sequences": seqs, "images": imgs,
-            "seconds": round(dt, 3), "images_per_s": round(imgs / dt, 2) if dt > 0 else 0.0}
+    return summary(len(todo), len(mine) - len(todo), seqs, imgs, time.perf_counter() - t0)
 
 
 def export_jsonl(tokens, out, progress: bool = True) -> int:

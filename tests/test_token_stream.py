@@ -79,3 +79,28 @@ def test_bad_shard_is_skipped_and_counted(tmp_path, capsys):
     keys = [k for k, _, _ in ds]
     assert len(keys) == 6 and ds.bad_shards == 1
     assert "tokens-000009.tar" in capsys.readouterr().err
+
+
+def _tag_worker(it):  # a pipeline that records which DataLoader worker produced each item
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    for key, _, _ in it:
+        yield (info.id if info is not None else 0), key
+
+
+@pytest.mark.parametrize("n_shards", [9, 3])  # whole shards per consumer, and samples split inside shards
+def test_two_ranks_two_workers_are_disjoint_and_make_the_one_rank_stream(tmp_path, n_shards):
+    d = _make(tmp_path, "a", n_shards, 4)
+    one = _keys(TokenStream([str(d)], seed=7, loop=False, shuffle_buffer=4), 0)
+    assert len(one) == n_shards * 4
+    parts = {}
+    for rank in range(2):
+        ds = TokenStream([str(d)], seed=7, loop=False, rank=rank, world_size=2, shuffle_buffer=4,
+                         pipeline=_tag_worker)
+        for worker, key in DataLoader(ds, batch_size=None, num_workers=2, collate_fn=lambda x: x):
+            parts.setdefault((rank, worker), []).append(key)
+    assert sorted(parts) == [(0, 0), (0, 1), (1, 0), (1, 1)] and all(parts.values())
+    seen = [k for keys in parts.values() for k in keys]
+    assert len(seen) == len(set(seen))  # the 4 consumers are pairwise disjoint
+    assert sorted(seen) == sorted(one)  # and together they are the 1-rank stream

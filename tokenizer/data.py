@@ -124,22 +124,35 @@ class ImageShards(IterableDataset):
 
 
 class EpochSampler(Sampler):
-    """Shuffled indices, a fresh permutation per epoch from (seed, epoch), startable mid-epoch (for --resume)."""
+    """Shuffled indices, a fresh permutation per epoch from (seed, epoch), startable mid-epoch (for --resume).
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+    Over `world_size` ranks the permutation is cut into blocks of `batch_size`: rank r takes blocks r, r+W,
+    r+2W, ... and every rank gets the same number of them (an incomplete last round is dropped). So at each
+    step the ranks' batches together are one contiguous stretch of the permutation, the same micro-batches
+    in the same order that one process with grad_accum=W takes, and all ranks are always at the same epoch
+    and position (a rank with more batches per epoch than another would drift into the next epoch early).
+    With one rank this is the permutation itself, cut into whole batches.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, batch_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size, self.batch_size = n, seed, rank, world_size, batch_size
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int):
+        """Continue at `epoch` after this rank's first `start` samples of it."""
         self.epoch, self.start = epoch, start
 
-    def __iter__(self):
+    def _mine(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()[self.rank::self.world_size]
-        return iter(perm[self.start:])
+        perm = torch.randperm(self.n, generator=g).tolist()
+        b, w = self.batch_size, self.world_size
+        return [i for k in range(self.n // (b * w)) for i in perm[(k * w + self.rank) * b:(k * w + self.rank + 1) * b]]
+
+    def __iter__(self):
+        return iter(self._mine()[self.start:])
 
     def __len__(self):
-        return max(0, len(range(self.rank, self.n, self.world_size)) - self.start)
+        return max(0, (self.n // (self.batch_size * self.world_size)) * self.batch_size - self.start)
 
 
 def collate(items):

@@ -5,12 +5,35 @@ local VGG weights are given) + quantizer codebook/commitment loss + after `disc_
 discriminator whose generator term is scaled by the adaptive weight
 ||grad nll|| / ||grad g_loss|| at the decoder's last layer.
 
-Checkpoints: `out_dir/ckpt/step-XXXXXXX/` holds model.safetensors + config.json (our tokenizer format),
-disc.safetensors and train_state.pt (optimizers, schedulers, step, data position, RNG states); the file
-`out_dir/ckpt/latest` names the newest complete one and is replaced atomically after it is written, so a
-kill at any moment leaves a loadable checkpoint. The newest model is also exported to `out_dir/`
+Several processes (`accelerate launch --num_processes N -m lvm tokenizer train ...` on GPUs; on CPUs
+`torchrun --nproc_per_node N -m lvm ...`, since `accelerate launch --cpu` starts one process unless given
+an MPI hostfile) train data-parallel (DDP): `batch_size` is per process, so the global batch is
+batch_size x grad_accum x processes, and the ranks' batches at a step are the micro-batches one process
+with grad_accum x processes would take (tokenizer.data.EpochSampler); logged losses are means over
+micro-steps and ranks. What stays per rank: the discriminator's BatchNorm statistics (each rank's own
+micro-batch, as in taming), random flips and crops (each rank's RNG), and the "normed" quantizer's
+dead-code restarts, which rank 0 decides from its last micro-batch and broadcasts.
+
+Checkpoints, on accelerate's `save_state` / `load_state` (tokenizer.common.checkpointing):
+
+    ckpt/step-0000200/
+        config.json, model.safetensors   the generator in our tokenizer format (load_tokenizer reads it)
+        disc.safetensors                 the discriminator
+        state/                           accelerator.save_state, written by every rank:
+            optimizer.bin, optimizer_1.bin           generator / discriminator Adam (DDP: rank 0 writes)
+            custom_checkpoint_0.pkl, _1.pkl          their lr schedules (registered objects)
+            random_states_<rank>.pkl                 every rank's RNGs (python, numpy, torch, CUDA)
+            scaler.pt                                fp16 grad scaler, when there is one
+            progress_<rank>.pt                       ours: data position, skip count, dead-code
+                                                     generator and quantizer state of each rank
+        state.json                       step, images seen, world size: written last, marks it complete
+    ckpt/latest                          the name of the newest complete step directory
+
+Every rank writes into `ckpt/.step-0000200.tmp/`, which the main process renames into place after a
+barrier; only then is `latest` replaced (atomically) and older step directories pruned, so a kill at any
+moment leaves `latest` naming a complete checkpoint. The newest model is also exported to `out_dir/`
 (config.json + model.safetensors), so `load_tokenizer(out_dir)` works. `resume=True` continues from
-`latest`.
+`latest` (also from a checkpoint of the older layout, one train_state.pt of rank 0's state).
 
 Device and precision come from `cfg.device` / `cfg.precision` through the hardware policy
 (`training_plan`: bf16 where the hardware computes it natively, fp16 with accelerate's gradient scaler on
@@ -19,7 +42,6 @@ pre-Ampere GPUs, else fp32); the resolved values are written into the config bef
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import warnings
@@ -30,12 +52,11 @@ import torch.nn.functional as F
 
 from .common.errors import InputError
 from .common.config import save_config
-from .common.checkpointing import atomic_dir, load_train_state, prune_step_dirs, save_train_state
-from .common.files import atomic_write_text
 from .common.hardware import make_accelerator
 from .common.schedule import warmup_cosine
 from .common.tracking import RunLog, tracker_kwargs
 from .train_config import TokenizerTrainConfig
+from .train_state import TrainerCheckpoints
 
 
 def training_plan(cfg: TokenizerTrainConfig):
@@ -55,7 +76,6 @@ def training_model(cfg: TokenizerTrainConfig, plan):
     return model
 
 
-MARKER = "train_state.pt"  # written last inside a checkpoint directory
 
 
 def random_crops(x: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -80,10 +100,16 @@ def adaptive_weight(nll, g_loss, last_layer, disc_weight):
     return w.clamp(0.0, 1e4).detach() * disc_weight
 
 
-class Trainer:
+class Trainer(TrainerCheckpoints):
     def __init__(self, cfg: TokenizerTrainConfig, log=print, progress: bool = True):
-        self.cfg, self.log, self.progress = cfg, log, progress
+        self.cfg, self._log, self.progress = cfg, log, progress
         self.out = Path(cfg.out_dir)
+        self.acc = None
+
+    def log(self, *args):
+        """`log` of the main process only (every rank runs the same loop)."""
+        if self.acc is None or self.acc.is_main_process:
+            self._log(*args)
 
     # ---------- setup ----------
     def _setup(self, resume: bool):
@@ -103,12 +129,13 @@ class Trainer:
                                        **tracker_kwargs(self.out, cfg.trackers))
         # what auto resolved to goes into the saved config
         cfg.device, cfg.precision, cfg.mixed_precision = str(self.acc.device), plan.precision, None
-        if self.acc.is_main_process:
-            self.log(f"training on {self.acc.device} in {plan.precision}")
+        n = self.acc.num_processes
+        self.log(f"training on {self.acc.device} in {plan.precision}"
+                 + (f", {n} processes (global batch {cfg.batch_size * cfg.grad_accum * n})" if n > 1 else ""))
         set_seed(cfg.seed + self.acc.process_index)
         self.lpips = maybe_lpips(cfg.loss.lpips_vgg_path, cfg.loss.lpips_lin_path)
         cfg.loss.perceptual_used = self.lpips is not None and cfg.loss.perceptual_weight > 0
-        if not cfg.loss.perceptual_used and self.acc.is_main_process:
+        if not cfg.loss.perceptual_used:
             self.log("note: training WITHOUT the LPIPS perceptual loss (loss.lpips_vgg_path / loss.lpips_lin_path "
                      "not given or weight 0); recorded as loss.perceptual_used=false in the saved config")
         if self.lpips is not None:
@@ -126,11 +153,15 @@ class Trainer:
         self.sched_d = warmup_cosine(self.opt_d, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
         self.step, self.epoch, self.batch_in_epoch, self.images_seen, self.skipped = 0, 0, 0, 0, 0
         self.qgen = torch.Generator().manual_seed(cfg.seed + 17)
-        self.resumed_from = None
-        if resume:
-            self._load_latest()
+        self.resumed_from, self._saved_step = None, None
         self.model, self.disc, self.opt_g, self.opt_d = self.acc.prepare(self.model, self.disc, self.opt_g,
                                                                          self.opt_d)
+        # The schedules stay unprepared (accelerate would step them once per process) but are checkpointed.
+        self.acc.register_for_checkpointing(self.sched_g, self.sched_d)
+        self.acc.register_save_state_pre_hook(self._save_weights_hook)
+        self.acc.register_load_state_pre_hook(self._load_weights_hook)
+        if resume:
+            self._load_latest()
         self._build_data()
 
     def _build_data(self):
@@ -147,11 +178,17 @@ class Trainer:
             self.loader = DataLoader(ds, batch_size=cfg.batch_size, collate_fn=collate,
                                      num_workers=cfg.data.num_workers)
         else:
-            if len(ds) < cfg.batch_size:
-                raise InputError(f"{cfg.data.path}: {len(ds)} images, fewer than batch_size={cfg.batch_size}")
-            self.sampler = EpochSampler(len(ds), cfg.seed, self.acc.process_index, self.acc.num_processes)
+            n = self.acc.num_processes
+            if len(ds) < cfg.batch_size * n:
+                raise InputError(f"{cfg.data.path}: {len(ds)} images, fewer than batch_size={cfg.batch_size}"
+                                 + (f" x {n} processes" if n > 1 else ""))
+            self.sampler = EpochSampler(len(ds), cfg.seed, self.acc.process_index, self.acc.num_processes,
+                                        cfg.batch_size)
+            # its own generator: iterating must not draw from the global RNG, which a resumed run restores
+            # at a point where an uninterrupted run holds an open iterator
             self.loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=collate,
-                                     num_workers=cfg.data.num_workers, drop_last=True)
+                                     num_workers=cfg.data.num_workers, drop_last=True,
+                                     generator=torch.Generator().manual_seed(cfg.seed + self.acc.process_index))
         self.val_loader = None
         if cfg.data.val_path:
             vds = build_dataset(cfg.data.val_path, m.resolution, m.value_range, m.resize_mode, False, loop=False)
@@ -169,74 +206,6 @@ class Trainer:
                     yield x
             self.epoch += 1
             self.batch_in_epoch = 0
-
-    # ---------- checkpoints ----------
-    def _ckpt_root(self):
-        return self.out / "ckpt"
-
-    def save(self):
-        from safetensors.torch import save_file
-
-        if not self.acc.is_main_process:
-            self.acc.wait_for_everyone()
-            return
-        model = self.acc.unwrap_model(self.model)
-        disc = self.acc.unwrap_model(self.disc)
-        root = self._ckpt_root()
-        name = f"step-{self.step:07d}"
-        with atomic_dir(root / name) as tmp:
-            model.save_pretrained(tmp)
-            save_file({k: v.detach().cpu().contiguous() for k, v in disc.state_dict().items()},
-                      str(tmp / "disc.safetensors"))
-            q = model.quantize
-            state = {  # save_train_state adds the RNG states
-                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "images_seen": self.images_seen, "skipped": self.skipped,
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
-                "qgen": self.qgen.get_state(),
-                "quantizer": {"idle_steps": q.idle_steps.cpu(), "initialized": q.initialized}
-                if hasattr(q, "idle_steps") else {},
-            }
-            save_train_state(tmp / MARKER, state)
-        atomic_write_text(root / "latest", name + "\n")
-        # export the newest weights at the top of out_dir (each file atomic)
-        model.save_pretrained(self.out)
-        prune_step_dirs(root, MARKER, [name])
-        self.acc.wait_for_everyone()
-
-    def _load_latest(self):
-        from safetensors.torch import load_file
-
-
-        latest = self._ckpt_root() / "latest"
-        if not latest.is_file():
-            self.log(f"--resume: no checkpoint in {self._ckpt_root()}, starting from scratch")
-            return
-        d = self._ckpt_root() / latest.read_text().strip()
-        saved = json.loads((d / "config.json").read_text())
-        saved.pop("format", None)
-        now = self.cfg.model.to_dict()
-        saved["precision"] = now["precision"]  # inference precision: not part of what was trained
-        if saved != now:
-            diff = sorted(k for k in saved if saved.get(k) != now.get(k))
-            raise InputError(f"{d}: checkpoint model config differs from this config in: {', '.join(diff)}")
-        self.model.load_checked(load_file(str(d / "model.safetensors")), d)
-        self.model.train()
-        self.disc.load_state_dict(load_file(str(d / "disc.safetensors")))
-        s = load_train_state(d / MARKER)  # restores the RNGs too
-        self.opt_g.load_state_dict(s["opt_g"])
-        self.opt_d.load_state_dict(s["opt_d"])
-        self.sched_g.load_state_dict(s["sched_g"])
-        self.sched_d.load_state_dict(s["sched_d"])
-        self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
-        self.images_seen, self.skipped = s["images_seen"], s["skipped"]
-        self.qgen.set_state(s["qgen"])
-        if s.get("quantizer"):
-            self.model.quantize.idle_steps.copy_(s["quantizer"]["idle_steps"])
-            self.model.quantize.initialized = bool(s["quantizer"]["initialized"])
-        self.resumed_from = d
-        self.log(f"resumed from {d} at step {self.step}")
 
     # ---------- loop ----------
     def _eval(self):
@@ -271,17 +240,27 @@ class Trainer:
         return nll + cfg.loss.codebook_weight * qloss, nll, rec, qloss, xrec
 
     def _step(self, batches, last_layer) -> dict:
-        """One optimizer step (grad_accum micro-steps of generator and, after disc_start, discriminator)."""
+        """One optimizer step (grad_accum micro-steps of generator and, after disc_start, discriminator).
+        The numbers it returns are means over the micro-steps and the ranks: those of the global batch."""
         cfg, model, disc = self.cfg, self.model, self.disc
-        logs = {}
+        disc_plain = self.acc.unwrap_model(disc)
+        sums = {}
         for _ in range(cfg.grad_accum):
             x = random_crops(next(batches), cfg.data.crop).to(self.acc.device)
+            logs = {}
             with self.acc.accumulate(model, disc):
                 gan_on = self.step >= cfg.loss.disc_start
                 loss, nll, rec, qloss, xrec = self._loss(x, logs)
                 if gan_on:
-                    with self.plan.autocast():
-                        g_loss = -disc(xrec).float().mean()
+                    # The generator's adversarial term: through the discriminator (not its DDP wrapper, which
+                    # would all-reduce) with its weights frozen, so this backward leaves them no gradient that
+                    # the discriminator's own step would then apply (taming toggles its optimizers alike).
+                    disc_plain.requires_grad_(False)
+                    try:
+                        with self.plan.autocast():
+                            g_loss = -disc_plain(xrec).float().mean()
+                    finally:
+                        disc_plain.requires_grad_(True)
                     d_w = adaptive_weight(nll, g_loss, last_layer, cfg.loss.disc_weight)
                     loss = loss + d_w * g_loss
                     logs["g_loss"], logs["d_weight"] = g_loss.item(), d_w.item()
@@ -298,14 +277,25 @@ class Trainer:
                     self.opt_d.zero_grad(set_to_none=True)
                     logs["d_loss"] = d_loss.item()
             logs.update(loss=loss.item(), rec=rec.item(), q=qloss.item())
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
             self.images_seen += x.shape[0] * self.acc.num_processes
+        logs = self._mean_over_ranks({k: v / cfg.grad_accum for k, v in sums.items()})
         self.step += 1
         self.sched_g.step()
         self.sched_d.step()
         if cfg.model.quantizer == "normed" and cfg.dead_code_max_idle > 0:
+            # every rank calls it; rank 0's codebook is broadcast (and its count logged)
             logs["restarted"] = self.acc.unwrap_model(model).quantize.restart_dead_codes(cfg.dead_code_max_idle,
                                                                                          self.qgen)
         return logs
+
+    def _mean_over_ranks(self, logs: dict) -> dict:
+        if self.acc.num_processes == 1:
+            return logs
+        keys = sorted(logs)  # the same keys on every rank: they depend on the step and the config only
+        t = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.acc.device)
+        return dict(zip(keys, self.acc.reduce(t, "mean").tolist()))
 
     def _log_step(self, logs: dict, bar) -> None:
         """Trackers and train_log.jsonl every `log_every` steps (and the first), with images/s since the last."""
@@ -331,6 +321,15 @@ class Trainer:
             return "stop_at_step"
         return None
 
+    def _agreed_stop(self, t_start: float) -> str | None:
+        """`_stop_reason`, the main process's when a wall-time limit could make the ranks disagree."""
+        reason = self._stop_reason(t_start)
+        if self.acc.num_processes > 1 and self.cfg.max_minutes is not None:
+            from accelerate.utils import broadcast_object_list
+
+            reason = broadcast_object_list([reason], from_process=0)[0]
+        return reason
+
     def train(self, resume: bool = False) -> dict:
         from tqdm import tqdm
 
@@ -351,7 +350,7 @@ class Trainer:
                    disable=not (self.acc.is_main_process and self.progress))
         self._t_last, self._img_last = time.time(), self.images_seen
         last_loss = None
-        while (stop_reason := self._stop_reason(t_start)) is None:
+        while (stop_reason := self._agreed_stop(t_start)) is None:
             logs = self._step(batches, last_layer)
             last_loss = logs["loss"]
             self._log_step(logs, bar)
@@ -365,8 +364,11 @@ class Trainer:
         if self.val_loader is not None and (not cfg.eval_every or self.step % cfg.eval_every):
             result = self._eval()
         self.run_log.close()
-        if self.skipped:
-            self.log(f"skipped {self.skipped} unreadable images")
+        skipped = self.skipped
+        if self.acc.num_processes > 1:
+            skipped = int(self.acc.reduce(torch.tensor([skipped], device=self.acc.device), "sum").item())
+        if skipped:
+            self.log(f"skipped {skipped} unreadable images")
         self.log(f"stopped at step {self.step} ({stop_reason}); weights in {self.out}")
-        return {"step": self.step, "last_loss": last_loss, "eval": result, "skipped": self.skipped,
+        return {"step": self.step, "last_loss": last_loss, "eval": result, "skipped": skipped,
                 "stop": stop_reason}

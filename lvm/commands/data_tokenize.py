@@ -4,13 +4,17 @@ Every image goes through the tokenizer (batched across sequences) on --device in
 by default: this rank's GPU if any, and bf16 only where the hardware computes it natively); each input
 shard becomes a token shard of the same name: per sequence `tokens.npy` (n_images, 256) + the sequence's
 JSON (plus tokenizer provenance). Finished token shards are skipped on a rerun. Under
-`accelerate launch` (or torchrun / SLURM) each rank takes shards[rank::world] and its own GPU.
+`accelerate launch` (or torchrun / SLURM) each rank takes shards[rank::world] and its own GPU. With
+--engine ray a pool of Ray actors, one tokenizer each (one per GPU of the cluster, or --actors N), takes the
+shards one at a time; a dead actor is restarted and its shard retried (needs `pip install 'lvm[ray]'`).
 
 example:
   lvm data tokenize data/demo/images --tokenizer runs/tok --out data/demo/tokens
   accelerate launch --num_processes 8 -m lvm data tokenize data/images --tokenizer runs/tok --out data/tokens
+  lvm data tokenize /shared/images --tokenizer /shared/tok --out /shared/tokens --engine ray --ray-address auto
 """
 
+from lvm.commands.data_build import add_engine_arguments
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 
 
@@ -22,16 +26,20 @@ def add_arguments(p):
     add_hardware_arguments(p, device_help="auto (this rank's GPU if any, else MPS, else CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--world-size", type=int, default=None)
+    add_engine_arguments(p)
+    p.add_argument("--actors", type=int, default=0,
+                   help="--engine ray: tokenizer actors (default: one per GPU of the cluster, else one per node)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args):
     import json
 
-    from data_builders.encode import tokenize
+    from data_builders.engines import run_tokenize
 
-    res = tokenize(args.shards if len(args.shards) > 1 else args.shards[0], args.tokenizer, args.out,
-                   batch_size=args.batch_size, device=args.device, precision=args.precision, rank=args.rank,
-                   world=args.world_size, progress=not args.no_progress)
+    res = run_tokenize(args.shards if len(args.shards) > 1 else args.shards[0], args.tokenizer, args.out,
+                       engine=args.engine, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                       rank=args.rank, world=args.world_size, ray_address=args.ray_address, actors=args.actors,
+                       max_retries=args.max_retries, progress=not args.no_progress)
     print(json.dumps(res))
     return 0

@@ -1,4 +1,5 @@
-"""Train a VQGAN tokenizer (accelerate: CPU, one GPU, or several with `accelerate launch -m lvm ...`).
+"""Train a VQGAN tokenizer (accelerate: CPU, one GPU, or several processes: `accelerate launch -m lvm ...`
+on GPUs, `torchrun --nproc_per_node N -m lvm tokenizer train ...` on CPUs).
 
 The config (configs/tokenizer/*.yaml) holds the model (VQGANConfig), data, loss and schedule; override any
 key with key=value (nested keys with dots). Training data: data.path = a folder of images (recursive), a

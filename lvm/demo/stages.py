@@ -225,7 +225,7 @@ class Demo:
 
     # ---- stages ----
     def stage_data(self):
-        from data_builders.build import run_build
+        from data_builders.engines import run_build
 
         dc = self.data_config()
         res = run_build(dc, workers=self.cfg.workers, rank=0, world=1, progress=self.progress, log=self.log)

@@ -9,9 +9,12 @@ Run directory (`out_dir`):
     config.yaml                      resolved config (device and precision as `auto` resolved them)
     metrics.jsonl                    one line per step (loss, lr, tokens/s, MFU) and per evaluation
     tb/                              TensorBoard events (plus any other tracker in `trackers`)
-    checkpoints/step-00000100/       HF directory (config.json, model.safetensors) + trainer_state.pt
-                                     (optimizer, scheduler, RNG) + trainer_state.json (step, data position)
-Checkpoints appear atomically (written under a temporary name, then renamed); the last `keep_last` stay.
+    checkpoints/step-00000100/       HF directory (config.json, model.safetensors) + state/ (accelerate's
+                                     save_state: optimizer, scheduler, every rank's RNG, the run's progress;
+                                     FSDP: every rank's model/optimizer shards) + trainer_state.json (step,
+                                     data position), written last (layout: lvm/train/resume.py)
+Checkpoints appear atomically (every rank writes into one temporary directory, which is then renamed);
+the last `keep_last` stay. Several processes (DDP, FSDP) resume exactly: same losses, same weights.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 
 from lvm.checkpoints import load_causal_lm
 from lvm.model import model_config_from_hf
-from lvm.train.resume import list_checkpoints, load_checkpoint, save_checkpoint
+from lvm.train.resume import attach, list_checkpoints, load_checkpoint, save_checkpoint
 from lvm.train.config import TrainConfig
 from lvm.train.data import make_loader, seq_lens
 from lvm.train.flops import measure_matmul_peak, train_flops
@@ -66,6 +69,15 @@ class Run:
         return {"step": self.step, "consumed_batches": self.consumed, "tokens_seen": self.tokens_seen,
                 "accum": self.accum, "micro_batch": self.cfg.micro_batch, "seq_len": self.seq_len}
 
+    # The run's progress as accelerate's register_for_checkpointing saves and restores it (plain ints:
+    # the file loads with weights_only=True).
+    def state_dict(self) -> dict:
+        return {"step": self.step, "consumed_batches": self.consumed, "tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.step, self.consumed, self.tokens_seen = (int(st["step"]), int(st["consumed_batches"]),
+                                                      int(st["tokens_seen"]))
+
 
 def _start_model(cfg: TrainConfig, ckpts: list, init_from: str | None):
     """A resumed checkpoint, an HF directory to fine-tune, or a fresh init (cfg.model follows it)."""
@@ -95,7 +107,10 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
     if not cfg.data.source_list():
         raise InputError("data.shards is empty: give token shards, e.g. data.shards=data/demo/tokens")
 
-    accelerator, amp = make_accelerator(plan, **tracker_kwargs(out, cfg.trackers))
+    # The lr schedule steps once per optimizer step whatever the number of processes (accelerate would
+    # otherwise step a prepared scheduler num_processes times).
+    accelerator, amp = make_accelerator(plan, step_scheduler_with_optimizer=False,
+                                        **tracker_kwargs(out, cfg.trackers))
     set_seed(cfg.seed)
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
@@ -124,12 +139,12 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
     if cfg.compile:
         model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run = Run(cfg, out, accelerator, amp, model, optimizer, scheduler, layout, seq_len, accum)
+    attach(accelerator, run)  # save_state/load_state carry the run's step and data position
     if ckpts:
-        meta = load_checkpoint(ckpts[-1], optimizer, scheduler)
-        run.ckpt, run.step, run.consumed, run.tokens_seen = (ckpts[-1], meta["step"], meta["consumed_batches"],
-                                                             meta["tokens_seen"])
+        load_checkpoint(accelerator, ckpts[-1], optimizer, scheduler, run)
+        run.ckpt = ckpts[-1]
         accelerator.print(f"resuming from {ckpts[-1]} (step {run.step})")
     return run, plan
 
@@ -199,8 +214,7 @@ def maybe_evaluate(run: Run, log: RunLog, bar, last_eval: dict) -> dict:
 def maybe_save(run: Run) -> None:
     cfg = run.cfg
     if run.step % cfg.save_every == 0 or run.step == cfg.max_steps:
-        save_checkpoint(run.accelerator, run.model, run.optimizer, run.scheduler, run.out, run.state(),
-                        cfg.keep_last)
+        save_checkpoint(run.accelerator, run.model, run.out, run.state(), cfg.keep_last)
 
 
 def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, progress: bool = True,

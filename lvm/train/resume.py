@@ -1,19 +1,38 @@
-"""Checkpoints of `lvm train` (layout in lvm/train/loop.py's docstring), on tokenizer.common.checkpointing.
+"""Checkpoints of `lvm train`, on accelerate's state machinery (tokenizer.common.checkpointing).
 
-    checkpoints/step-00000100/   HF directory (config.json, model.safetensors) + trainer_state.pt
-                                 (optimizer, scheduler, RNG) + trainer_state.json (step, data position)
+    checkpoints/step-00000100/
+        config.json, generation_config.json, model.safetensors
+                             HF export of the full model (fp32; LlamaForCausalLM.from_pretrained(step_dir))
+        state/               accelerator.save_state, written by every rank:
+            optimizer.bin, scheduler.bin     optimizer / lr schedule (DDP: replicated, written by rank 0)
+            random_states_<rank>.pkl         every rank's RNGs (python, numpy, torch, CUDA)
+            custom_checkpoint_0.pkl          the run's progress (step, data position: Run.state_dict)
+            scaler.pt                        fp16 grad scaler, when there is one
+            pytorch_model_fsdp_0/, optimizer_0/
+                             FSDP only: each rank's shard of the model and optimizer state
+                             (torch.distributed.checkpoint; configs/accelerate/fsdp.yaml asks for
+                             SHARDED_STATE_DICT)
+        trainer_state.json   step, data position, world size: written last, marks a complete checkpoint
+
+Without FSDP the model weights are saved once, as the HF export (a save hook keeps accelerate from
+writing a second copy, a load hook from reading one: the resumed model is built from the export).
+Checkpoints of the earlier layout (one trainer_state.pt holding rank 0's optimizer, scheduler and RNG)
+still resume, except under FSDP.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from lvm.model import quiet_hf_progress
-from tokenizer.common.checkpointing import (atomic_dir, list_step_dirs, load_train_state, prune_step_dirs,
-                                            save_train_state)
+from tokenizer.common.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
+                                            prune_step_dirs, save_state_atomic)
+from tokenizer.common.errors import InputError
 
 MARKER = "trainer_state.json"  # written last inside the directory: its presence marks a complete checkpoint
+LEGACY_STATE = "trainer_state.pt"  # the earlier layout's optimizer/scheduler/RNG file
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -21,26 +40,67 @@ def list_checkpoints(out_dir) -> list[Path]:
     return list_step_dirs(Path(out_dir) / "checkpoints", MARKER)
 
 
-def save_checkpoint(accelerator, model, optimizer, scheduler, out_dir, state: dict, keep_last: int) -> Path:
-    """Write checkpoints/step-N/ (N = state["step"]) atomically, then keep only the newest `keep_last`."""
+def is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def attach(accelerator, progress) -> None:
+    """Register what accelerate's save_state/load_state should carry besides model/optimizer/scheduler:
+    `progress` (an object with state_dict/load_state_dict: step and data position) and, without FSDP,
+    the hooks that leave the model weights to the HF export."""
+    accelerator.register_for_checkpointing(progress)
+    if not is_fsdp(accelerator):
+        accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+        accelerator.register_load_state_pre_hook(lambda models, inp: models.clear())
+
+
+def save_checkpoint(accelerator, model, out_dir, state: dict, keep_last: int) -> Path:
+    """Write checkpoints/step-N/ (N = state["step"]) atomically from every rank, then keep only the
+    newest `keep_last`. Call on every rank."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
-    full_state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
+
+    def write_extra(tmp: Path):
+        full_state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
+        if accelerator.is_main_process:
+            with quiet_hf_progress():  # HF's one-shard bar would litter every save
+                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
+            (tmp / MARKER).write_text(json.dumps({**state, "world_size": accelerator.num_processes}, indent=1))
+
+    save_state_atomic(accelerator, final, write_extra)
     if accelerator.is_main_process:
-        with atomic_dir(final) as tmp, quiet_hf_progress():  # HF's one-shard bar would litter every save
-            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
-            # Optimizer/scheduler/RNG: tensors and numbers only, loaded back with weights_only=True.
-            save_train_state(tmp / "trainer_state.pt", {"optimizer": optimizer.state_dict(),
-                                                        "scheduler": scheduler.state_dict()})
-            (tmp / MARKER).write_text(json.dumps(state, indent=1))
         prune_step_dirs(root, MARKER, [p.name for p in list_checkpoints(out_dir)[-keep_last:]])
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(ckpt: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer, scheduler and RNGs from `ckpt`; returns its trainer_state.json."""
-    st = load_train_state(ckpt / "trainer_state.pt")
+def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler, progress) -> dict:
+    """Restore optimizer, scheduler, RNGs and `progress` from `ckpt` (every rank); returns trainer_state.json.
+
+    The model itself was built from the checkpoint's HF export (and, under FSDP, is overwritten here by
+    the sharded state).
+    """
+    meta = json.loads((ckpt / MARKER).read_text())
+    saved_world = meta.get("world_size", 1)
+    if saved_world != accelerator.num_processes:
+        warnings.warn(f"{ckpt} was written by {saved_world} process(es), this run has "
+                      f"{accelerator.num_processes}: the data order (and RNG streams) of the resumed run "
+                      "differ from an uninterrupted one", stacklevel=2)
+    if (ckpt / STATE_DIR).is_dir():
+        load_state_safe(accelerator, ckpt / STATE_DIR)
+        if progress.step != meta["step"]:
+            raise InputError(f"{ckpt}: {STATE_DIR}/ is at step {progress.step} but {MARKER} says {meta['step']}")
+        return meta
+    if not (ckpt / LEGACY_STATE).is_file():
+        raise InputError(f"{ckpt}: neither {STATE_DIR}/ nor {LEGACY_STATE}: not a resumable checkpoint")
+    if is_fsdp(accelerator):
+        raise InputError(f"{ckpt}: a checkpoint of the earlier layout ({LEGACY_STATE}, one unsharded optimizer "
+                         "state) cannot resume an FSDP run; resume it without FSDP once, or start from its "
+                         "weights with --init-from")
+    st = load_train_state(ckpt / LEGACY_STATE)  # weights_only=True; restores this process' RNGs from rank 0's
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
-    return json.loads((ckpt / MARKER).read_text())
+    progress.load_state_dict(meta)
+    return meta

@@ -1,20 +1,30 @@
 """Checkpoint directories of both trainers: `root/step-N/` written whole (atomic_dir), listed, pruned,
 and a train-state file holding optimizer/scheduler state and every RNG.
 
-The trainers keep their own layouts (lvm/train/resume.py: `checkpoints/step-%08d/` with
-trainer_state.pt + trainer_state.json; tokenizer/train.py: `ckpt/step-%07d/` with train_state.pt and a
-`latest` pointer); this module only holds what they do alike.
+The trainers keep their own layouts (lvm/train/resume.py: `checkpoints/step-%08d/` with an HF export, an
+accelerate `state/` folder and trainer_state.json; tokenizer/train.py: `ckpt/step-%07d/`, see its
+docstring); this module only holds what they do alike.
+
+Several processes (DDP, FSDP): `save_state_atomic` / `load_state_safe` wrap accelerate's
+`save_state` / `load_state` so that every rank writes its part (sharded FSDP model/optimizer state, its
+own RNG file) into one temporary directory that the main process then renames into place: a kill during
+a save never leaves a `step-N/` that a resume would pick. All ranks must see the same directory (one
+machine, or a shared filesystem).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 from .files import atomic_dir
 from .rng import rng_state, set_rng_state
 
-__all__ = ["atomic_dir", "list_step_dirs", "prune_step_dirs", "save_train_state", "load_train_state"]
+__all__ = ["atomic_dir", "list_step_dirs", "prune_step_dirs", "save_train_state", "load_train_state",
+           "save_state_atomic", "load_state_safe", "STATE_DIR"]
+
+STATE_DIR = "state"  # accelerate's save_state folder inside a checkpoint directory
 
 
 def list_step_dirs(root, marker: str) -> list[Path]:
@@ -46,3 +56,83 @@ def load_train_state(path) -> dict:
     st = torch.load(path, map_location="cpu", weights_only=True)
     set_rng_state(st["rng"])
     return st
+
+
+def temp_dir_for(final) -> Path:
+    """The temporary directory a save of `final` writes into (hidden, beside it; never matches step-*)."""
+    final = Path(final)
+    return final.parent / f".{final.name}.tmp"
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished `tmp` into place (replacing an older `final`)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def save_state_atomic(accelerator, final_dir, write_extra=None, state_dir: str = STATE_DIR) -> Path:
+    """`accelerator.save_state` into `final_dir/state_dir`, atomically across all ranks. Call on every rank.
+
+    1. the main process creates a fresh `.NAME.tmp/` beside `final_dir` (dropping what a killed save left);
+       everyone waits;
+    2. every rank runs `accelerator.save_state(tmp/state_dir, safe_serialization=True)`: optimizer,
+       scheduler, grad scaler, registered objects (main process), this rank's RNG file
+       (`random_states_<rank>.pkl`) and, under FSDP, the model and optimizer shards of every rank
+       (torch.distributed.checkpoint, with fsdp_state_dict_type SHARDED_STATE_DICT);
+    3. `write_extra(tmp)` runs on every rank (it may call collectives, e.g. `accelerator.get_state_dict`);
+       shared files come from the main process (per-rank files, distinctly named, from each rank),
+       and the completeness marker is written last;
+    4. everyone waits; the main process renames tmp to `final_dir`; everyone waits again.
+
+    Returns `final_dir`. A kill at any point leaves at most the hidden tmp directory, which the next save
+    of that step replaces.
+    """
+    final = Path(final_dir)
+    tmp = temp_dir_for(final)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp / state_dir), safe_serialization=True)
+        if write_extra is not None:
+            write_extra(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _publish(tmp, final)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def check_weights_only(path) -> None:
+    """Raise unless the torch pickle `path` loads with weights_only=True (tensors, numbers, containers).
+
+    accelerate 1.15 reads registered objects (`custom_checkpoint_<i>.pkl`) with weights_only=False; a
+    file that the restricted unpickler accepts only names allow-listed callables, so the full load that
+    follows runs nothing else.
+    """
+    import torch
+
+    torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_state_safe(accelerator, state_dir) -> None:
+    """`accelerator.load_state(state_dir)` (call on every rank) after checking the pickles it would read
+    without weights_only.
+
+    What accelerate 1.15 does on load: optimizer, scheduler, scaler and RNG files go through
+    `accelerate.utils.load` (torch.load with weights_only=True plus numpy's array reconstructors);
+    models as safetensors; registered objects with weights_only=False (checked here first with
+    weights_only=True); FSDP shards through torch.distributed.checkpoint (tensors via weights_only
+    loads, its `.metadata` file via plain pickle: only resume from checkpoint directories you trust).
+    A missing RNG file (e.g. more ranks than were saved) is skipped by accelerate without an error.
+    """
+    state_dir = Path(state_dir)
+    for f in sorted(state_dir.glob("custom_checkpoint_*.pkl")):
+        check_weights_only(f)
+    accelerator.load_state(str(state_dir))
