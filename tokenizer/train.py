@@ -363,10 +363,10 @@ class Trainer(TrainerCheckpoints):
         result = None
         if self.val_loader is not None and (not cfg.eval_every or self.step % cfg.eval_every):
             result = self._eval()
-        self.run_log.close()
         skipped = self.skipped
         if self.acc.num_processes > 1:
             skipped = int(self.acc.reduce(torch.tensor([skipped], device=self.acc.device), "sum").item())
+        self.run_log.close()
         if skipped:
             self.log(f"skipped {skipped} unreadable images")
         self.log(f"stopped at step {self.step} ({stop_reason}); weights in {self.out}")

@@ -63,6 +63,8 @@ class RunLog:
                 f.write(json.dumps(rec) + "\n")
 
     def close(self) -> None:
-        for t in self.acc.trackers:
-            t.finish()
+        """End the run on every rank, after its last collective: the trackers finish and the process group
+        is destroyed, since a worker that exits with gloo's threads still running aborts."""
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
         self.acc.trackers.clear()
