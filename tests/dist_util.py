@@ -166,6 +166,23 @@ def _local_optimizer_state(optimizer) -> dict:
                      if isinstance(v, torch.Tensor) else v for n, v in s.items()} for k, s in st.items()}
 
 
+def hang_before_publish(name: str) -> None:
+    """Make this process's save of checkpoint directory `name` stop just before the rename that publishes it
+    (touching `<name>.hanging` beside the temporary directory), so a test can kill the run mid-save."""
+    import tokenizer.common.checkpointing as ck
+
+    publish = ck._publish
+
+    def hanging_publish(tmp, final):
+        if Path(final).name == name:
+            (Path(tmp).parent / f"{name}.hanging").touch()
+            while True:
+                time.sleep(1)
+        publish(tmp, final)
+
+    ck._publish = hanging_publish
+
+
 def _wrapper_main(argv: list[str]) -> int:
     import argparse
 
@@ -181,19 +198,9 @@ def _wrapper_main(argv: list[str]) -> int:
     import torch
 
     import lvm.train.loop as loop
-    import tokenizer.common.checkpointing as ck
 
     if opts.hang_before_publish is not None:
-        publish, name = ck._publish, f"step-{opts.hang_before_publish:08d}"
-
-        def hanging_publish(tmp, final):
-            if Path(final).name == name:
-                (Path(tmp).parent / f"{name}.hanging").touch()
-                while True:
-                    time.sleep(1)
-            publish(tmp, final)
-
-        ck._publish = hanging_publish
+        hang_before_publish(f"step-{opts.hang_before_publish:08d}")
 
     if opts.fsdp2:
         import contextlib

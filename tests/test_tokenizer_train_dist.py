@@ -27,7 +27,6 @@ and the quantizer state came back.
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -147,20 +146,10 @@ def test_two_processes_give_the_one_process_losses(images, tmp_path):
 # ---- the wrapper: `lvm tokenizer train` whose save of step N hangs before the rename ----
 
 def _wrapper_main(argv: list[str]) -> int:
-    import tokenizer.common.checkpointing as ck
     from lvm.cli import main
 
     n, rest = int(argv[0]), argv[2:]  # N -- ARGS
-    publish, name = ck._publish, f"step-{n:07d}"
-
-    def hanging_publish(tmp, final):
-        if Path(final).name == name:
-            (Path(tmp).parent / f"{name}.hanging").touch()
-            while True:
-                time.sleep(1)
-        publish(tmp, final)
-
-    ck._publish = hanging_publish
+    dist_util.hang_before_publish(f"step-{n:07d}")
     return main(rest)
 
 
