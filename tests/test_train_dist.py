@@ -189,13 +189,13 @@ def test_a_checkpoint_of_the_earlier_layout_still_resumes(shards, one_proc_losse
 
     from accelerate.utils import load
 
-    from tokenizer.common.checkpointing import save_train_state
+    from tokenizer.common.rng import rng_state
 
     out = tmp_path / "legacy"
     train(_one_proc_cfg(shards, out), progress=False, stop_at_step=3)
     ck = list_checkpoints(out)[-1]
-    save_train_state(ck / "trainer_state.pt", {"optimizer": load(ck / "state" / "optimizer.bin"),
-                                               "scheduler": load(ck / "state" / "scheduler.bin")})
+    torch.save({"optimizer": load(ck / "state" / "optimizer.bin"), "scheduler": load(ck / "state" / "scheduler.bin"),
+                "rng": rng_state()}, ck / "trainer_state.pt")  # the earlier layout's single file
     shutil.rmtree(ck / "state")
     meta = json.loads((ck / "trainer_state.json").read_text())
     meta.pop("world_size")

@@ -1,5 +1,6 @@
-"""Checkpoint directories of both trainers: `root/step-N/` written whole (atomic_dir), listed, pruned,
-and a train-state file holding optimizer/scheduler state and every RNG.
+"""Checkpoint directories of both trainers: `root/step-N/` written whole by every rank
+(`save_state_atomic`), listed, pruned, loaded back (`load_state_safe`, or `load_train_state` for the
+earlier single-file layout).
 
 The trainers keep their own layouts (lvm/train/resume.py: `checkpoints/step-%08d/` with an HF export, an
 accelerate `state/` folder and trainer_state.json; tokenizer/train.py: `ckpt/step-%07d/`, see its
@@ -18,10 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
-from .files import atomic_dir
-from .rng import rng_state, set_rng_state
+from .rng import set_rng_state
 
-__all__ = ["atomic_dir", "list_step_dirs", "prune_step_dirs", "save_train_state", "load_train_state",
+__all__ = ["list_step_dirs", "prune_step_dirs", "load_train_state",
            "save_state_atomic", "load_state_safe", "STATE_DIR"]
 
 STATE_DIR = "state"  # accelerate's save_state folder inside a checkpoint directory
@@ -42,15 +42,9 @@ def prune_step_dirs(root, marker: str, keep: list[str]) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def save_train_state(path, state: dict) -> None:
-    """torch.save `state` (tensors and numbers only) plus every RNG's state under "rng"."""
-    import torch
-
-    torch.save({**state, "rng": rng_state()}, path)
-
-
 def load_train_state(path) -> dict:
-    """What `save_train_state` wrote (weights_only=True, on the CPU), with the RNGs restored."""
+    """A train-state file of the earlier single-file layout (weights_only=True, on the CPU: its tensors plus
+every RNG under "rng"), with the RNGs restored."""
     import torch
 
     st = torch.load(path, map_location="cpu", weights_only=True)
