@@ -216,6 +216,7 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     assert set(tasks) == set(te.TASKS)
     for task, r in tasks.items():
         assert r["ppl"] > 1 and math.isfinite(r["ppl"])
+        assert 1 < r["ppl_pooled"] <= r["ppl"] * (1 + 1e-9)  # one episode: equal; more: pooled is lower
         assert r["metric"] in r["model"] and r["metric"] in r["tokenizer_recon"]
         assert len(r["ppl_curve"]["ppl"]) == 2
         assert "copy_last" in r["baselines"] and "mean_image" in r["baselines"]

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from lvm.cli import main
@@ -89,8 +90,62 @@ def test_cli_equals_direct_llama_on_the_same_tokens(tmp_path, capsys):
         s, c = _direct(model, codes[:len(ex["input"])], codes[len(ex["input"]):])
         s_all, c_all = s_all + s, c_all + c
     assert res["tokens"] == c_all == 3 * P
-    assert res["perplexity"] == pytest.approx(math.exp(s_all / c_all), rel=1e-5)
-    assert f"perplexity {res['perplexity']:.4f}" in capsys.readouterr().out
+    assert res["pooled_perplexity"] == pytest.approx(math.exp(s_all / c_all), rel=1e-5)
+    out = capsys.readouterr().out
+    assert f"perplexity {res['perplexity']:.4f}" in out and f"pooled {res['pooled_perplexity']:.4f}" in out
+
+
+def _release_perplexity(model, inp, tgt):
+    """The released eval_perplexity.py's formula, written out independently: log-softmax over the whole
+    sequence, the one-hot target log-probs from the last input position on, exp(-mean) per example."""
+    inp_t, tgt_t = torch.from_numpy(inp.reshape(1, -1)), torch.from_numpy(tgt.reshape(1, -1))
+    all_ids = torch.cat([inp_t, tgt_t], 1)
+    with torch.no_grad():
+        log_probs = F.log_softmax(model(all_ids).logits.double(), -1)
+    onehot = F.one_hot(tgt_t, log_probs.shape[-1]).double()
+    target_lp = log_probs[:, inp_t.shape[1] - 1:-1]
+    return float(torch.exp(-(target_lp * onehot).sum(-1).mean(-1))[0])
+
+
+def test_headline_is_the_releases_mean_over_examples_and_pooled_is_beside_it(tmp_path, capsys):
+    from tokenizer import VQGAN, VQGANConfig, load_tokenizer
+
+    torch.manual_seed(0)
+    tcfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                       attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K,
+                       precision="fp32")
+    VQGAN(tcfg).save_pretrained(tmp_path / "tok")
+    model = _model()
+    with torch.no_grad():  # sharp output distributions: examples differ widely in perplexity
+        model.lm_head.weight.mul_(40)
+    model.save_pretrained(tmp_path / "lvm")
+    rng = np.random.default_rng(5)
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data/img" / f"{i}.png")
+    lines = [{"ctx": ["img/0.png", "img/1.png"], "gt": ["img/2.png"]},
+             {"ctx": ["img/3.png"], "gt": ["img/4.png", "img/5.png"]},
+             {"ctx": ["img/6.png", "img/7.png", "img/0.png"], "gt": ["img/1.png"]},
+             {"ctx": ["img/5.png"], "gt": ["img/6.png"]}]  # cut by --max-examples 3
+    jl = tmp_path / "eval.jsonl"  # paths are relative to --input-base-dir, not to the file's folder
+    jl.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rc = main(["eval", "perplexity", str(jl), "--model", str(tmp_path / "lvm"), "--tokenizer", str(tmp_path / "tok"),
+               "--input-base-dir", str(tmp_path / "data"), "--json-input-key", "ctx", "--json-target-key", "gt",
+               "--max-examples", "3", "--out", str(tmp_path / "res.json"), "--precision", "fp32", "--device", "cpu"])
+    assert rc == 0
+    res = json.loads((tmp_path / "res.json").read_text())
+    tok = load_tokenizer(tmp_path / "tok", precision="fp32")
+    per = []
+    for ex in lines[:3]:
+        codes = tok.encode_images([str(tmp_path / "data" / p) for p in ex["ctx"] + ex["gt"]]).numpy()
+        per.append(_release_perplexity(model, codes[:len(ex["ctx"])], codes[len(ex["ctx"]):]))
+    assert res["examples"] == 3 and max(per) > 1.5 * min(per)  # the examples really differ
+    assert res["perplexity"] == pytest.approx(float(np.mean(per)), rel=1e-5)
+    assert res["pooled_perplexity"] < res["perplexity"] * 0.97  # several percent apart, pooled below (Jensen)
+    out = capsys.readouterr().out
+    assert f"perplexity {res['perplexity']:.4f}" in out and f"pooled {res['pooled_perplexity']:.4f}" in out
+    print(f"per example {[round(p, 3) for p in per]}: release formula {np.mean(per):.6f}, lvm "
+          f"{res['perplexity']:.6f}, pooled {res['pooled_perplexity']:.6f}")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "auto"])

@@ -1,9 +1,15 @@
 """Perplexity of target images given input images, in the released evaluation's JSONL format.
 
-Each line of FILE.jsonl is {"input": [image paths], "target": [image paths]} (relative paths are read
-from the JSONL file's directory). Images are tokenized with --tokenizer; perplexity = exp(mean negative
-log-likelihood over all target tokens, each given the input images and the earlier target tokens).
-Lines that cannot be used (bad JSON, unreadable image) are skipped and counted.
+Each line of FILE.jsonl is {"input": [image paths], "target": [image paths]}. Relative paths are joined to
+--input-base-dir, or to the JSONL file's folder when it is not given. Images are tokenized with --tokenizer.
+Two figures over the target tokens, each given the input images and the earlier target tokens:
+
+  perplexity  the released evaluation's number: per example exp(mean NLL of its target tokens), then the
+              mean over examples (the headline, comparable with the paper and the release's script);
+  pooled      exp(total NLL / total target tokens): lower (Jensen), what a token-level loss converts to.
+
+Lines that cannot be used (bad JSON, unreadable image) are skipped and counted. --out writes both figures
+and one row per example as JSON.
 
 example:
   lvm eval perplexity eval.jsonl --model runs/lvm-tiny/checkpoints/step-00001000 --tokenizer runs/tok
@@ -12,9 +18,16 @@ example:
 
 def add_arguments(p):
     p.add_argument("file", metavar="FILE.jsonl", help='JSON lines {"input": [paths], "target": [paths]}')
-    p.add_argument("--model", required=True, help="HF LlamaForCausalLM directory (ours or the released LVM-7B)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM dir, taming .ckpt)")
+    p.add_argument("--model", required=True, help="HF LlamaForCausalLM (ours or the released LVM-7B): "
+                   "local directory or hub id (owner/name[/subfolder]) from the Hugging Face cache")
+    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM, taming .ckpt): "
+                   "local directory or hub id (owner/name[/subfolder]) from the Hugging Face cache")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
+    p.add_argument("--input-base-dir", default=None,
+                   help="folder that relative image paths are joined to (default: the JSONL file's folder)")
+    p.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N lines (0 = all)")
+    p.add_argument("--json-input-key", default="input", help='key of the input image list (default "input")')
+    p.add_argument("--json-target-key", default="target", help='key of the target image list (default "target")')
     from tokenizer.common.hardware import add_arguments as device_arguments
 
     device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
@@ -28,5 +41,7 @@ def run(args):
 
     from_args(args)  # a device that is not there is a one-line error before anything loads
     evaluate_file(args.file, args.model, args.tokenizer, args.device, args.precision,
-                  batch_size=args.batch_size, out=args.out)
+                  batch_size=args.batch_size, out=args.out, input_key=args.json_input_key,
+                  target_key=args.json_target_key, input_base_dir=args.input_base_dir,
+                  max_examples=args.max_examples)
     return 0

@@ -5,7 +5,8 @@ rotating object, next frame of a physics video, and four analogies (k example pa
 rgb -> segmentation (mIoU after snapping colors to the labels the prompt shows), rgb -> depth (abs-rel,
 RMSE), colorization (PSNR, MSE), inpainting (PSNR inside the hidden boxes).
 
-Per task: the target image's perplexity given the prompt; the task metric of the decoded prediction
+Per task: the target image's perplexity given the prompt (the release's figure, the mean over episodes of
+exp(mean target NLL); "ppl pooled", exp of the mean NLL over all target tokens, beside it); the task metric of the decoded prediction
 (segmentation: greedy; the others: the pixel mean of --samples samples, the model's expected image, since
 PSNR and abs-rel reward it; --decoding sets one mode for all); the same metric for trivial baselines (copy
 the last image, copy the last example answer, the mean image) and for the tokenizer's reconstruction of the
@@ -30,8 +31,10 @@ _D = SuiteConfig()  # the flags' defaults are the suite's
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="HF Llama directory (default: the demo's runs/demo/model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the demo's runs/demo/tokenizer)")
+    p.add_argument("--model", default=None, help="HF Llama model: local directory or hub id "
+                   "(owner/name[/subfolder]) from the Hugging Face cache (default: the demo's runs/demo/model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint: local directory or hub id "
+                   "(owner/name[/subfolder]) from the Hugging Face cache (default: the demo's runs/demo/tokenizer)")
     p.add_argument("--compare", default=None, metavar="MODEL", help="a second model, evaluated side by side")
     p.add_argument("--compare-tokenizer", default=None, metavar="TOKENIZER",
                    help="tokenizer of --compare (default: --tokenizer)")

@@ -1,18 +1,22 @@
-"""Perplexity of target images given input images (the released evaluation's definition).
+"""Perplexity of target images given input images, as the released evaluation defines it.
 
-    nll, n, _ = target_nll(model, [(input_codes, target_codes), ...], layout)  # codes: (n_images, tokens per image)
-    ppl = math.exp(nll / n)
-    result = evaluate_file("eval.jsonl", model_dir, tokenizer_dir)            # `lvm eval perplexity`
+    nll, n, per = target_nll(model, [(input_codes, target_codes), ...], layout)  # codes: (n_images, tokens/image)
+    summary = aggregate(per)                # {"perplexity": release figure, "pooled_perplexity": ...}
+    result = evaluate_file("eval.jsonl", model_dir, tokenizer_dir)             # `lvm eval perplexity`
 
-perplexity = exp(mean negative log-likelihood over all target tokens, each given the input images and the
-earlier target tokens). The sequence is input images then target images, positions from 0 (token
-contract); when it is longer than the context, the oldest input images are dropped (as prompting does).
-With no input images the first target token has nothing to be predicted from (there is no BOS) and is
-not scored. Batches are right-padded; only the target positions go through the output layer.
+Two figures, both over the target tokens (each given the input images and the earlier target tokens):
+- `perplexity` (the headline, the released evaluation's number): per example exp(mean NLL of its target
+  tokens), then the arithmetic mean over examples;
+- `pooled_perplexity`: exp(total NLL / total target tokens) over all examples. It is never above the mean
+  of per-example perplexities (Jensen) and is the figure a token-level loss converts to.
 
-The JSONL format of `evaluate_file`: each line is {"input": [image paths], "target": [image paths]}, relative
-paths read from the JSONL file's directory; lines that cannot be used (bad JSON, unreadable image) are
-skipped, reported on stderr and counted.
+The sequence is input images then target images, positions from 0 (token contract); when it is longer than
+the context, the oldest input images are dropped (as prompting does). With no input images the first
+target token has nothing to be predicted from (there is no BOS) and is not scored (the release's formula
+is undefined there). Batches are right-padded; only the target positions go through the output layer.
+
+The JSONL format of `evaluate_file` is lvm/jsonl.py's: each line {"input": [paths], "target": [paths]};
+lines that cannot be used (bad JSON, unreadable image) are skipped, reported on stderr and counted.
 """
 
 from __future__ import annotations
@@ -84,35 +88,44 @@ def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "f
     return total, count, per
 
 
-def read_examples(path, tok, layout) -> tuple[list, int]:
+def aggregate(per) -> dict:
+    """The release's perplexity (mean over examples of exp(mean NLL)) and the pooled one, from per-example
+    (NLL sum, token count) pairs."""
+    total, count = sum(p[0] for p in per), sum(p[1] for p in per)
+    return {"perplexity": float(np.mean([math.exp(s / c) for s, c in per])),
+            "pooled_perplexity": math.exp(total / count), "mean_nll": total / count, "tokens": count}
+
+
+def read_examples(path, tok, layout, input_key: str = "input", target_key: str = "target", input_base_dir=None,
+                  max_examples: int = 0) -> tuple[list, int]:
     """([(line number, input codes, target codes)], number of skipped lines) of a JSONL file."""
-    path = Path(path)
-    base = path.parent
+    from lvm.jsonl import Skipped, read_records
+
     examples, skipped = [], 0
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for rec in read_records(path, {input_key: False, target_key: True}, input_base_dir=input_base_dir,
+                            max_examples=max_examples):
         try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or not isinstance(rec.get("target"), list) or not rec["target"] \
-                    or not isinstance(rec.get("input", []), list):
-                raise InputError('expected {"input": [paths], "target": [paths, at least one]}')
-            paths = [p if Path(p).is_absolute() else str(base / p) for p in rec.get("input", []) + rec["target"]]
-            codes = tok.encode_images(paths).numpy()
-            n_in = len(rec.get("input", []))
+            if isinstance(rec, Skipped):
+                raise InputError(rec.reason)
+            inputs, targets = rec.paths.get(input_key, []), rec.paths[target_key]
+            if not targets:
+                raise InputError(f'"{target_key}" is empty')
+            codes = tok.encode_images(inputs + targets).numpy()
             layout.check_codes(codes, "tokenizer output")
-            examples.append((n, codes[:n_in], codes[n_in:]))
+            examples.append((rec.line, codes[:len(inputs)], codes[len(inputs):]))
         except (InputError, OSError, ValueError) as e:
             skipped += 1
-            print(f"warning: {path}:{n}: skipped ({' '.join(str(e).split())})", file=sys.stderr)
+            print(f"warning: {path}:{rec.line}: skipped ({' '.join(str(e).split())})", file=sys.stderr)
     return examples, skipped
 
 
 def evaluate_file(file, model_dir, tokenizer_dir, device: str = "auto", precision: str = "auto",
-                  batch_size: int = 4, out=None, log=print) -> dict:
+                  batch_size: int = 4, out=None, input_key: str = "input", target_key: str = "target",
+                  input_base_dir=None, max_examples: int = 0, log=print) -> dict:
     """`lvm eval perplexity`: the perplexity of a JSONL file's targets under a model + tokenizer pair.
 
-    Logs one summary line; writes the result with per-example rows to `out` (JSON) when given. Returns it."""
+    Logs one summary line (the release's figure first, the pooled one beside it); writes the result with
+    per-example rows to `out` (JSON) when given. Returns it."""
     from lvm.checkpoints import load_pair
     from lvm.tokens import TokenLayout
     from tokenizer.common.files import atomic_write_text
@@ -121,18 +134,19 @@ def evaluate_file(file, model_dir, tokenizer_dir, device: str = "auto", precisio
         raise InputError(f"{file}: no such file")
     model, tok, plan = load_pair(model_dir, tokenizer_dir, device, precision)
     layout = TokenLayout.from_model_config(model.config)
-    examples, skipped = read_examples(file, tok, layout)
+    examples, skipped = read_examples(file, tok, layout, input_key, target_key, input_base_dir, max_examples)
     if not examples:
         raise InputError(f"{file}: no usable examples ({skipped} skipped)")
-    total, count, per = target_nll(model, [(i, t) for _, i, t in examples], layout,
-                                   batch_size=batch_size, precision=plan.precision)
-    ppl = math.exp(total / count)
-    log(f"perplexity {ppl:.4f} (mean NLL {total / count:.4f} over {count} target tokens, "
-        f"{len(examples)} examples, {skipped} skipped; {plan.device} {plan.precision})")
+    _, _, per = target_nll(model, [(i, t) for _, i, t in examples], layout,
+                           batch_size=batch_size, precision=plan.precision)
+    agg = aggregate(per)
+    log(f"perplexity {agg['perplexity']:.4f} (mean over {len(examples)} examples of exp(mean target NLL), as "
+        f"the release) | pooled {agg['pooled_perplexity']:.4f} (exp of mean NLL {agg['mean_nll']:.4f} over "
+        f"{agg['tokens']} target tokens) | {skipped} skipped; {plan.device} {plan.precision}")
     rows = [{"line": n, "nll": s, "tokens": c, "perplexity": math.exp(s / c)}
             for (n, _, _), (s, c) in zip(examples, per)]
-    result = {"perplexity": ppl, "mean_nll": total / count, "tokens": count, "examples": len(examples),
-              "skipped": skipped, "device": plan.device, "precision": plan.precision, "per_example": rows}
+    result = {**agg, "examples": len(examples), "skipped": skipped, "device": plan.device,
+              "precision": plan.precision, "per_example": rows}
     if out:
         atomic_write_text(out, json.dumps(result, indent=1))
     return result

@@ -21,7 +21,7 @@ def markdown_table(named: list[tuple[str, dict]]) -> str:
     first = named[0][1]
     head = ["task", "metric", "decoding"]
     for name, _ in named:
-        head += [f"{name} ppl", f"{name}"]
+        head += [f"{name} ppl", f"{name} ppl pooled", f"{name}"]
     head += ["copy last", "copy last answer", "mean image",
              "tokenizer recon" + (f" ({named[0][0]})" if len(named) > 1 else "")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -30,7 +30,8 @@ def markdown_table(named: list[tuple[str, dict]]) -> str:
         row = [task, f"{metric} ({'higher' if higher else 'lower'} better)", first[task].get("decoding", "greedy")]
         for _, res in named:
             r = res.get(task)
-            row += [_fmt(r["ppl"]) if r else "-", _fmt(r["model"][metric]) if r else "-"]
+            row += [_fmt(r["ppl"]) if r else "-", _fmt(r.get("ppl_pooled")) if r else "-",
+                    _fmt(r["model"][metric]) if r else "-"]
         bl = first[task]["baselines"]
         row += [_fmt(bl[b][metric]) if b in bl else "-" for b in BASELINES]
         row.append(_fmt(first[task]["tokenizer_recon"][metric]))

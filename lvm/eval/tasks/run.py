@@ -5,13 +5,13 @@ For each task: the perplexity of the target image's tokens given the prompt (lvm
 task metric of the decoded prediction, the same metric for trivial baselines computed on the raw rendered
 images (copy the last prompt image; copy the last example answer; the mean of the example answers / context
 frames) and for the tokenizer's own reconstruction of the truth (the ceiling any prediction decoded by this
-tokenizer can reach). Perplexity is also measured against context length (1..context frames) for the
+tokenizer can reach). Perplexity is the release's figure (the mean over episodes of each episode's
+exp(mean target NLL)); the pooled one (exp of the mean NLL over all episodes' tokens) is kept beside it as
+"ppl_pooled". Perplexity is also measured against context length (1..context frames) for the
 sequential tasks and against the number of shots for the analogies.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from PIL import Image
@@ -51,21 +51,20 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
     """One task's result dict (JSON-ready but for "_grid": the first `grid_rows` episodes, PIL)."""
     import torch
 
-    from lvm.eval.perplexity import target_nll
+    from lvm.eval.perplexity import aggregate, target_nll
 
     metric, higher = METRIC[task]
     xs = list(range(1, cfg.context + 1)) if task in SEQUENTIAL else list(cfg.shots)
     n_main = xs[-1]
     per_metrics, per_base, per_recon, grid = [], {b: [] for b in BASELINES}, [], []
-    nll_x = {x: [0.0, 0] for x in xs}
+    per_x = {x: [] for x in xs}  # (NLL sum, tokens) of each episode
     for e, ep in enumerate(eps):
         codes = tok.encode_images(ep.images, batch_size=ENCODE_BATCH)  # (n images, tokens per image)
         # perplexity of the target given 1..n_main context images / shots
         examples = [(codes[ep.prompt_indices(x)].numpy(), codes[-1:].numpy()) for x in xs]
         _, _, per = target_nll(model, examples, layout, batch_size=NLL_BATCH, precision=plan.precision)
-        for x, (nll, n) in zip(xs, per):
-            nll_x[x][0] += nll
-            nll_x[x][1] += n
+        for x, p in zip(xs, per):
+            per_x[x].append(p)
         # the prediction with the most context, decoded as the suite says for this task
         pred = predict(engine, tok, torch.from_numpy(examples[-1][0]), cfg.decode_mode(task), cfg.samples,
                        sampling, cfg.gen_threads)
@@ -80,13 +79,15 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
         if e < cfg.grid_rows:
             grid.append((ep.prompt(n_main), pred, truth))
         bar.update(1)
-    ppl = {x: math.exp(s / n) for x, (s, n) in nll_x.items()}
+    agg = {x: aggregate(p) for x, p in per_x.items()}
+    ppl = {x: a["perplexity"] for x, a in agg.items()}  # the release's figure: mean over episodes
     return {"metric": metric, "higher_is_better": higher, "episodes": len(eps), "decoding": cfg.decode_mode(task),
             "n_context" if task in SEQUENTIAL else "shots": n_main,
-            "ppl": ppl[n_main], "model": _avg(per_metrics),
+            "ppl": ppl[n_main], "ppl_pooled": agg[n_main]["pooled_perplexity"], "model": _avg(per_metrics),
             "baselines": {b: _avg(v) for b, v in per_base.items() if v},
             "tokenizer_recon": _avg(per_recon),
             "ppl_curve": {"x": xs, "ppl": [ppl[x] for x in xs],
+                          "ppl_pooled": [agg[x]["pooled_perplexity"] for x in xs],
                           "axis": "context frames" if task in SEQUENTIAL else "shots"},
             "_grid": grid}
 
