@@ -219,8 +219,8 @@ def _wrapper_main(argv: list[str]) -> int:
             dump.mkdir(parents=True, exist_ok=True)
             torch.save(_local_optimizer_state(acc._optimizers[0]), dump / f"{kind}-step{step}-rank{acc.process_index}.pt")
 
-        def save_and_dump(acc, model, out_dir, state, keep_last):
-            res = save(acc, model, out_dir, state, keep_last)
+        def save_and_dump(acc, model, out_dir, state, keep_last, cfg=None):
+            res = save(acc, model, out_dir, state, keep_last, cfg)
             _dump(acc, "save", state["step"])
             return res
 

@@ -70,6 +70,31 @@ def test_saved_model_loads_with_plain_hf(shards, tmp_path):
     m = LlamaForCausalLM.from_pretrained(ckpts[0])
     assert m.config.vocab_size == K + 100 and m.config.max_position_embeddings == 512
     assert not any(p.name.startswith(".") for p in ckpts[0].parent.iterdir())  # no temp dirs left
+    card = (ckpts[0] / "README.md").read_text()
+    assert f"K = {K}**" in card and "step 2" in card and "lvm prompt" in card
+
+
+def test_plain_hf_generate_on_a_saved_checkpoint_never_emits_reserved_ids(shards, tmp_path):
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    cfg = _cfg(shards, tmp_path / "run", max_steps=1, save_every=1, eval_every=100)
+    train(cfg, progress=False)
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    gc = json.loads((ckpt / "generation_config.json").read_text())
+    assert gc["suppress_tokens"] == list(range(K, K + 100)) and gc["pad_token_id"] == K
+    assert gc.get("bos_token_id") is None and gc.get("eos_token_id") is None and gc["top_k"] == 50
+    m = LlamaForCausalLM.from_pretrained(ckpt).eval()
+    with torch.no_grad():  # make the reserved ids by far the likeliest: only the saved config keeps them out
+        m.lm_head.weight[:K] = 0
+        m.lm_head.weight[K:] *= 100
+    prompt = torch.randint(0, K, (2, 256))
+    torch.manual_seed(0)
+    out = m.generate(prompt, attention_mask=torch.ones_like(prompt))  # every default from generation_config.json
+    new = out[:, 256:]
+    assert new.shape == (2, 256) and int(new.max()) < K  # one image per call, image codes only
+    unguarded = GenerationConfig(**{**gc, "suppress_tokens": [], "max_new_tokens": 32})
+    raw = m.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=unguarded)[:, 256:]
+    assert int(raw.max()) >= K  # the test can fail: without the saved config reserved ids come out
 
 
 def test_resume_continues_exactly(shards, tmp_path):

@@ -270,7 +270,7 @@ class Demo:
         last = list_checkpoints(tc.out_dir)[-1]
         self.model_dir.mkdir(parents=True, exist_ok=True)
         for f in sorted(last.iterdir()):
-            if f.is_file() and f.name.endswith((".json", ".safetensors")) and not f.name.startswith("trainer_state"):
+            if f.is_file() and f.name.endswith((".json", ".safetensors", ".md")) and not f.name.startswith("trainer_state"):
                 _copy_atomic(f, self.model_dir / f.name)
         losses = summary["losses"]
         return {"steps": summary["step"], "final_loss": round(losses[max(losses)], 4) if losses else None,

@@ -214,7 +214,7 @@ def maybe_evaluate(run: Run, log: RunLog, bar, last_eval: dict) -> dict:
 def maybe_save(run: Run) -> None:
     cfg = run.cfg
     if run.step % cfg.save_every == 0 or run.step == cfg.max_steps:
-        save_checkpoint(run.accelerator, run.model, run.out, run.state(), cfg.keep_last)
+        save_checkpoint(run.accelerator, run.model, run.out, run.state(), cfg.keep_last, cfg)
 
 
 def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, progress: bool = True,

@@ -2,7 +2,9 @@
 
     checkpoints/step-00000100/
         config.json, generation_config.json, model.safetensors
-                             HF export of the full model (fp32; LlamaForCausalLM.from_pretrained(step_dir))
+                             HF export of the full model (fp32; LlamaForCausalLM.from_pretrained(step_dir));
+                             generation_config keeps plain generate() in the token contract (ids < K)
+        README.md            model card: what the model is, its contract, how it was trained and is prompted
         state/               accelerator.save_state, written by every rank:
             optimizer.bin, scheduler.bin     optimizer / lr schedule (DDP: replicated, written by rank 0)
             random_states_<rank>.pkl         every rank's RNGs (python, numpy, torch, CUDA)
@@ -26,7 +28,9 @@ import json
 import warnings
 from pathlib import Path
 
-from lvm.model import quiet_hf_progress
+from lvm.model import generation_config, quiet_hf_progress
+from lvm.tokens import TokenLayout
+from lvm.train.card import model_card
 from tokenizer.common.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
                                             prune_step_dirs, save_state_atomic)
 from tokenizer.common.errors import InputError
@@ -56,17 +60,24 @@ def attach(accelerator, progress) -> None:
         accelerator.register_load_state_pre_hook(lambda models, inp: models.clear())
 
 
-def save_checkpoint(accelerator, model, out_dir, state: dict, keep_last: int) -> Path:
+def save_checkpoint(accelerator, model, out_dir, state: dict, keep_last: int, cfg=None) -> Path:
     """Write checkpoints/step-N/ (N = state["step"]) atomically from every rank, then keep only the
-    newest `keep_last`. Call on every rank."""
+    newest `keep_last`. Call on every rank. The HF export carries the token contract's
+    generation_config.json and, given the run's TrainConfig `cfg`, a model card (README.md)."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
 
     def write_extra(tmp: Path):
         full_state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
         if accelerator.is_main_process:
+            hf = accelerator.unwrap_model(model)
+            # Also a model fine-tuned from the release: its saved bos/eos defaults (1, 2) are image codes.
+            hf.generation_config = generation_config(TokenLayout.from_model_config(hf.config))
             with quiet_hf_progress():  # HF's one-shard bar would litter every save
-                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
+                hf.save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
+            if cfg is not None:
+                n_params = sum(v.numel() for v in full_state.values())
+                (tmp / "README.md").write_text(model_card(cfg, state, hf.config, n_params))
             (tmp / MARKER).write_text(json.dumps({**state, "world_size": accelerator.num_processes}, indent=1))
 
     save_state_atomic(accelerator, final, write_extra)
