@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -143,13 +144,14 @@ def test_one_shot_and_batch_cli(dirs, tmp_path):
     assert (out / "grid.png").is_file() and len(list(out.glob("candidate*.png"))) == 2
     jl = tmp_path / "b.jsonl"
     rows = [{"input": [str(x) for x in dirs["imgs"][:2]], "output": str(tmp_path / "o1.png"),
-             "target": str(dirs["imgs"][2])},
-            {"input": [str(r / "notes.txt")], "output": str(tmp_path / "o2.png")}]
+             "target": str(dirs["imgs"][2])},  # a single path: read as a one-item list
+            {"input": [str(r / "notes.txt")], "output": str(tmp_path / "o2.png"), "target": [str(dirs["imgs"][2])]}]
     jl.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
-    p = subprocess.run(base + ["--batch", str(jl), "--temperature", "0"], capture_output=True, text=True)
+    p = subprocess.run(base + ["--batch", str(jl), "--temperature", "0", "--evaluate-mse", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
     assert p.returncode == 1, p.stderr  # one line skipped
     assert "MSE" in p.stdout and "skipped" in p.stdout and "notes.txt" in p.stdout
-    assert Image.open(tmp_path / "o1.png").size == (3 * 32, 32)
+    assert Image.open(tmp_path / "o1.png").size == (32, 2 * 32)  # 2 candidates (the release's default) x 1 frame
     assert not (tmp_path / "o2.png").exists()
     # Bad model path: one line, exit 2.
     p = subprocess.run([sys.executable, "-m", "lvm", "prompt", "--model", str(tmp_path / "nope"),
@@ -223,3 +225,65 @@ def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
         expect = s.tok.encode(x)
     assert torch.equal(seen["prompt"], expect)  # (2, 256) raw codes, nothing prepended
     assert res["images"][0][0].size == (32, 32) and int(res["generation"].images.max()) < K
+
+
+def _release_batch_files(root, n_lines=2):
+    """A batch file as the release documents it: relative paths under base dirs, "target" a list."""
+    data = root / "data"
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_lines):
+        names = [f"clip{i}/f{j}.png" for j in range(5)]
+        for j, n in enumerate(names):
+            (data / n).parent.mkdir(parents=True, exist_ok=True)
+            size = (48, 40) if j == 2 else (32, 32)  # the last input's size is what "original" means
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(data / n)
+        rows.append({"input": names[:3], "output": f"gen/clip{i}.png", "target": names[3:]})
+    jl = root / "batch.jsonl"
+    jl.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
+    return jl, data, rows
+
+
+def test_release_batch_file_grid_mse_and_resume(dirs, tmp_path):
+    from lvm.cli import main
+
+    jl, data, rows = _release_batch_files(tmp_path)
+    outs = tmp_path / "outs"
+    args = ["prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]), "--precision", "fp32",
+            "--device", "cpu", "--no-display", "--batch", str(jl), "--input-base-dir", str(data),
+            "--output-base-dir", str(outs), "--n-new-frames", "2", "--n-candidates", "2", "--include-input",
+            "--evaluate-mse", "--context-frames", "3", "--out", str(tmp_path / "log")]
+    lines = []
+    import lvm.prompt.batch as batch
+
+    real = batch.run_batch
+    batch.run_batch = lambda *a, **k: real(*a, **{**k, "print_fn": lines.append, "progress": False})
+    try:
+        assert main(args) == 0
+        mses = []
+        for row in rows:
+            grid = np.asarray(Image.open(outs / row["output"]), np.float32) / 255
+            assert grid.shape == (2 * 32, (3 + 2) * 32, 3)  # rows = candidates, columns = 3 inputs + 2 new
+            cells = grid.reshape(2, 32, 5, 32, 3).transpose(0, 2, 1, 3, 4)
+            gen = cells[:, 3:]
+            tgt = np.stack([np.asarray(Image.open(data / t), np.float32) / 255 for t in row["target"]])
+            mses.append(np.mean((gen - tgt[None]) ** 2) * 3)  # the release: mean over (n, s, h, w, c) x channels
+            # the input columns are the inputs as the tokenizer sees them (32 px squares)
+            assert np.abs(cells[0, 0] - np.asarray(Image.open(data / row["input"][0]), np.float32) / 255).max() < 1e-6
+        got = float(lines[-1].split("MSE ")[1].split()[0])
+        assert "2 generated, 0 already done, 0 skipped" in lines[-1]
+        # the PNG holds the float frames rounded to 1/255: the only difference from the printed figure
+        assert got == pytest.approx(float(np.mean(mses)), rel=2e-3)
+        first = (outs / rows[0]["output"]).read_bytes()
+        (outs / rows[1]["output"]).unlink()
+        assert main(args) == 0  # resumed: line 1 is kept, line 2 generated again
+        assert "1 generated, 1 already done" in lines[-1]
+        assert (outs / rows[0]["output"]).read_bytes() == first
+        # --resize-output original: each cell the size of the line's last input (48 x 40)
+        assert main(args[:-2] + ["--out", str(tmp_path / "log2"), "--resize-output", "original",
+                                 "--output-base-dir", str(tmp_path / "outs2")]) == 0
+        assert Image.open(tmp_path / "outs2" / rows[0]["output"]).size == (5 * 48, 2 * 40)
+    finally:
+        batch.run_batch = real
+    print(f"batch: grid {grid.shape[1]}x{grid.shape[0]} px (5 columns x 2 candidate rows), MSE printed {got:.6f}, "
+          f"independent {np.mean(mses):.6f}")

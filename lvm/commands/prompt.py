@@ -4,9 +4,11 @@
   /show, /undo, /save DIR ... (type /help inside). Ctrl-C cancels a running generation.
 - one prompt file: --prompt prompts/rotation.yaml --out DIR writes one PNG per candidate, grid.png
   (prompt | candidates, labeled) and generation.json (settings, seeds, tokens/s).
-- batch: --batch file.jsonl in the released format, one {"input": [images], "output": "out.png"} per line
-  (optional "target": image -> MSE in [0,1] pixels is reported); each output PNG is the input images and
-  the generated image side by side.
+- batch: --batch file.jsonl, the released batch generation: one {"input": [images], "output": "out.png"}
+  per line; --n-new-frames images for each of --n-candidates candidates (default 2, as the release), the
+  output a grid with one row per candidate ([inputs with --include-input +] generated frames);
+  --evaluate-mse scores against "target": [images] with the release's MSE (x3 channels, pixels in [0, 1]).
+  Resumable: OUT/<batch>.results.jsonl records finished lines, existing outputs are not generated again.
 
 --model is an HF Llama directory (ours or the released LVM-7B layout), --tokenizer a tokenizer directory
 (ours, the released MUSE VQGAN dir, or a taming .ckpt). Without them, the model/tokenizer that
@@ -16,7 +18,8 @@
 examples:
   lvm prompt --model runs/lvm --tokenizer runs/tok
   lvm prompt --model runs/lvm --tokenizer runs/tok --prompt prompts/depth.yaml --out out/depth --candidates 4
-  lvm prompt --model LVM-7B --tokenizer vqgan-lvm --batch eval.jsonl --temperature 0 --device cuda
+  lvm prompt --model LVM-7B --tokenizer vqgan-lvm --batch eval.jsonl --input-base-dir data/ \
+      --output-base-dir out/ --n-new-frames 2 --n-candidates 4 --include-input --evaluate-mse --device cuda
 """
 
 from __future__ import annotations
@@ -25,17 +28,37 @@ import argparse
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="HF Llama model directory (default: runs/demo/model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: runs/demo/tokenizer)")
+    p.add_argument("--model", default=None, help="HF Llama model: local directory or hub id "
+                   "(owner/name[/subfolder]) from the Hugging Face cache (default: runs/demo/model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint: local directory or hub id "
+                   "(owner/name[/subfolder]) from the Hugging Face cache (default: runs/demo/tokenizer)")
     p.add_argument("--prompt", default=None, help="one-shot: a prompt YAML file (see prompts/)")
     p.add_argument("--batch", default=None, help="batch: a JSONL file in the released format")
-    p.add_argument("--out", default="out/prompt", help="output folder (REPL results, one-shot results)")
-    p.add_argument("--n", type=int, default=None, help="new images to generate (default: the prompt's n)")
-    p.add_argument("--candidates", type=int, default=1)
+    p.add_argument("--out", default="out/prompt",
+                   help="output folder (REPL results, one-shot results, the batch's results log)")
+    p.add_argument("--n", "--n-new-frames", dest="n", type=int, default=None,
+                   help="new images to generate (default: the prompt's n; batch: 1)")
+    p.add_argument("--candidates", "--n-candidates", dest="candidates", type=int, default=None,
+                   help="candidates per prompt (default 1; batch: 2, as the release)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    b = p.add_argument_group("batch (--batch), with the released batch_generation.py's options")
+    b.add_argument("--context-frames", type=int, default=None,
+                   help="images the model sees: the prompt keeps its last N-1 (default: the model's context)")
+    b.add_argument("--evaluate-mse", action="store_true", help='MSE of the generated frames against "target"')
+    b.add_argument("--include-input", action="store_true", help="the output grid starts with the input images")
+    b.add_argument("--resize-output", default="",
+                   help="resize every grid cell: 'original' (the last input's size) or W,H / WxH")
+    b.add_argument("--input-base-dir", default=None,
+                   help="folder relative input/target paths are joined to (default: the JSONL file's folder)")
+    b.add_argument("--output-base-dir", default=None,
+                   help="folder relative output paths are joined to (default: the current folder)")
+    b.add_argument("--max-examples", type=int, default=0, help="only the first N lines (0 = all)")
+    b.add_argument("--json-input-key", default="input")
+    b.add_argument("--json-output-key", default="output")
+    b.add_argument("--json-target-key", default="target")
     from tokenizer.common.hardware import add_arguments as device_arguments
 
     device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
@@ -54,7 +77,18 @@ def run(args):
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = precision_name(args.dtype)
-    return run_prompt(args.model, args.tokenizer, prompt=args.prompt, batch=args.batch, out=args.out, n=args.n,
-                      candidates=args.candidates, temperature=args.temperature, top_k=args.top_k,
+    batch = None
+    if args.batch:
+        from lvm.prompt.batch import BatchOptions
+
+        batch = BatchOptions(n_new_frames=args.n or 1, n_candidates=args.candidates or 2,
+                             context_frames=args.context_frames, evaluate_mse=args.evaluate_mse,
+                             include_input=args.include_input, resize_output=args.resize_output,
+                             input_base_dir=args.input_base_dir, output_base_dir=args.output_base_dir,
+                             max_examples=args.max_examples, json_input_key=args.json_input_key,
+                             json_output_key=args.json_output_key, json_target_key=args.json_target_key)
+    return run_prompt(args.model, args.tokenizer, prompt=args.prompt, batch=args.batch, batch_options=batch,
+                      out=args.out, n=args.n,
+                      candidates=args.candidates or 1, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, seed=args.seed, device=args.device, precision=args.precision,
                       threads=args.threads, display="none" if args.no_display else args.display)

@@ -1,62 +1,229 @@
-"""`lvm prompt --batch`: the released batch-generation format, one JSON object per line.
+"""`lvm prompt --batch`: the released batch generation (`batch_generation.py`), one JSON object per line.
 
-    {"input": ["a.png", "b.png"], "output": "out.png", "target": "c.png"}   # "target" is optional
+    {"input": ["a.png", "b.png"], "output": "out.png", "target": ["c.png"]}   # "target": --evaluate-mse only
 
-Each line's images are a sequential prompt; the output PNG is the input images and the generated image side
-by side, and a target adds the MSE (pixels in [0, 1]) of the generated image against it. A bad line is
-skipped with a one-line reason and the batch goes on.
+Each line's input images are a sequential prompt; the model generates `n_new_frames` images for each of
+`n_candidates` candidates. The output image is a grid as the release writes it: one row per candidate,
+columns = [the input images, with --include-input, then] the generated frames, each cell at the
+tokenizer's resolution (its format follows the output's extension). --resize-output `original` scales every
+cell to the size of the line's last input image, `W,H` (or `WxH`) to that size.
+
+MSE (--evaluate-mse) is the release's: mean over candidates, frames, pixels and channels of the squared
+difference of the generated image (decoded, clamped to [0, 1]) and the target (resized as the tokenizer
+resizes its inputs, /255), times the number of channels (3); the printed figure is the mean over lines.
+The targets must be as many as the new frames.
+
+Context (--context-frames C, default the model's context): the prompt keeps its last C - 1 input images and
+every new frame sees at most the C - 1 images before it, as the release's inference does.
+
+Paths resolve as lvm/jsonl.py says (inputs and targets against --input-base-dir, else the JSONL file's folder;
+outputs against --output-base-dir, else the current folder). The run is resumable: OUT/<batch>.results.jsonl
+records each finished line (its output and MSE), and a line whose output exists and is recorded is not
+generated again. Bad lines are skipped with a one-line reason and counted; the run goes on.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from lvm.prompt.prompts import Prompt
+import numpy as np
+
 from lvm.prompt.session import Session
 from tokenizer.common.errors import InputError
 
+CHANNELS = 3  # the release multiplies its per-value mean by the channel count
 
-def run_batch(s: Session, path, print_fn=print) -> int:
-    """Generate one image per line of the JSONL file `path`; 0 when every line was generated, else 1."""
-    import numpy as np
+
+@dataclass
+class BatchOptions:
+    n_new_frames: int = 1
+    n_candidates: int = 2              # the release's default
+    context_frames: int | None = None  # None = the model's context
+    evaluate_mse: bool = False
+    include_input: bool = False
+    resize_output: str = ""            # "" | "original" | "W,H" | "WxH"
+    input_base_dir: str | None = None
+    output_base_dir: str | None = None
+    max_examples: int = 0
+    json_input_key: str = "input"
+    json_output_key: str = "output"
+    json_target_key: str = "target"
+
+    def cell_size(self, original: tuple[int, int]) -> tuple[int, int] | None:
+        """(W, H) every grid cell is resized to, or None for the tokenizer's resolution."""
+        r = self.resize_output.strip().lower()
+        if not r:
+            return None
+        if r == "original":
+            return original
+        try:
+            w, h = (int(x) for x in r.replace("x", ",").split(","))
+        except ValueError:
+            raise InputError(f"--resize-output must be 'original', 'W,H' or 'WxH', got {self.resize_output!r}") from None
+        return w, h
+
+
+def generate_frames(s: Session, codes, n_new: int, candidates: int, context_frames: int):
+    """Codes (candidates, n_new, tokens per image) continuing the prompt `codes` (n, tokens per image),
+    every new frame seeing at most `context_frames - 1` images before it."""
+    import torch
+
+    eng = s.engine
+    keep = context_frames - 1
+    codes = codes[-keep:]
+    if context_frames >= eng.context_images:  # the engine slides its window the same way
+        return eng.generate(codes, n_new=n_new, candidates=candidates, sampling=s.sampling).images
+    out = torch.empty(candidates, n_new, codes.shape[1], dtype=torch.long)
+    for c in range(candidates):
+        seq = codes
+        for j in range(n_new):  # a shorter window than the engine's: one frame at a time
+            g = eng.generate(seq[-keep:], n_new=1, candidates=1, sampling=s.sampling,
+                             seeds=[s.sampling.seed + c + 7919 * j])
+            out[c, j] = g.images[0, 0]
+            seq = torch.cat([seq, g.images[0]])
+    return out
+
+
+def decode_unit(tok, codes) -> np.ndarray:
+    """Codes (..., tokens per image) -> float32 images (..., R, R, 3) in [0, 1], as the release decodes."""
+    shape = codes.shape[:-1]
+    lo, hi = tok.value_range
+    x = tok.decode(codes.reshape(-1, codes.shape[-1])).float().cpu()
+    x = ((x - lo) / (hi - lo)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return x.reshape(*shape, *x.shape[1:])
+
+
+def release_mse(generated: np.ndarray, targets: np.ndarray) -> float:
+    """The release's MSE of one line: generated (candidates, frames, H, W, C) against targets (frames, H, W,
+    C), both in [0, 1]."""
+    return float(np.mean((generated - targets[None]) ** 2) * generated.shape[-1])
+
+
+def _unit_image(tok, path) -> np.ndarray:
+    from tokenizer.image_io import load_image, resize_square
+
+    return np.asarray(resize_square(load_image(path), tok.resolution, tok.resize_mode), np.float32) / 255
+
+
+def _grid(cells: np.ndarray, size):
+    """(rows, cols, H, W, 3) in [0, 1] -> one PIL image, each cell resized to `size` (W, H) when given."""
     from PIL import Image
 
-    from tokenizer.image_io import load_image, resize_square, save_png
+    rows, cols, h, w, _ = cells.shape
+    arr = np.round(cells * 255).astype(np.uint8).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
+    im = Image.fromarray(arr)
+    return im if size is None else im.resize((size[0] * cols, size[1] * rows), Image.Resampling.BICUBIC)
 
+
+def _save(im, path: Path):
+    from PIL import Image
+
+    from tokenizer.common.files import atomic_path
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown image extension (use .png, .jpg, ...)")
+    with atomic_path(path) as tmp:
+        im.save(tmp, format=fmt)
+
+
+def _done(results: Path) -> dict[int, dict]:
+    """Lines a killed or finished run recorded (a torn last line is ignored)."""
+    done = {}
+    if results.is_file():
+        for ln in results.read_text().splitlines():
+            try:
+                r = json.loads(ln)
+                done[int(r["line"])] = r
+            except (ValueError, KeyError, TypeError):
+                continue
+    return done
+
+
+def _one(s: Session, rec, opts: BatchOptions, context_frames: int) -> tuple[Path, float | None]:
+    """Generate, save and score one line; (output path, MSE or None)."""
+    from PIL import Image
+
+    inputs = rec.paths[opts.json_input_key]
+    outs = rec.paths[opts.json_output_key]
+    if not inputs:
+        raise InputError(f'"{opts.json_input_key}" is empty')
+    if len(outs) != 1:
+        raise InputError(f'"{opts.json_output_key}" must be one path')
+    targets = rec.paths.get(opts.json_target_key)
+    if opts.evaluate_mse and (not targets or len(targets) != opts.n_new_frames):
+        raise InputError(f'--evaluate-mse needs {opts.n_new_frames} "{opts.json_target_key}" image(s), '
+                         f"got {len(targets or [])}")
+    s.check_images(inputs + (targets or []) if opts.evaluate_mse else inputs)
+    with Image.open(inputs[-1]) as im:
+        original = im.size
+    gen = generate_frames(s, s.encode(inputs), opts.n_new_frames, opts.n_candidates, context_frames)
+    frames = decode_unit(s.tok, gen)  # (candidates, n_new, R, R, 3)
+    cells = frames
+    if opts.include_input:
+        shown = np.stack([_unit_image(s.tok, p) for p in inputs])
+        cells = np.concatenate([np.repeat(shown[None], opts.n_candidates, 0), frames], axis=1)
+    out = Path(outs[0])
+    _save(_grid(cells, opts.cell_size(original)), out)
+    mse = None
+    if opts.evaluate_mse:
+        mse = release_mse(frames, np.stack([_unit_image(s.tok, p) for p in targets]))
+    return out, mse
+
+
+def _is_done(rec, prev: dict | None, opts: BatchOptions) -> bool:
+    return bool(prev) and prev["output"] == rec.paths[opts.json_output_key][0] and Path(prev["output"]).is_file()
+
+
+def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool = True, print_fn=print) -> int:
+    """Run the batch file `path`; 0 when every line was generated (or was already), else 1."""
+    from tqdm import tqdm
+
+    from lvm.jsonl import Skipped, read_records
+
+    opts = opts or BatchOptions()
+    if opts.n_new_frames < 1 or opts.n_candidates < 1:
+        raise InputError("--n-new-frames and --n-candidates must be >= 1")
+    opts.cell_size((1, 1))  # a bad --resize-output fails before any work
+    native = s.engine.context_images
+    context_frames = min(opts.context_frames or native, native)
+    if context_frames < 2:
+        raise InputError(f"--context-frames must be >= 2 (one input image and the new one), got {context_frames}")
+    if opts.output_base_dir:
+        os.makedirs(opts.output_base_dir, exist_ok=True)
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such batch file")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    r = s.tok.resolution
-    mses, bad = [], 0
-    for i, ln in enumerate(lines, 1):
-        where = f"{path}:{i}"
-        try:
-            item = json.loads(ln)
-            if not isinstance(item, dict) or not isinstance(item.get("input"), list) or "output" not in item:
-                raise InputError('each line is {"input": [image paths], "output": "path"}')
-            s.prompt = Prompt()
-            s.prompt.add_frames(Path(x) for x in item["input"])
-            s.check_images(s.prompt.images)
-            res = s.generate(1, write=False)
-        except (InputError, OSError, json.JSONDecodeError) as e:
-            bad += 1
-            print_fn(f"skipped {where}: {' '.join(str(e).split())}")
-            continue
-        gen = res["images"][0][0]
-        shown = [resize_square(load_image(x), r, s.tok.resize_mode) for x in item["input"]] + [gen]
-        strip = Image.new("RGB", (r * len(shown), r))
-        for k, im in enumerate(shown):
-            strip.paste(im, (k * r, 0))
-        save_png(strip, item["output"])
-        msg = f"{where}: wrote {item['output']}"
-        if item.get("target"):
-            t = np.asarray(resize_square(load_image(item["target"]), r, s.tok.resize_mode), np.float32) / 255
-            mse = float(((np.asarray(gen, np.float32) / 255 - t) ** 2).mean())
-            mses.append(mse)
-            msg += f" (MSE {mse:.4f})"
-        print_fn(msg)
-    print_fn(f"{len(lines) - bad} generated, {bad} skipped"
-             + (f"; mean MSE {np.mean(mses):.4f} over {len(mses)} targets" if mses else ""))
+    keys = {opts.json_input_key: True, opts.json_output_key: True, opts.json_target_key: False}
+    records = list(read_records(path, keys, opts.input_base_dir, (opts.json_output_key,), opts.output_base_dir,
+                                opts.max_examples))
+    results = s.out_dir / f"{path.stem}.results.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(results)
+    mses, made, resumed, bad = [], 0, 0, 0
+    with open(results, "a") as log:
+        for rec in tqdm(records, unit="line", disable=not progress, dynamic_ncols=True):
+            if not isinstance(rec, Skipped) and _is_done(rec, done.get(rec.line), opts):
+                resumed += 1
+                if opts.evaluate_mse and done[rec.line].get("mse") is not None:
+                    mses.append(done[rec.line]["mse"])
+                continue
+            try:
+                if isinstance(rec, Skipped):
+                    raise InputError(rec.reason)
+                out, mse = _one(s, rec, opts, context_frames)
+            except (InputError, OSError) as e:
+                bad += 1
+                tqdm.write(f"skipped {path}:{rec.line}: {' '.join(str(e).split())}")
+                continue
+            made += 1
+            if mse is not None:
+                mses.append(mse)
+            log.write(json.dumps({"line": rec.line, "output": str(out), "mse": mse}) + "\n")
+            log.flush()  # a killed run keeps every line it finished
+    msg = f"{made} generated, {resumed} already done, {bad} skipped (log {results})"
+    if mses:
+        msg += f"; MSE {np.mean(mses):.6f} over {len(mses)} lines (the release's: x{CHANNELS} channels, pixels in [0, 1])"
+    print_fn(msg)
     return 0 if not bad else 1

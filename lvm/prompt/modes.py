@@ -8,11 +8,12 @@ from pathlib import Path
 from tokenizer.common.errors import InputError
 
 
-def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, out="out/prompt", n=None, candidates=1,
-               temperature=1.0, top_k=50, top_p=1.0, seed=0, device="auto", precision="auto", threads=0,
-               display=None) -> int:
+def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, batch_options=None, out="out/prompt",
+               n=None, candidates=1, temperature=1.0, top_k=50, top_p=1.0, seed=0, device="auto",
+               precision="auto", threads=0, display=None) -> int:
     """Load the model and tokenizer (the demo's where not given) into a session and run one mode on it:
-    `batch` (a JSONL file), `prompt` (a prompt YAML file, results in `out`) or else the REPL."""
+    `batch` (a JSONL file, run with `batch_options`, a lvm.prompt.batch.BatchOptions), `prompt` (a prompt
+    YAML file, results in `out`) or else the REPL."""
     from lvm.generate.sampling import Sampling
     from lvm.prompt.session import Session
     from tokenizer.common.hardware import resolve
@@ -30,7 +31,7 @@ def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, out="out/pro
     if batch:
         from lvm.prompt.batch import run_batch
 
-        return run_batch(s, batch)
+        return run_batch(s, batch, batch_options)
     if prompt:
         return one_shot(s, prompt, Path(out), n)
     from lvm.prompt.repl import repl
