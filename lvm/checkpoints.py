@@ -1,10 +1,10 @@
 """Where checkpoints are and how they load: the one HF model loader, the one model/tokenizer fit check, and
 the default paths that `lvm demo` leaves for `lvm prompt` and `lvm eval tasks`.
 
-A model checkpoint is a plain Hugging Face `LlamaForCausalLM` directory (ours or the released LVM's); a
-tokenizer checkpoint is anything `tokenizer.load_tokenizer` reads. They fit when the model's vocabulary is
-the tokenizer's codebook plus the reserved ids and the tokenizer makes one image's worth of tokens
-(lvm/tokens.py).
+A model checkpoint is a plain Hugging Face `LlamaForCausalLM` directory (ours or the released LVM's), local or
+a hub id in the HF cache; a tokenizer checkpoint is anything `tokenizer.load_tokenizer` reads. They fit when
+the model's vocabulary is the tokenizer's codebook plus the reserved ids and the tokenizer makes one image's
+worth of tokens (lvm/tokens.py).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ def or_demo(kind: str, path=None) -> Path:
 def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_cpu: bool = True):
     """(HF LlamaForCausalLM in eval mode, its Plan) on the policy's device.
 
+    `path` is a local directory or a Hugging Face hub id `owner/name[@revision][/sub/folder]`, read from the
+    HF cache (`tokenizer.common.hub.resolve_checkpoint`).
+
     Off the CPU the weights load straight onto the device in the plan's dtype, so a half-precision 7B never
     has an fp32 copy in RAM. On a CPU they stay fp32 (autocast computes in the plan's precision) unless
     `fp32_on_cpu=False` (the generation engine, which keeps its own copy in the plan's dtype). Training
@@ -48,11 +51,13 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
 
     from lvm.model import quiet_hf_progress
     from tokenizer.common.hardware import resolve
+    from tokenizer.common.hub import resolve_checkpoint
 
     plan = resolve(device, precision, "inference")
-    path = Path(path)
+    path = resolve_checkpoint(path, "model")  # a hub id becomes its snapshot in the HF cache
     if not (path / "config.json").is_file():
         raise InputError(f"{path}: not a model directory (no config.json)")
+    _check_llama(path)
     load = {"dtype": torch.float32 if fp32_on_cpu else plan.dtype}
     if plan.device_type != "cpu":
         load = {"dtype": plan.dtype, "device_map": {"": plan.device}}
@@ -62,6 +67,20 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
     return model.eval(), plan
+
+
+def _check_llama(path: Path) -> None:
+    """One-line InputError unless path/config.json describes a Llama: transformers would otherwise build a
+    default-size (7B) Llama from a config without model_type, such as a tokenizer's."""
+    import json
+
+    try:
+        kind = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind != "llama":
+        raise InputError(f"{path}: not a Llama model directory (config.json model_type is {kind!r}, expected "
+                         "'llama'; is this a tokenizer?)")
 
 
 def check_fit(layout: TokenLayout, tok, model_name="the model", tokenizer_name="the tokenizer") -> None:

@@ -1,6 +1,7 @@
 """Load a tokenizer from any of the three checkpoint formats it meets.
 
-`load_tokenizer(path)` looks at what is there:
+`load_tokenizer(path)` looks at what is there (`path` may also be a hub id, `owner/name[/sub/folder]`, whose
+snapshot in the Hugging Face cache is then what it looks at):
 1. ours: a directory with `config.json` (`"format": "lvm-vqgan"`) + `model.safetensors`;
 2. the released LVM tokenizer (open-MUSE `VQGANModel` layout): a directory with `config.json` +
    `pytorch_model.bin`; no middle attention, pixels in [0, 1], resize "squash" (what its inference does);
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 
 from .common.errors import InputError
+from .common.hub import resolve_checkpoint
 from .model import FORMAT, VQGAN, VQGANConfig
 
 
@@ -133,6 +135,9 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
                    device: str | None = "auto", precision: str | None = "auto", **overrides) -> VQGAN:
     """Detect the checkpoint format at `path`, build the model and load its weights (eval mode).
 
+    `path` is a local file/directory or a Hugging Face hub id `owner/name[@revision][/sub/folder]`, read
+    from the HF cache (`tokenizer.common.hub.resolve_checkpoint`).
+
     `device` and `precision` (each "auto" by default) go through the hardware policy
     (`tokenizer.common.hardware.resolve`, purpose "inference"): the model moves to that device and its
     `config.precision` becomes `precision`, whatever the checkpoint's config records (a "bf16" saved on
@@ -144,7 +149,7 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
 
     plan = resolve(device, precision, "inference")  # a device that is not there fails before any reading
     overrides["precision"] = "auto" if (precision or "auto").strip().lower() == "auto" else plan.precision
-    path = Path(path)
+    path = resolve_checkpoint(path, "tokenizer")  # a hub id becomes its snapshot in the HF cache
     if not path.exists():
         raise InputError(f"{path}: no such tokenizer checkpoint")
     if path.is_dir() and (path / "model.safetensors").is_file() and (path / "config.json").is_file():
