@@ -58,10 +58,15 @@ COMMANDS: dict = {
     "prompt": ("prompt a model with images: interactive REPL, one prompt file, or a batch JSONL",
                "lvm prompt --model runs/lvm --tokenizer runs/tok --prompt prompts/rotation.yaml --out out/",
                "lvm.commands.prompt"),
-    "eval": ("evaluate models: perplexity of target images, in-context task suite", {
+    "eval": ("evaluate models: perplexity of target images, video next-frame perplexity, in-context task suite", {
         "perplexity": ("perplexity of target images given input images (released JSONL format)",
                        "lvm eval perplexity eval.jsonl --model runs/lvm --tokenizer runs/tok",
                        "lvm.commands.eval_perplexity"),
+        "video-perplexity": ("next-frame perplexity of videos (the release's protocol) and its curve against "
+                             "context length",
+                             "lvm eval video-perplexity --videos 'clips/*.mp4' --model runs/lvm --tokenizer runs/tok "
+                             "--context 1,3,7,11,15 --out out/video",
+                             "lvm.commands.eval_video_perplexity"),
         "tasks": ("in-context task suite on held-out data: perplexity and task metrics vs trivial baselines",
                   "lvm eval tasks --model runs/lvm --tokenizer runs/tok --shots 1,3,7",
                   "lvm.commands.eval_tasks"),

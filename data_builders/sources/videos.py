@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PIL import Image
 
 from tokenizer.common.errors import InputError
-from tokenizer.image_io import IMAGE_EXTENSIONS, resize_square
+from tokenizer.image_io import IMAGE_EXTENSIONS, load_image, resize_square
 
 from ..config import Skip
 from .base import VIDEO_EXTENSIONS, Source, input_dir, is_frame_dir, load_square
 
 
+def _natural(p: Path):
+    """Sort key that orders frame2.png before frame10.png."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
 class VideoReader:
-    """Frames of a video file (PyAV) or of a frame folder (sorted image names), by index."""
+    """Frames of a video file (PyAV) or of a frame folder (image names in natural order), by index."""
 
     def __init__(self, path: str):
         self.path = Path(path)
         self.is_dir = self.path.is_dir()
 
+    def _files(self) -> list[Path]:
+        return sorted((x for x in self.path.iterdir() if x.suffix.lower() in IMAGE_EXTENSIONS), key=_natural)
+
     def count(self) -> int:
         if self.is_dir:
-            return len([x for x in sorted(self.path.iterdir()) if x.suffix.lower() in IMAGE_EXTENSIONS])
+            return len(self._files())
         import av
 
         try:
@@ -39,13 +48,14 @@ class VideoReader:
         except Exception as e:  # av.error.* (InvalidDataError, ...) and OSError: not a playable video
             raise Skip("video_corrupt", f"{self.path} ({type(e).__name__})") from None
 
-    def frames(self, indices: list[int], size: int) -> list[Image.Image]:
+    def frames(self, indices: list[int], size: int | None) -> list[Image.Image]:
+        """RGB frames at `indices`, as `size` px squares (resize_square) or, with size None, as decoded."""
         want = sorted(set(indices))
         got: dict[int, Image.Image] = {}
         if self.is_dir:
-            files = [x for x in sorted(self.path.iterdir()) if x.suffix.lower() in IMAGE_EXTENSIONS]
+            files = self._files()
             for i in want:
-                got[i] = load_square(files[i], size)
+                got[i] = load_square(files[i], size) if size else load_image(files[i])
         else:
             import av
 
@@ -55,7 +65,8 @@ class VideoReader:
                 with av.open(str(self.path)) as c:
                     for i, frame in enumerate(c.decode(video=0)):
                         if i in wanted:
-                            got[i] = resize_square(frame.to_image().convert("RGB"), size)
+                            img = frame.to_image().convert("RGB")
+                            got[i] = resize_square(img, size) if size else img
                         if i >= last:
                             break
             except Exception as e:
