@@ -21,8 +21,9 @@ from lvm.checkpoints import load_causal_lm, load_pair
 from lvm.cli import main
 from lvm.model import ModelConfig
 from lvm.tokens import TOKENS_PER_IMAGE
-from tokenizer import VQGAN, VQGANConfig, load_tokenizer
+from tokenizer import load_tokenizer
 from tokenizer.common.errors import InputError
+from tiny import save_tiny_tokenizer
 from tokenizer.common.hub import resolve_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,10 +57,7 @@ def hub(tmp_path_factory):
     """(cache dir, local tokenizer dir, local model dir) with repos owner/tok, owner/lm (main and v1) and
     owner/both (model/ and tokenizer/ subfolders)."""
     base = tmp_path_factory.mktemp("hub")
-    torch.manual_seed(0)
-    VQGAN(VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K,
-                      precision="fp32")).save_pretrained(base / "tok")
+    save_tiny_tokenizer(base / "tok", K)
     ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, codebook_size=K,
                 max_position_embeddings=TOKENS_PER_IMAGE * 2).build().save_pretrained(base / "lm")
     cache = base / "cache"

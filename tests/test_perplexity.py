@@ -11,6 +11,7 @@ from lvm.cli import main
 from lvm.model import ModelConfig
 from lvm.eval.perplexity import target_nll
 from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
+from tiny import save_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,13 +58,9 @@ def test_long_input_is_cropped_to_the_context():
 
 
 def test_cli_equals_direct_llama_on_the_same_tokens(tmp_path, capsys):
-    from tokenizer import VQGAN, VQGANConfig, load_tokenizer
+    from tokenizer import load_tokenizer
 
-    torch.manual_seed(0)
-    tcfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                       attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K,
-                       precision="fp32")
-    VQGAN(tcfg).save_pretrained(tmp_path / "tok")
+    save_tiny_tokenizer(tmp_path / "tok", K)
     model = _model()
     model.save_pretrained(tmp_path / "lvm")
     rng = np.random.default_rng(2)
@@ -108,13 +105,9 @@ def _release_perplexity(model, inp, tgt):
 
 
 def test_headline_is_the_releases_mean_over_examples_and_pooled_is_beside_it(tmp_path, capsys):
-    from tokenizer import VQGAN, VQGANConfig, load_tokenizer
+    from tokenizer import load_tokenizer
 
-    torch.manual_seed(0)
-    tcfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                       attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K,
-                       precision="fp32")
-    VQGAN(tcfg).save_pretrained(tmp_path / "tok")
+    save_tiny_tokenizer(tmp_path / "tok", K)
     model = _model()
     with torch.no_grad():  # sharp output distributions: examples differ widely in perplexity
         model.lm_head.weight.mul_(40)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from lvm.cli import main
+from tiny import save_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,16 +49,6 @@ def write_mp4(path, frames: np.ndarray):
             c.mux(p)
 
 
-def tiny_tokenizer(path):
-    from tokenizer import VQGAN, VQGANConfig
-
-    torch.manual_seed(0)
-    VQGAN(VQGANConfig(resolution=SIZE, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                      attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K,
-                      precision="fp32")).save_pretrained(path)
-    return path
-
-
 def _videos(root, n, n_frames, seed):
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -76,7 +67,7 @@ def trained(tmp_path_factory):
     from tokenizer.common.config import load_config
 
     root = tmp_path_factory.mktemp("video")
-    tok_dir = tiny_tokenizer(root / "tok")
+    tok_dir = save_tiny_tokenizer(root / "tok", K)
     tok = load_tokenizer(tok_dir, precision="fp32")
     rng = np.random.default_rng(1)
 
@@ -119,7 +110,7 @@ def random_pair(tmp_path_factory):
     torch.manual_seed(0)
     ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, codebook_size=K,
                 max_position_embeddings=256 * 8).build().save_pretrained(root / "lm")
-    return root / "lm", tiny_tokenizer(root / "tok")
+    return root / "lm", save_tiny_tokenizer(root / "tok", K)
 
 
 def test_release_protocol_frames_skips_and_list_files(random_pair, tmp_path, capsys):

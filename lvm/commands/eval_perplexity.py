@@ -17,21 +17,16 @@ example:
 
 
 def add_arguments(p):
+    from lvm.commands.pair_args import add_pair_arguments
+
     p.add_argument("file", metavar="FILE.jsonl", help='JSON lines {"input": [paths], "target": [paths]}')
-    p.add_argument("--model", required=True, help="HF LlamaForCausalLM (ours or the released LVM-7B): "
-                   "local directory or hub id (owner/name[/subfolder]) from the Hugging Face cache")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (ours, released LVM, taming .ckpt): "
-                   "local directory or hub id (owner/name[/subfolder]) from the Hugging Face cache")
+    add_pair_arguments(p)
     p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
     p.add_argument("--input-base-dir", default=None,
                    help="folder that relative image paths are joined to (default: the JSONL file's folder)")
     p.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N lines (0 = all)")
     p.add_argument("--json-input-key", default="input", help='key of the input image list (default "input")')
     p.add_argument("--json-target-key", default="target", help='key of the target image list (default "target")')
-    from tokenizer.common.hardware import add_arguments as device_arguments
-
-    device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
-                                    "cuda, cuda:N or mps")
     p.add_argument("--out", default=None, help="also write per-example results to this JSON file")
 
 

@@ -28,14 +28,13 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p):
+    from lvm.commands.pair_args import add_pair_arguments
+
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="glob of video files (quote it; ** recurses), or of frame folders with --frames")
     src.add_argument("--list", dest="list_file", help="text file with one video (or frame folder) path per line")
     p.add_argument("--frames", action="store_true", help="inputs are folders of frame images")
-    p.add_argument("--model", required=True, help="HF LlamaForCausalLM: local directory or hub id "
-                   "(owner/name[/subfolder]) from the Hugging Face cache")
-    p.add_argument("--tokenizer", required=True, help="tokenizer checkpoint: local directory or hub id "
-                   "(owner/name[/subfolder]) from the Hugging Face cache")
+    add_pair_arguments(p)
     p.add_argument("--n-context-frames", type=int, default=15, help="context frames (default 15, as the release)")
     p.add_argument("--n-target-frames", type=int, default=1, help="target frames scored (default 1)")
     p.add_argument("--stride", type=int, default=8, help="frames between the frames used (default 8)")
@@ -49,10 +48,6 @@ def add_arguments(p):
                    help="context lengths to compare on the same clips (max of them replaces --n-context-frames)")
     p.add_argument("--out", default=None, help="folder for video_perplexity.json (and context_curve.png)")
     p.add_argument("--no-progress", action="store_true")
-    from tokenizer.common.hardware import add_arguments as device_arguments
-
-    device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
-                                    "cuda, cuda:N or mps")
 
 
 def run(args):

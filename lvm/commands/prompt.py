@@ -28,10 +28,9 @@ import argparse
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="HF Llama model: local directory or hub id "
-                   "(owner/name[/subfolder]) from the Hugging Face cache (default: runs/demo/model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint: local directory or hub id "
-                   "(owner/name[/subfolder]) from the Hugging Face cache (default: runs/demo/tokenizer)")
+    from lvm.commands.pair_args import add_pair_arguments
+
+    add_pair_arguments(p, demo_default=True)
     p.add_argument("--prompt", default=None, help="one-shot: a prompt YAML file (see prompts/)")
     p.add_argument("--batch", default=None, help="batch: a JSONL file in the released format")
     p.add_argument("--out", default="out/prompt",
@@ -59,10 +58,6 @@ def add_arguments(p):
     b.add_argument("--json-input-key", default="input")
     b.add_argument("--json-output-key", default="output")
     b.add_argument("--json-target-key", default="target")
-    from tokenizer.common.hardware import add_arguments as device_arguments
-
-    device_arguments(p, device_help="where the model and the tokenizer run: auto (a GPU if there is one), cpu, "
-                                    "cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 decodes faster on a busy shared machine)")
