@@ -28,7 +28,9 @@ class SourceConfig:
     kinds: dict = field(default_factory=dict)  # builtin: kind -> weight
     n_frames: int = 16  # video frames per sequence
     strides: list = field(default_factory=lambda: [10, 20, 30])  # video strides (frames)
-    short_video: str = "skip"  # video too short for a stride: skip (count it) | shrink (largest stride that fits)
+    # video too short for a stride: clamp (the largest stride that fits, as the release) | skip (count it) |
+    # pad (repeat the last frame); "shrink" is the older name of clamp
+    short_video: str = "clamp"
     group_sizes: list = field(default_factory=lambda: [2, 4, 8, 16])  # class_groups
     views: int = 16  # multi-view: views per sequence (consecutive views of the orbit)
     orbit_views: int = 24  # multi-view: views in the full orbit (360 / step)
@@ -49,6 +51,29 @@ class SourceConfig:
     fov_deg: float = 60.0  # annotate: camera FOV used to turn depth into normals
     frames_dir: str = "frames"  # annotated_video: frame folders; annotation frame folders are under `tasks[0]`
     layouts: list = field(default_factory=lambda: ["interleaved", "grouped"])  # annotated videos
+
+    # label maps (annotate segmentation, COCO-Stuff-style maps): class = stored value + label_offset; a
+    # negative class is background; `ignore_index` pixels are drawn in `ignore_color` (None = background).
+    # `label_preset` (ade20k | coco_stuff | cityscapes | voc) sets the three for that dataset.
+    label_preset: str = ""
+    label_offset: int = -1  # -1: value 0 is background (ADE20K); 0: values are class ids from 0
+    ignore_index: int | None = None  # e.g. 255
+    ignore_color: list | None = None  # RGB of ignored pixels
+
+    # pairs / annotate: how a file's name gives its stem, per folder (image_dir or task name) a template such
+    # as "rain-{stem}", or one regex with a named group `stem` for every folder
+    stem_templates: dict = field(default_factory=dict)
+    stem_regex: str = ""
+    # tuples: each sequence holds random m-subsets (m <= k + 1 images) of an image and its k annotations
+    tuple_subsets: bool = False
+
+    # coco: instances / person_keypoints JSON (relative to `path`) and the images folder
+    instances_json: str = ""
+    keypoints_json: str = ""
+    pose_layout: str = "openpose18"  # openpose18 (the paper's renders: neck from the shoulders) | coco17
+
+    # multiview_mesh: keep textures and vertex colours of GLB / glTF / OBJ meshes
+    textured: bool = True
 
 
 @dataclass
