@@ -3,7 +3,8 @@
 All functions are pure numpy/PIL and deterministic given their inputs (and the `rng` they are passed), so
 both the built-in renderer and the local-file sources draw the same way:
 
-- `segmentation_image(ids)`: integer label map -> fixed color palette (label -1 / background = black);
+- `label_ids(values, offset, ignore_index)`: a dataset's stored label map -> class ids (presets in
+  LABEL_PRESETS); `segmentation_image(ids)`: class ids -> fixed color palette (background = black);
 - `depth_image(depth, mask)`: metric depth -> normalized gray (near = white, background = black);
 - `normals_from_depth(depth, fov_deg)` + `normals_image(n, mask)`: camera-space normals as (n+1)/2 RGB;
 - `edges_image(img)`: Sobel magnitude thresholded -> white edges on black;
@@ -46,11 +47,43 @@ def _rgb(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8)), mode="RGB")
 
 
-def segmentation_image(ids: np.ndarray) -> Image.Image:
-    """Integer label map (H, W) -> palette image; label < 0 is background (black), label L -> PALETTE[L+1 mod 256]."""
+IGNORE = -2  # class id of ignored pixels (label maps' `ignore_index`); -1 and below otherwise = background
+
+# How the common datasets store label maps: (label_offset, ignore_index). class = value + offset.
+LABEL_PRESETS = {
+    "ade20k": (-1, None),     # 0 = "other" (background), 1..150 classes
+    "coco_stuff": (0, 255),   # stuffthingmaps: 0..181 class ids, 255 unlabeled
+    "cityscapes": (0, 255),   # *_labelTrainIds.png: 0..18 train ids, 255 ignored
+    "voc": (-1, 255),         # 0 background, 1..20 classes, 255 object boundaries / difficult
+}
+
+
+def label_settings(preset: str = "", offset: int = -1, ignore_index: int | None = None) -> tuple[int, int | None]:
+    """(label_offset, ignore_index) of a preset name, or the explicit values when `preset` is empty."""
+    if not preset:
+        return offset, ignore_index
+    if preset not in LABEL_PRESETS:
+        raise ValueError(f"unknown label preset {preset!r}; valid: {', '.join(LABEL_PRESETS)}")
+    return LABEL_PRESETS[preset]
+
+
+def label_ids(values: np.ndarray, offset: int = -1, ignore_index: int | None = None) -> np.ndarray:
+    """Stored label-map values (H, W) -> class ids: value + offset (< 0 = background), IGNORE where the
+    value is `ignore_index`."""
+    v = np.asarray(values).astype(np.int64)
+    ids = np.maximum(v + offset, -1)
+    return ids if ignore_index is None else np.where(v == ignore_index, IGNORE, ids)
+
+
+def segmentation_image(ids: np.ndarray, ignore_color=None) -> Image.Image:
+    """Class-id map (H, W) -> palette image: id L -> PALETTE[L+1 mod 256], id < 0 background (black), IGNORE
+    pixels in `ignore_color` (default: background)."""
     ids = np.asarray(ids).astype(np.int64)
     idx = np.where(ids < 0, 0, (ids % 255) + 1)
-    return _rgb(PALETTE[idx])
+    rgb = PALETTE[idx]
+    if ignore_color is not None:
+        rgb = np.where((ids == IGNORE)[..., None], np.asarray(ignore_color, np.uint8), rgb)
+    return _rgb(rgb)
 
 
 def depth_image(depth: np.ndarray, mask: np.ndarray | None = None) -> Image.Image:
