@@ -12,6 +12,8 @@ both the built-in renderer and the local-file sources draw the same way:
 - `inpainting_input(img, rng)`: random black boxes over the image (input of inpainting: boxes -> original);
 - `draw_boxes(img, boxes)`: color-coded boxes drawn over the image;
 - `draw_skeleton(img, points, edges)`: keypoints + limbs drawn OpenPose-style over the image.
+- `openpose_keypoints(kps)` + `draw_openpose(img, people)`: COCO-17 keypoints in OpenPose's BODY_18 layout
+  (neck from the shoulders), drawn with OpenPose's limbs and colours.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ COCO_SKELETON = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 
 # Wireframe of a box's 8 corners (bit i of the corner index = max on axis i): the built-in renderer's
 # "skeleton" of an object, so the keypoint task has data without people.
 BOX_SKELETON = [(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7)]
+
+# OpenPose BODY_18 (its COCO-18 model, the pose renders of OpenPose demos and ControlNet): joint order, each
+# joint's COCO-17 index (the neck has none: it is the shoulders' midpoint), the 17 limbs OpenPose draws, and
+# its colours: 18 hues 20 degrees apart from red, (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0),
+# (170, 255, 0) ... (255, 0, 85); limb i and joint i use colour i.
+OPENPOSE_JOINTS = ("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist", "r_hip",
+                   "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "r_eye", "l_eye", "r_ear", "l_ear")
+COCO_TO_OPENPOSE = (0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
+OPENPOSE_LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
+                  (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
+OPENPOSE_COLORS = tuple(tuple(round(255 * c) for c in colorsys.hsv_to_rgb(i / 18, 1.0, 1.0)) for i in range(18))
 
 
 def _rgb(arr: np.ndarray) -> Image.Image:
@@ -194,6 +207,35 @@ def draw_skeleton(img: Image.Image, points, edges, visible=None, radius: int | N
     for i, (x, y) in enumerate(pts):
         if vis[i]:
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255))
+    return out
+
+
+def openpose_keypoints(keypoints) -> tuple[np.ndarray, np.ndarray]:
+    """COCO-17 keypoints ([x, y, v] x 17) -> OpenPose BODY_18 points (18, 2) and visibility (18,).
+
+    A point is present when its v > 0 (COCO: labelled, visible or occluded); the neck is the midpoint of
+    the two shoulders and present only when both shoulders are."""
+    kp = np.asarray(keypoints, np.float64).reshape(17, 3)
+    shoulders = kp[[5, 6]]
+    idx = [5 if c is None else c for c in COCO_TO_OPENPOSE]  # the neck's row is overwritten below
+    pts, vis = kp[idx, :2].copy(), kp[idx, 2] > 0
+    pts[1], vis[1] = shoulders[:, :2].mean(axis=0), bool((shoulders[:, 2] > 0).all())
+    return pts, vis
+
+
+def draw_openpose(img: Image.Image, people, radius: int | None = None) -> Image.Image:
+    """People [(points (18, 2), visible (18,)), ...] drawn OpenPose-style over a copy of `img`: limb i a
+    line 2 * `radius` wide in OPENPOSE_COLORS[i], joint j a disc of `radius` in OPENPOSE_COLORS[j]."""
+    out = img.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    r = radius or max(2, round(min(out.size) / 120))  # OpenPose's 4 px at COCO's ~480 px
+    for pts, vis in people:
+        for i, (a, b) in enumerate(OPENPOSE_LIMBS):
+            if vis[a] and vis[b]:
+                draw.line([tuple(pts[a]), tuple(pts[b])], fill=OPENPOSE_COLORS[i], width=2 * r)
+        for j, (x, y) in enumerate(pts):
+            if vis[j]:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=OPENPOSE_COLORS[j])
     return out
 
 

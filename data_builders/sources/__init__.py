@@ -11,6 +11,7 @@ Types (config `sources[i].type`; every source follows the `Source` contract in `
   annotate         annotations the builder draws itself: edges, colorization, inpainting, segmentation
                    (from label maps), depth and normals (from depth maps), boxes and keypoints (from JSON)
   annotated_video  {path}/{frames_dir}/{video}/ + {path}/{task}/{video}/ frame folders, both layouts
+  coco             COCO instances / person_keypoints JSON drawn as boxes, instance and semantic masks, pose
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .annotated_video import AnnotatedVideoSource
 from .base import Source
 from .builtin import BuiltinSource
 from .class_groups import ClassGroupsSource
+from .coco import CocoSource
 from .images import ImagesSource
 from .multiview_folder import MultiviewFolderSource
 from .multiview_mesh import MultiviewMeshSource
@@ -31,7 +33,8 @@ from .videos import VideosSource
 
 SOURCES = {"builtin": BuiltinSource, "images": ImagesSource, "class_groups": ClassGroupsSource,
            "videos": VideosSource, "multiview_mesh": MultiviewMeshSource, "multiview_folder": MultiviewFolderSource,
-           "pairs": PairsSource, "annotate": AnnotateSource, "annotated_video": AnnotatedVideoSource}
+           "pairs": PairsSource, "annotate": AnnotateSource, "annotated_video": AnnotatedVideoSource,
+           "coco": CocoSource}
 
 
 def make_source(cfg: SourceConfig, data: DataConfig) -> Source:
