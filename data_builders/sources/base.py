@@ -7,6 +7,10 @@ Sequence | Skip` (runs in a worker; bad inputs come back as `Skip(reason, item)`
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,7 @@ from ..config import DataConfig, Skip, SourceConfig, source_name, unit_rng
 from ..sequence import Sequence
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
-MESH_EXTENSIONS = (".obj", ".urdf")
+MESH_EXTENSIONS = (".obj", ".urdf", ".glb", ".gltf")
 
 
 def image_failure(e: ImageLoadError) -> str:
@@ -63,9 +67,140 @@ def images_in(folder: Path, what: str) -> list[Path]:
 
 
 def by_stem(folder: Path) -> dict[str, Path]:
+    """The images (and .npy maps) directly in `folder` by stem: for small folders listed per item (frames
+    of one video); large trees use `stem_index` once at plan time."""
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS + (".npy",)}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SIDE_EXTENSIONS}
+
+
+SIDE_EXTENSIONS = IMAGE_EXTENSIONS + (".npy",)  # label and depth maps
+MAX_LISTED = 10  # file names a plan-time warning shows per folder
+
+
+def scan_files(folder: Path, extensions=IMAGE_EXTENSIONS, skip_top=()) -> list[str]:
+    """Relative POSIX paths of the files under `folder` ending in one of `extensions`: recursive, sorted,
+    hidden files and folders left out, and the top-level folders named in `skip_top`.
+
+    One os.scandir walk: a directory entry carries its type, so files cost no stat call (folders cost one,
+    which also stops symlink loops)."""
+    found, todo, seen = [], [("", str(folder))], {_dir_id(folder)}
+    while todo:
+        rel, d = todo.pop()
+        try:
+            with os.scandir(d) as entries:
+                for e in entries:
+                    if e.name.startswith("."):
+                        continue
+                    if e.is_dir():
+                        if (rel or e.name not in skip_top) and (i := _dir_id(e)) not in seen:
+                            seen.add(i)
+                            todo.append((f"{rel}{e.name}/", e.path))
+                    elif e.name.lower().endswith(extensions) and e.is_file():
+                        found.append(rel + e.name)
+        except OSError as err:
+            raise InputError(f"{d}: folder is unreadable ({err.strerror})") from None
+    return sorted(found)
+
+
+def _dir_id(d) -> tuple[int, int]:
+    st = d.stat() if isinstance(d, os.DirEntry) else os.stat(d)
+    return st.st_dev, st.st_ino
+
+
+def stem_rule(cfg: SourceConfig, folder: str):
+    """The function file name (without extension) -> stem of the files in `folder` (an `image_dir` or task
+    name): its `stem_templates` entry ("rain-{stem}", matched whole), else `stem_regex` (searched; named
+    group `stem`), else None (the name is the stem). The function returns None for a name that does not match."""
+    template = cfg.stem_templates.get(folder)
+    if template is not None:
+        if str(template).count("{stem}") != 1:
+            raise InputError(f"stem_templates[{folder!r}] = {template!r} must contain '{{stem}}' once")
+        head, tail = str(template).split("{stem}")
+        pattern = re.compile(f"{re.escape(head)}(?P<stem>.+){re.escape(tail)}")
+        return lambda name: (m := pattern.fullmatch(name)) and m["stem"]
+    if cfg.stem_regex:
+        try:
+            pattern = re.compile(cfg.stem_regex)
+        except re.error as e:
+            raise InputError(f"stem_regex {cfg.stem_regex!r} is not a regular expression ({e})") from None
+        if "stem" not in pattern.groupindex:
+            raise InputError(f"stem_regex {cfg.stem_regex!r} needs a named group (?P<stem>...)")
+        return lambda name: (m := pattern.search(name)) and m["stem"]
+    return None
+
+
+def check_stem_templates(cfg: SourceConfig, folders) -> None:
+    bad = sorted(set(cfg.stem_templates) - set(folders))
+    if bad:
+        raise InputError(f"stem_templates: unknown folders {bad}; valid: {sorted(set(folders))}")
+
+
+@dataclass
+class StemIndex:
+    """The files of one folder tree by key (see `stem_index`), and those left out."""
+
+    folder: Path
+    paths: dict  # key -> path (str)
+    unmatched: list  # relative paths whose name the stem rule does not match
+    duplicates: list  # relative paths whose key an earlier file (in sorted order) already has
+
+
+def stem_index(folder: Path, rule=None, extensions=IMAGE_EXTENSIONS, skip_top=()) -> StemIndex:
+    """Every file under `folder` (one `scan_files` walk) by key: its relative path without extension, the
+    file name replaced by its stem under `rule`, e.g. "n01440764/n01440764_10026", so an image and its
+    partner in a mirrored tree share a key."""
+    idx = StemIndex(folder, {}, [], [])
+    for rel in scan_files(folder, extensions, skip_top):
+        head, _, name = rel.rpartition("/")
+        stem = os.path.splitext(name)[0]
+        stem = stem if rule is None else rule(stem)
+        if not stem:
+            idx.unmatched.append(rel)
+            continue
+        key = f"{head}/{stem}" if head else stem
+        if key in idx.paths:
+            idx.duplicates.append(rel)
+            continue
+        idx.paths[key] = os.path.join(str(folder), rel)
+    return idx
+
+
+def side_index(root: Path, folder: str, cfg: SourceConfig, what: str, extensions=IMAGE_EXTENSIONS) -> StemIndex:
+    """`stem_index` of the partner folder `{root}/{folder}` (an InputError if it is not a folder)."""
+    d = root / folder
+    if not d.is_dir():
+        raise InputError(f"{d}: the {what} folder does not exist")
+    return stem_index(d, stem_rule(cfg, folder), extensions)
+
+
+def warn_files(folder, names: list, text: str, count: int | None = None) -> None:
+    """One stderr line: how many (`count`, default len(names)) files of `folder` `text`, naming the first
+    MAX_LISTED of `names`."""
+    count = len(names) if count is None else count
+    if count:
+        shown = ", ".join(names[:MAX_LISTED]) + (", ..." if count > MAX_LISTED else "")
+        print(f"warning: {folder}: {count} {text}: {shown}", file=sys.stderr)
+
+
+def check_partners(images: StemIndex, side: StemIndex, skipped: str = "pair_missing_side") -> None:
+    """Plan-time check of one partner folder: an InputError when no image has a partner there, else a
+    warning for images without one, for partner files without an image, and for names the rule skips."""
+    lonely = [k for k in images.paths if k not in side.paths]
+    if images.paths and len(lonely) == len(images.paths):
+        ex_i, ex_s = list(images.paths)[:3], list(side.paths)[:3] or side.unmatched[:3]
+        raise InputError(f"{side.folder}: no file pairs with an image in {images.folder} (image stems {ex_i}, "
+                         f"here {ex_s}); name them alike or set stem_templates / stem_regex")
+    named = [os.path.relpath(images.paths[k], images.folder) for k in lonely[:MAX_LISTED]]
+    warn_files(side.folder, named, f"of {len(images.paths)} images in {images.folder} have no partner here "
+                                   f"(skipped as {skipped})", len(lonely))
+    warn_files(side.folder, [k for k in side.paths if k not in images.paths], "files have no image (unused)")
+    warn_index(side)
+
+
+def warn_index(idx: StemIndex) -> None:
+    warn_files(idx.folder, idx.unmatched, "files do not match the stem rule (unused)")
+    warn_files(idx.folder, idx.duplicates, "files repeat the stem of an earlier file (unused)")
 
 
 class Source:
@@ -92,11 +227,27 @@ class Source:
         return [(task, c) for t, task in enumerate(tasks)
                 for c in self.shuffled_chunks(stems, t, self.cfg.pairs_per_sequence)]
 
-    def pairs_result(self, skipped: list, images: list, stems: list, task: str, tasks: list, **meta) -> list:
+    def tuple_pick(self, rng: np.random.Generator, k: int) -> list[int]:
+        """Indices of the annotations in one tuple of k: all of them, or (`tuple_subsets`) a random m - 1 of
+        them, m uniform in 1..k+1 (the image counts as one of the m)."""
+        if not self.cfg.tuple_subsets:
+            return list(range(k))
+        m = int(rng.integers(1, k + 2))
+        return sorted(rng.choice(k, size=m - 1, replace=False).tolist())
+
+    def check_tuples(self) -> None:
+        if self.cfg.tuple_subsets and not self.cfg.tuples:
+            raise InputError(f"{self.name}: tuple_subsets needs tuples: true")
+
+    def pairs_result(self, skipped: list, images: list, stems: list, task: str, tasks: list, picked=None,
+                     **meta) -> list:
         """A pairs/tuples unit's output: its skipped items, then its sequence if any stem was usable
-        (`meta`: extra metadata of a pairs sequence)."""
+        (`picked`: each tuple's annotation names under `tuple_subsets`; `meta`: extra metadata of pairs)."""
         if not stems:
             return skipped
+        if task == "tuples" and self.cfg.tuple_subsets:
+            return skipped + [self.seq(images, "tuples", annotations=list(tasks), tuple_annotations=picked,
+                                       tuple_sizes=[len(p) + 1 for p in picked], stems=stems)]
         if task == "tuples":
             return skipped + [self.seq(images, "tuples", annotations=list(tasks), tuple_size=len(tasks) + 1,
                                        stems=stems)]

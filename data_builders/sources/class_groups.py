@@ -1,13 +1,18 @@
-"""The `class_groups` source: a class-per-folder tree -> groups of 2/4/8/16 same-class images."""
+"""The `class_groups` source: a class-per-folder tree -> groups of 2/4/8/16 same-class images.
+
+The tree is walked once, at plan time (a class is a top-level folder; images may sit in subfolders of
+it), and units carry the image paths.
+"""
 
 from __future__ import annotations
 
+import os
+
 from tokenizer.common.errors import InputError
-from tokenizer.image_io import list_images
 
 from ..config import Skip, unit_rng
 from ..sequence import MAX_IMAGES
-from .base import Source, input_dir, load_square
+from .base import Source, input_dir, load_square, scan_files
 
 
 class ClassGroupsSource(Source):
@@ -16,10 +21,10 @@ class ClassGroupsSource(Source):
     def plan(self):
         root = input_dir(self.cfg.path, "class_groups")
         classes = {}
-        for d in sorted(x for x in root.iterdir() if x.is_dir()):
-            imgs = list_images(d)
-            if imgs:
-                classes[d.name] = [str(x) for x in imgs]
+        for rel in scan_files(root):
+            cls, sep, _ = rel.partition("/")
+            if sep:  # images straight in the root belong to no class
+                classes.setdefault(cls, []).append(os.path.join(str(root), rel))
         if not classes:
             raise InputError(f"{root}: no class folders with images found")
         for g in self.cfg.group_sizes:
