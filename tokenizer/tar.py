@@ -9,6 +9,9 @@ A shard spec is any of
 A sample is the members that share a key, ``{key}.{ext}`` (the key ends at the first dot of the file name,
 as in webdataset), returned as ``{"__key__": key, ext: bytes, ...}`` in file order. Nothing is unpickled.
 
+Shards of any size are read member by member without holding a whole shard: `index_tar` lists where each
+member's bytes lie from the headers alone, and `read_tar_member` reads just one member's bytes.
+
 The shard writer (atomic, byte-identical) is `data_builders/shards.py`; this reader sits in `tokenizer`, the
 bottom of the import graph, because both the tokenizer's image datasets and the data builders read shards.
 """
@@ -20,7 +23,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from .common.errors import InputError
 
@@ -88,11 +91,10 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
     # Grouped here, not by webdataset's group_by_keys, which would also lowercase extensions and add `__url__`.
     current: dict | None = None
     for name, data in iter_tar_members(path):
-        base = name.rsplit("/", 1)[-1]
-        if "." not in base:
+        split = split_key(name)
+        if split is None:
             continue
-        stem, ext = base.split(".", 1)
-        key = name[: len(name) - len(base)] + stem
+        key, ext = split
         if current is None or current["__key__"] != key:
             if current is not None:
                 yield current
@@ -100,3 +102,78 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
         current[ext] = data
     if current is not None:
         yield current
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """(key, ext) of a member name: the key ends at the first dot of the file name (`d/k.0.png` -> `d/k`,
+    `0.png`); None for a name without a dot."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return None
+    stem, ext = base.split(".", 1)
+    return name[: len(name) - len(base)] + stem, ext
+
+
+class TarIndex(NamedTuple):
+    """A tar's regular files from its headers: `members` as (name, data offset, size) in file order, and
+    `error`, why the scan stopped before the end of the archive ("" when it did not)."""
+
+    members: list
+    error: str
+
+
+# Offsets into a compressed tar are not file offsets, so those are refused by name rather than as bad headers.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def index_tar(path: str | os.PathLike) -> TarIndex:
+    """Where each member's bytes lie in an uncompressed tar, read from the headers only (the data is seeked
+    over, so a 1 GB shard costs one 512-byte read per member). A member cut short by the end of the file is
+    listed (`read_tar_member` returns it short); a bad header ends the scan and is named in `error`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        return TarIndex([], f"unreadable ({e.strerror})")
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            return TarIndex([], f"{kind}-compressed; decompress it to a plain .tar first")
+    try:
+        tar = tarfile.open(path, "r:")
+    except (OSError, tarfile.TarError) as e:
+        return TarIndex([], f"not a tar ({e})")
+    members, error = [], ""
+    with tar:
+        try:
+            for m in tar:
+                if m.isfile() and not m.issparse():
+                    members.append((m.name, m.offset_data, m.size))
+        except (OSError, tarfile.TarError, EOFError) as e:
+            # past the end of the file: the last member is truncated, which reading it reports
+            error = "" if tar.offset > size else f"bad header at byte {tar.offset} ({e})"
+        if not error:
+            error = _garbage_at(tar, size)
+    return TarIndex(members, error)
+
+
+def _garbage_at(tar: tarfile.TarFile, size: int) -> str:
+    """Why tarfile stopped early, if it did: it ends a scan quietly at an invalid header, so the block where
+    it stopped is read back; the end of an archive is zero blocks, or the end of a truncated file."""
+    if tar.offset >= size:
+        return ""
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    return f"bad header at byte {tar.offset}" if len(block) == tarfile.BLOCKSIZE and any(block) else ""
+
+
+def read_tar_member(path: str | os.PathLike, offset: int, size: int) -> bytes:
+    """The data of one member (`offset`, `size` from `index_tar`), reading nothing else of the file; fewer
+    bytes when the file ends first. InputError if the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+    except OSError as e:
+        raise InputError(f"{path}: unreadable tar shard ({e.strerror})") from None
