@@ -215,3 +215,17 @@ def test_bench_scale_runs(source, capsys):
     assert main(["bench", "data", "--scale", "20,40", "--source", source, "--units", "3"]) == 0
     out = capsys.readouterr().out
     assert "N=20:" in out and "N=40:" in out and "make time per item, N=40 over N=20: x" in out
+
+
+def test_segmentation_targets_keep_exact_palette_colours(tmp_path):
+    # a 3-class label map at 3x the output size with edges off the resize grid: a bicubic resize would
+    # invent blended colours at every edge, which name no class
+    root = tmp_path / "seg"
+    rng = np.random.default_rng(0)
+    labels = np.kron(rng.integers(0, 4, (7, 7)), np.ones((7, 7), np.uint8)).astype(np.uint8)[:SIZE * 3, :SIZE * 3]
+    save(Image.fromarray(np.full(labels.shape + (3,), 128, np.uint8)), root / "images" / "a.png")
+    save(Image.fromarray(labels), root / "labels" / "a.png")
+    _, samples, _ = run_build(tmp_path, [SourceConfig(type="annotate", path=str(root), tasks=["segmentation"])])
+    target = np.asarray(sample_images(samples[0])[1]).reshape(-1, 3)
+    allowed = {(0, 0, 0)} | {tuple(int(v) for v in PALETTE[c + 1]) for c in range(3)}
+    assert {tuple(int(v) for v in px) for px in np.unique(target, axis=0)} <= allowed

@@ -81,10 +81,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(path, f"cannot read image ({reason})") from None
 
 
-def resize_square(img: Image.Image, size: int, mode: ResizeMode = "crop") -> Image.Image:
-    """Square `size` x `size` image: short-side resize + center crop, or a plain resize ('squash')."""
+def resize_square(img: Image.Image, size: int, mode: ResizeMode = "crop",
+                  resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """Square `size` x `size` image: short-side resize + center crop, or a plain resize ('squash').
+    `resample` NEAREST keeps the exact colours of label maps drawn as palette images."""
     if mode == "squash":
-        return img.resize((size, size), Image.Resampling.BICUBIC)
+        return img.resize((size, size), resample)
     if mode != "crop":
         raise ValueError(f"resize mode must be 'crop' or 'squash', got {mode!r}")
     w, h = img.size
@@ -92,7 +94,7 @@ def resize_square(img: Image.Image, size: int, mode: ResizeMode = "crop") -> Ima
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         # reducing_gap makes large downscales fast (JPEG draft + box pre-shrink) at no visible cost.
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        img = img.resize((nw, nh), resample, reducing_gap=3.0 if resample != Image.Resampling.NEAREST else None)
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 

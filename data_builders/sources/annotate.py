@@ -119,6 +119,8 @@ def _keypoints(src, side, img, rng):
     return img, b
 
 
+FLAT_TASKS = ("segmentation",)  # targets that are flat palette maps
+
 DRAW = {"edges": _edges, "colorization": _colorization, "inpainting": _inpainting, "segmentation": _segmentation,
         "depth": _depth, "normals": _normals, "boxes": _boxes, "keypoints": _keypoints}
 ANNOTATE_TASKS = tuple(DRAW)
@@ -188,7 +190,9 @@ class AnnotateSource(Source):
         folder = self._side(task)[0]
         side = Side(stem, str(Path(self.cfg.path) / folder) if folder else "", sides.get(folder))
         a, b = DRAW[task](self, side, img, rng)
-        return resize_square(a, self.size), resize_square(b, self.size)
+        # A label map's palette colours stay exact (no blended edge colours that name no class).
+        resample = Image.Resampling.NEAREST if task in FLAT_TASKS else Image.Resampling.BICUBIC
+        return resize_square(a, self.size), resize_square(b, self.size, resample=resample)
 
     def make(self, unit, rng, seed):
         task, items = unit

@@ -36,6 +36,7 @@ from ..sequence import MAX_IMAGES
 from .base import Source, image_failure, input_dir
 
 INSTANCE_TASKS = ("boxes", "instance_masks", "semantic_masks")
+FLAT_TASKS = ("instance_masks", "semantic_masks")  # targets that are flat palette maps
 COCO_TASKS = INSTANCE_TASKS + ("pose",)
 POSE_LAYOUTS = ("openpose18", "coco17")
 
@@ -248,7 +249,10 @@ class CocoSource(Source):
             drawn = [DRAW[t](img, data[t], self.cfg.pose_layout) for t in tasks]
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise Skip("annotation_corrupt", f"{path} ({e})") from None
-        return [resize_square(im, self.size) for im in [img, *drawn]]
+        # Mask maps keep their exact palette colours (no blended edges that name no category).
+        flat = [Image.Resampling.NEAREST if t in FLAT_TASKS else Image.Resampling.BICUBIC for t in tasks]
+        return [resize_square(img, self.size)] + [resize_square(im, self.size, resample=r)
+                                                  for im, r in zip(drawn, flat)]
 
     def make(self, unit, rng, seed):
         task, records = unit
