@@ -64,6 +64,9 @@ class SourceConfig:
     # as "rain-{stem}", or one regex with a named group `stem` for every folder
     stem_templates: dict = field(default_factory=dict)
     stem_regex: str = ""
+    # pairs: task -> its folder under `path` (default: the task's name); may be `image_dir` itself when both
+    # sides share folders and differ by name only (SIDD: NOISY_SRGB_010.PNG beside GT_SRGB_010.PNG)
+    task_dirs: dict = field(default_factory=dict)
     # tuples: each sequence holds random m-subsets (m <= k + 1 images) of an image and its k annotations
     tuple_subsets: bool = False
 
@@ -75,6 +78,10 @@ class SourceConfig:
     # multiview_mesh: keep textures and vertex colours of GLB / glTF / OBJ meshes
     textured: bool = True
 
+    # annotated_video: task -> rgb (ready-made frames) | labels (label maps) | boxes | keypoints (JSON in
+    # json_dir); unlisted tasks: boxes / keypoints by name, else rgb
+    annotation_formats: dict = field(default_factory=dict)
+
 
 @dataclass
 class DataConfig:
@@ -82,7 +89,9 @@ class DataConfig:
     seed: int = 0
     image_size: int = 256
     image_format: str = "png"  # png | jpg
-    shard_size: int = 64  # units per shard
+    # units per shard = sequences per shard: a unit makes at most one sequence, or none when its inputs are
+    # skipped (counted in the shard's stats), so such a shard holds fewer
+    shard_size: int = 64
     limit: int = 0  # at most this many units per source (0 = all): quick runs and benchmarks
     sources: list[SourceConfig] = field(default_factory=list)
 

@@ -138,6 +138,24 @@ def test_pairs_stem_regex_sidd_and_missing_side(tmp_path, capsys):
                                           stem_regex=r"SRGB_(\d+)")], name="o2")
 
 
+def test_pairs_in_one_folder_told_apart_by_name(tmp_path, capsys):
+    # SIDD as it ships: Data/<scene>/NOISY_SRGB_010.PNG beside GT_SRGB_010.PNG
+    root = tmp_path / "SIDD_Medium_Srgb"
+    for scene in ("0001_001_S6", "0002_001_GP"):
+        for i in (10, 11):
+            save(solid(i, SIZE), root / "Data" / scene / f"NOISY_SRGB_{i:03d}.PNG")
+            save(solid(i + 100, SIZE), root / "Data" / scene / f"GT_SRGB_{i:03d}.PNG")
+    src = SourceConfig(type="pairs", path=str(root), image_dir="Data", tasks=["denoise"], task_dirs={"denoise": "Data"},
+                       stem_templates={"Data": "NOISY_SRGB_{stem}", "denoise": "GT_SRGB_{stem}"})
+    _, samples, cfg = run_build(tmp_path, [src])
+    assert "warning" not in capsys.readouterr().err  # the other side's files are not "unmatched" here
+    m = sample_meta(samples[0])
+    assert sorted(m["stems"]) == ["0001_001_S6/010", "0001_001_S6/011", "0002_001_GP/010", "0002_001_GP/011"]
+    for noisy, gt in m["paths"]:
+        assert "NOISY_SRGB_" in noisy and gt == noisy.replace("NOISY_SRGB_", "GT_SRGB_")
+    assert collect_stats(cfg.out)["failures"] == {}
+
+
 def test_tuple_subsets_sizes_pattern_and_meta(tmp_path):
     root, tasks = tmp_path / "t", ["depth", "edges", "normals"]
     for i in range(24):

@@ -166,12 +166,14 @@ def stem_index(folder: Path, rule=None, extensions=IMAGE_EXTENSIONS, skip_top=()
     return idx
 
 
-def side_index(root: Path, folder: str, cfg: SourceConfig, what: str, extensions=IMAGE_EXTENSIONS) -> StemIndex:
-    """`stem_index` of the partner folder `{root}/{folder}` (an InputError if it is not a folder)."""
+def side_index(root: Path, folder: str, cfg: SourceConfig, what: str, extensions=IMAGE_EXTENSIONS,
+               rule_key: str | None = None) -> StemIndex:
+    """`stem_index` of the partner folder `{root}/{folder}` (an InputError if it is not a folder), names read
+    by the stem rule of `rule_key` (default: the folder's)."""
     d = root / folder
     if not d.is_dir():
         raise InputError(f"{d}: the {what} folder does not exist")
-    return stem_index(d, stem_rule(cfg, folder), extensions)
+    return stem_index(d, stem_rule(cfg, rule_key or folder), extensions)
 
 
 def warn_files(folder, names: list, text: str, count: int | None = None) -> None:
@@ -183,9 +185,10 @@ def warn_files(folder, names: list, text: str, count: int | None = None) -> None
         print(f"warning: {folder}: {count} {text}: {shown}", file=sys.stderr)
 
 
-def check_partners(images: StemIndex, side: StemIndex, skipped: str = "pair_missing_side") -> None:
+def check_partners(images: StemIndex, side: StemIndex, skipped: str = "pair_missing_side", shared: bool = False) -> None:
     """Plan-time check of one partner folder: an InputError when no image has a partner there, else a
-    warning for images without one, for partner files without an image, and for names the rule skips."""
+    warning for images without one, for partner files without an image, and for names the rule skips
+    (not when the images share the folder: there the other side's files never match)."""
     lonely = [k for k in images.paths if k not in side.paths]
     if images.paths and len(lonely) == len(images.paths):
         ex_i, ex_s = list(images.paths)[:3], list(side.paths)[:3] or side.unmatched[:3]
@@ -195,11 +198,12 @@ def check_partners(images: StemIndex, side: StemIndex, skipped: str = "pair_miss
     warn_files(side.folder, named, f"of {len(images.paths)} images in {images.folder} have no partner here "
                                    f"(skipped as {skipped})", len(lonely))
     warn_files(side.folder, [k for k in side.paths if k not in images.paths], "files have no image (unused)")
-    warn_index(side)
+    warn_index(side, shared)
 
 
-def warn_index(idx: StemIndex) -> None:
-    warn_files(idx.folder, idx.unmatched, "files do not match the stem rule (unused)")
+def warn_index(idx: StemIndex, shared: bool = False) -> None:
+    if not shared:
+        warn_files(idx.folder, idx.unmatched, "files do not match the stem rule (unused)")
     warn_files(idx.folder, idx.duplicates, "files repeat the stem of an earlier file (unused)")
 
 

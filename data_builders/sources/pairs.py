@@ -2,8 +2,10 @@
 
 Both trees are walked once, at plan time (recursive: {image_dir}/a/x.* pairs with {task}/a/x.*), and every
 unit carries the resolved paths of its files, so a worker never lists a folder: the cost of an item does not
-grow with the folder. File names may differ by a per-folder template (`stem_templates`, "rain-{stem}") or
-one regex (`stem_regex`, named group `stem`).
+grow with the folder. File names may differ by a per-folder template (`stem_templates`, "rain-{stem}"; keyed
+by `image_dir` and by task name) or one regex (`stem_regex`, named group `stem`). A task's folder is
+`task_dirs[task]`, default the task's name; it may be `image_dir` itself (SIDD: NOISY_SRGB_010.PNG beside
+GT_SRGB_010.PNG in each scene folder, told apart by their templates).
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ class PairsSource(Source):
         imgs = stem_index(img_dir, stem_rule(self.cfg, self.cfg.image_dir))
         if not imgs.paths:
             raise InputError(f"{img_dir}: no input images found for the pairs source")
-        warn_index(imgs)
-        anns = {t: side_index(root, t, self.cfg, f"'{t}' annotation") for t in tasks}
+        dirs = {t: self.cfg.task_dirs.get(t, t) for t in tasks}
+        shared = self.cfg.image_dir in dirs.values()  # both sides in one folder, told apart by their names
+        warn_index(imgs, shared)
+        anns = {t: side_index(root, dirs[t], self.cfg, f"'{t}' annotation", rule_key=t) for t in tasks}
         for t in tasks:
-            check_partners(imgs, anns[t])
+            check_partners(imgs, anns[t], shared=shared)
         stems = sorted(imgs.paths)
 
         def item(s, unit_tasks):
