@@ -168,10 +168,13 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
 
 
 def log_policies(cfg: DataConfig, log=print) -> None:
+    what = {"clamp": "the largest stride that fits; meta stride < requested_stride",
+            "skip": "skipped and counted as video_too_short",
+            "pad": "every stride-th frame from the start, the last one repeated; meta padded"}
     for scfg in cfg.sources:
-        if scfg.type == "videos":
-            log(f"[{source_name(scfg)}] videos too short for a stride: policy '{scfg.short_video}' "
-                f"({'skipped and counted as video_too_short' if scfg.short_video == 'skip' else 'use the largest stride that fits, recorded in meta'})")
+        if scfg.type in ("videos", "annotated_video"):
+            policy = "clamp" if scfg.short_video == "shrink" else scfg.short_video
+            log(f"[{source_name(scfg)}] videos too short for a stride: policy '{policy}' ({what.get(policy, '?')})")
 
 
 def summary(built: int, skipped: int, total: int, seqs: int, imgs: int, dt: float) -> dict:

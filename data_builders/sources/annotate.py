@@ -21,7 +21,7 @@ from tokenizer.image_io import load_image, resize_square
 from .. import annotations as ann
 from ..config import DataConfig, Skip, SourceConfig
 from ..sequence import MAX_IMAGES
-from .base import (SIDE_EXTENSIONS, Source, check_partners, check_stem_templates, chunks, image_failure,
+from .base import (SIDE_EXTENSIONS, Source, read_array, check_partners, check_stem_templates, chunks, image_failure,
                    input_dir, side_index, stem_index, stem_rule, warn_index)
 
 
@@ -36,14 +36,6 @@ class Side(NamedTuple):
     path: str | None
 
 
-def _read_array(path: str) -> np.ndarray:
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    with Image.open(path) as im:
-        im.load()
-        return np.asarray(im)
-
-
 def _missing(side: Side, task: str):
     return Skip("pair_missing_side", f"{side.stem} (no {task} file in {side.folder})")
 
@@ -53,7 +45,7 @@ def _side_map(side: Side, task: str, img: Image.Image) -> np.ndarray:
     if side.path is None:
         raise _missing(side, task)
     try:
-        arr = _read_array(side.path)
+        arr = read_array(side.path)
     except (OSError, ValueError, SyntaxError):
         raise Skip("annotation_corrupt", side.path) from None
     if arr.ndim == 3:

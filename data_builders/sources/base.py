@@ -44,6 +44,15 @@ def load_square(path, size: int) -> Image.Image:
         raise Skip(image_failure(e), path) from None
 
 
+def read_array(path: str) -> np.ndarray:
+    """A label or depth map as stored: .npy (no pickles) or any image PIL reads, unconverted."""
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(im)
+
+
 def input_dir(path: str, what: str) -> Path:
     if not path:
         raise InputError(f"{what}: source needs `path`")
