@@ -20,7 +20,9 @@ from tokenizer.common.errors import InputError
 class SourceConfig:
     """One source of visual sequences. `type` picks the builder; unused keys are ignored by that type."""
 
-    type: str = "builtin"  # builtin | images | class_groups | videos | multiview_mesh | multiview_folder | pairs | annotate | annotated_video
+    # builtin | images | class_groups | videos | multiview_mesh | multiview_folder | pairs | annotate |
+    # annotated_video | coco
+    type: str = "builtin"
     name: str = ""  # shard/key prefix; defaults to the type
     path: str = ""  # folder, list file, or shard spec of local inputs
     count: int = 0  # number of sequences (builtin); 0 = one pass over the inputs
@@ -49,7 +51,7 @@ class SourceConfig:
     depth_dir: str = "depth"  # annotate: depth maps (16-bit PNG / .npy) for depth and normals
     json_dir: str = "annotations"  # annotate: {"boxes": [[x0,y0,x1,y1,label]], "keypoints": [[[x,y,v]...]]}
     fov_deg: float = 60.0  # annotate: camera FOV used to turn depth into normals
-    frames_dir: str = "frames"  # annotated_video: frame folders; annotation frame folders are under `tasks[0]`
+    frames_dir: str = "frames"  # annotated_video: {frames_dir}/{video}.mp4 or frame folders {frames_dir}/{video}/
     layouts: list = field(default_factory=lambda: ["interleaved", "grouped"])  # annotated videos
 
     # label maps (annotate segmentation, COCO-Stuff-style maps): class = stored value + label_offset; a

@@ -2,15 +2,20 @@
 
 Types (config `sources[i].type`; every source follows the `Source` contract in `base.py`):
   builtin          pybullet scenes: multiview orbits, physics videos, task pairs, tuples, annotated videos
-  images           single images from a folder (recursive), a list file (.txt) or image shards (.tar)
+  images           single images from a folder (recursive), a list file (.txt) or image shards (.tar, read
+                   member by member: img2dataset output of any size)
   class_groups     class-per-folder tree: groups of 2/4/8/16 same-class images concatenated to 16
-  videos           video files (PyAV) or frame folders: 16 frames at strides 10/20/30 from random starts
-  multiview_mesh   OBJ / URDF meshes rendered around an orbit (radius U[1.5,2.2], elevation U[-45,45])
+  videos           video files (PyAV, seeking) or frame folders, or a .txt list of them: 16 frames at every
+                   stride of 10/20/30 from random starts (short clips clamp the stride)
+  multiview_mesh   GLB / glTF / OBJ (textures kept, trimesh) / URDF meshes rendered around an orbit
+                   (radius U[1.5,2.2], one elevation U[-45,45], 16 of 24 views at 15 deg)
   multiview_folder folders of views rendered elsewhere (sorted by name = azimuth order)
   pairs            paired folders: {path}/{image_dir}/x.png + {path}/{task}/x.png, 8 pairs of one task
+                   (names may differ: stem_templates / stem_regex; task_dirs for a shared folder)
   annotate         annotations the builder draws itself: edges, colorization, inpainting, segmentation
                    (from label maps), depth and normals (from depth maps), boxes and keypoints (from JSON)
-  annotated_video  {path}/{frames_dir}/{video}/ + {path}/{task}/{video}/ frame folders, both layouts
+  annotated_video  {frames_dir}/{video}.mp4 or frame folder + per-frame label maps, RGB annotation frames
+                   or JSON boxes / keypoints, every stride, both layouts
   coco             COCO instances / person_keypoints JSON drawn as boxes, instance and semantic masks, pose
 """
 
