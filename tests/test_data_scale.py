@@ -120,12 +120,17 @@ def test_pairs_stem_templates_and_unmatched_warning(tmp_path, capsys):
                                           stem_templates={"rian": "rain-{stem}"})], name="o3")
 
 
-def test_pairs_stem_regex_sidd_and_missing_side(tmp_path, capsys):
-    root = tmp_path / "sidd"
-    for scene in ("0001_S6", "0002_GP"):
+def sidd_tree(root, noisy_dir, gt_dir, scenes=("0001_S6", "0002_GP")):
+    """{noisy_dir}/<scene>/NOISY_SRGB_010.PNG and {gt_dir}/<scene>/GT_SRGB_010.PNG (and 011); returns root."""
+    for scene in scenes:
         for i in (10, 11):
-            save(solid(i, SIZE), root / "noisy" / scene / f"NOISY_SRGB_{i:03d}.PNG")
-            save(solid(i + 100, SIZE), root / "gt" / scene / f"GT_SRGB_{i:03d}.PNG")
+            save(solid(i, SIZE), root / noisy_dir / scene / f"NOISY_SRGB_{i:03d}.PNG")
+            save(solid(i + 100, SIZE), root / gt_dir / scene / f"GT_SRGB_{i:03d}.PNG")
+    return root
+
+
+def test_pairs_stem_regex_sidd_and_missing_side(tmp_path, capsys):
+    root = sidd_tree(tmp_path / "sidd", "noisy", "gt")
     os.remove(root / "gt" / "0002_GP" / "GT_SRGB_011.PNG")
     src = SourceConfig(type="pairs", path=str(root), image_dir="noisy", tasks=["gt"], stem_regex=r"SRGB_(?P<stem>\d+)$")
     _, samples, cfg = run_build(tmp_path, [src])
@@ -140,11 +145,7 @@ def test_pairs_stem_regex_sidd_and_missing_side(tmp_path, capsys):
 
 def test_pairs_in_one_folder_told_apart_by_name(tmp_path, capsys):
     # SIDD as it ships: Data/<scene>/NOISY_SRGB_010.PNG beside GT_SRGB_010.PNG
-    root = tmp_path / "SIDD_Medium_Srgb"
-    for scene in ("0001_001_S6", "0002_001_GP"):
-        for i in (10, 11):
-            save(solid(i, SIZE), root / "Data" / scene / f"NOISY_SRGB_{i:03d}.PNG")
-            save(solid(i + 100, SIZE), root / "Data" / scene / f"GT_SRGB_{i:03d}.PNG")
+    root = sidd_tree(tmp_path / "SIDD_Medium_Srgb", "Data", "Data", scenes=("0001_001_S6", "0002_001_GP"))
     src = SourceConfig(type="pairs", path=str(root), image_dir="Data", tasks=["denoise"], task_dirs={"denoise": "Data"},
                        stem_templates={"Data": "NOISY_SRGB_{stem}", "denoise": "GT_SRGB_{stem}"})
     _, samples, cfg = run_build(tmp_path, [src])
