@@ -82,6 +82,8 @@ COMMANDS: dict = {
         "generate": ("image generation tokens/s: this engine vs HF generate()",
                      "lvm bench generate --model tiny --batch 1,4", "lvm.commands.bench_generate"),
     }),
+    "serve": ("visual prompting in the browser (Gradio web page + API) on the same engine as lvm prompt",
+              "lvm serve --model runs/lvm --tokenizer runs/tok --port 7860", "lvm.commands.serve"),
     "env": ("what this machine has and what --device/--precision auto picks (versions, CPU, GPUs, kernels)",
             "lvm env", "lvm.commands.env"),
     "demo": ("the whole system end to end on this machine: data, tokenizer, transformer, prompts, report",

@@ -103,8 +103,9 @@ class Session:
         return self.prompt.n_new if self.prompt.mode == "sequential" else 1
 
     # ---- work ----
-    def generate(self, n: int, out_dir: Path | None = None, write: bool = True) -> dict:
-        """Generate n images x candidates for the current prompt; write PNGs + grid; return what was written."""
+    def generate(self, n: int, out_dir: Path | None = None, write: bool = True, on_progress=None) -> dict:
+        """Generate n images x candidates for the current prompt; write PNGs + grid; return what was written.
+        `on_progress(image index, tokens done, tokens/s)` replaces the stdout counter (the web app's bar)."""
         from tokenizer.common.files import atomic_write_text
         from tokenizer.image_io import save_png
 
@@ -116,7 +117,7 @@ class Session:
             self.print(f"note: {len(paths)} prompt images + {n} new exceed the {self.engine.context_images}-image "
                        f"context: the model sees the last {self.engine.context_images - 1} images at each step")
         out = self.engine.generate(codes, n_new=n, candidates=self.candidates, sampling=self.sampling,
-                                   progress=self._progress(n) if self.progress else None)
+                                   progress=on_progress or (self._progress(n) if self.progress else None))
         for note in out.notes:
             self.print(f"note: {note}")
         flat = out.images.reshape(-1, self.engine.layout.tokens_per_image)
