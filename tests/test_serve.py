@@ -184,6 +184,8 @@ def test_page_loads_an_example_and_generates_candidates(server, browser):
     assert sizes == {(RES, RES)}  # the tokenizer's size
     assert "tokens/s" in _css(browser, "#status")[0].text
     assert _css(browser, "#grid img")
+    loaded = _css(browser, "#loaded")[0].text  # which model, tokenizer, device and precision
+    assert all(w in loaded for w in ("lm", "tok", "cpu", "fp32")), loaded
 
 
 def test_page_non_image_upload_gives_a_message_and_the_server_goes_on(server, browser, tmp_path):

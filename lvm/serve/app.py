@@ -155,7 +155,8 @@ def build_app(svc: PromptService) -> gr.Blocks:
                     gen = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
         status = gr.Markdown(elem_id="status")
-        gallery = gr.Gallery(label="candidates", columns=4, format="png", elem_id="candidates")
+        gallery = gr.Gallery(label="candidates", columns=8, fit_columns=False, height=220, object_fit="contain",
+                             format="png", elem_id="candidates")
         grid = gr.Image(label="grid (prompt | candidates)", type="filepath", interactive=False, elem_id="grid")
         with gr.Row():
             grid_file = gr.File(label="grid.png", interactive=False)
@@ -191,9 +192,12 @@ def make_service(model=None, tokenizer=None, device: str = "auto", precision: st
     from tokenizer.common.hardware import resolve
 
     resolve(device, precision, "inference")  # a device that is not there is a one-line error first
+    from lvm.checkpoints import or_demo
+
+    model, tokenizer = or_demo("model", model), or_demo("tokenizer", tokenizer)
     session = Session(model, tokenizer, out_dir=Path(work_dir), display="none", device=device,
                       precision=precision, progress=False)
-    return PromptService(session, Path(work_dir), Path(examples_dir))
+    return PromptService(session, Path(work_dir), Path(examples_dir), names=(str(model), str(tokenizer)))
 
 
 def launch(svc: PromptService, host: str = "127.0.0.1", port: int = 7860, block: bool = True):

@@ -66,8 +66,10 @@ def prompt_from(paths: list, mode: str) -> Prompt:
 
 
 class PromptService:
-    def __init__(self, session: Session, work_dir: Path, examples_dir: Path | None = None):
+    def __init__(self, session: Session, work_dir: Path, examples_dir: Path | None = None,
+                 names: tuple[str, str] = ("", "")):
         self.s = session
+        self.names = names  # (model, tokenizer) as given: directories or hub ids
         self.work = Path(work_dir)
         self.examples_dir = Path(examples_dir or "prompts")
         self.examples = example_prompts(self.examples_dir) if self.examples_dir.is_dir() else {}
@@ -78,8 +80,9 @@ class PromptService:
     def describe(self) -> str:
         """Which model, tokenizer, device and precision are loaded (markdown)."""
         e, t = self.s.engine, self.s.tok
-        return (f"**model** vocab {e.vocab_size} (codebook {e.layout.codebook_size}), {len(e.layers)} layers, "
-                f"context {e.context_images} images · **tokenizer** {t.codebook_size} codes, {t.resolution} px · "
+        model, tok = (f"`{n}` " if n else "" for n in self.names)
+        return (f"**model** {model}vocab {e.vocab_size} (codebook {e.layout.codebook_size}), {len(e.layers)} layers, "
+                f"context {e.context_images} images · **tokenizer** {tok}{t.codebook_size} codes, {t.resolution} px · "
                 f"**device** {e.plan.device} · **precision** {e.plan.precision} · {e.describe()}")
 
     # ---- inputs ----
