@@ -116,6 +116,22 @@ def test_bad_input_is_a_message_and_the_service_goes_on(server, tmp_path):
     assert set(svc.examples) >= {"video", "rotation"}
 
 
+def test_only_the_example_prompts_and_results_are_served(server):
+    import urllib.error
+    import urllib.request
+
+    url, _ = server
+
+    def status(path):
+        try:
+            return urllib.request.urlopen(f"{url.rstrip('/')}/gradio_api/file={path}").status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status(ROOT / "prompts" / "video" / "00.png") == 200
+    assert status(ROOT / "README.md") == 403 and status("/etc/passwd") == 403
+
+
 # ---- the page in a real browser ----
 
 def _browser():
