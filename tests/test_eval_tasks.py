@@ -57,7 +57,21 @@ def test_miou_with_the_prompts_classes_has_no_phantom_class():
     m = te.miou(_img(pred), truth, classes=classes)
     assert m == pytest.approx((192 / 200 + 56 / 64) / 2)
     assert te.task_metrics("segmentation", _img(pred), truth, classes=classes) == {
-        "miou": pytest.approx(m), "miou_palette": pytest.approx(te.miou(_img(pred), truth))}
+        "miou": pytest.approx(m), "miou_palette": pytest.approx(te.miou(_img(pred), truth)),
+        "fg_iou": pytest.approx(te.fg_iou(_img(pred), truth, classes=classes))}
+
+
+def test_foreground_iou_is_object_vs_background_whatever_the_label():
+    lab = np.zeros((8, 8), int)
+    lab[2:6, 2:6] = 1                                  # a 16-pixel object
+    wrong_label = np.where(lab == 1, 2, 0)             # right place, wrong colour: mIoU 1/3, fg IoU 1
+    assert te.fg_iou(_seg(wrong_label), _seg(lab)) == 1.0
+    assert te.miou(_seg(wrong_label), _seg(lab)) == pytest.approx(1 / 3)
+    shifted = np.zeros((8, 8), int)
+    shifted[2:6, 4:8] = 1                              # half of it overlaps: 8 / 24
+    assert te.fg_iou(_seg(shifted), _seg(lab)) == pytest.approx(8 / 24)
+    empty = np.zeros((8, 8), int)
+    assert te.fg_iou(_seg(empty), _seg(lab)) == 0.0 and te.fg_iou(_seg(empty), _seg(empty)) == 1.0
 
 
 def test_snap_to_palette_nearest():

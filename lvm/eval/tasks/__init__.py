@@ -23,12 +23,13 @@ from .checks import PPL_FALL, best_baseline, quality_checks
 from .config import (ANALOGY, BASELINES, DECODINGS, MAX_CONTEXT, MAX_SHOTS, METRIC, QUERY, SEG_CLASSES,
                      SEQUENTIAL, TASKS, SuiteConfig)
 from .episodes import Episode, make_episodes
-from .metrics import abs_rel, mean_image, miou, mse, psnr, rmse, seg_classes, seg_palette, snap_to_palette, task_metrics
+from .metrics import (abs_rel, fg_iou, mean_image, miou, mse, psnr, rmse, seg_classes, seg_palette, snap_to_palette,
+                      task_metrics)
 from .report import markdown_table, save_grid, write_report
 from .run import evaluate_model, predict, run_suite
 
 __all__ = ["ANALOGY", "BASELINES", "DECODINGS", "Episode", "MAX_CONTEXT", "MAX_SHOTS", "METRIC",
            "PPL_FALL", "QUERY", "SEG_CLASSES", "SEQUENTIAL", "SuiteConfig", "TASKS", "abs_rel", "best_baseline",
-           "evaluate_model", "make_episodes", "markdown_table", "mean_image", "miou", "mse",
+           "evaluate_model", "fg_iou", "make_episodes", "markdown_table", "mean_image", "miou", "mse",
            "predict", "psnr", "quality_checks", "rmse", "run_suite", "save_grid", "seg_classes", "seg_palette",
            "snap_to_palette", "task_metrics", "write_report"]

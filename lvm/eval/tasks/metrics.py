@@ -6,7 +6,8 @@ suite and `lvm tokenizer eval` agree on the same images, identical ones included
 Segmentation: the truth's colors are snapped to the first `SEG_CLASSES` colors of the renderer's palette
 (background + labels 0..6; the built-in scenes use labels 0 and 1); a prediction's colors are snapped to the
 labels the prompt's example answers show, plus background: the prompt defines the task's classes. mIoU is
-the mean IoU over the classes present in the truth or the prediction, averaged over episodes.
+the mean IoU over the classes present in the truth or the prediction, averaged over episodes; `fg_iou` is the
+binary object-vs-background IoU (Pascal-5i's foreground IoU, the paper's segmentation figure).
 `miou_palette` snaps predictions to all `SEG_CLASSES` colors instead: there, a blurred edge between blue
 (45, 106, 255) and black is nearer to label 5's purple (98, 67, 191) than to either, and becomes a phantom
 class with IoU 0.
@@ -87,6 +88,20 @@ def miou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | No
     return float(np.mean(ious))
 
 
+def fg_iou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | None = None) -> float:
+    """Foreground IoU of two segmentation images: object (any label) vs background, the binary IoU the
+    paper and Visual Prompting report (Pascal-5i protocol); snapped as `miou` snaps. 1.0 when both are
+    all background."""
+    palette = seg_palette() if palette is None else palette
+    t = snap_to_palette(truth, palette) != 0
+    if classes is None:
+        p = snap_to_palette(pred, palette) != 0
+    else:
+        p = np.asarray(classes)[snap_to_palette(pred, np.asarray(palette)[classes])] != 0
+    union = np.logical_or(p, t).sum()
+    return float(np.logical_and(p, t).sum() / union) if union else 1.0
+
+
 def _gray(img) -> np.ndarray:
     return _f(img).mean(-1)
 
@@ -111,7 +126,8 @@ def task_metrics(task: str, pred, truth, hole: np.ndarray | None = None, classes
     if task in SEQUENTIAL or task == "colorization":
         return {"psnr": psnr(pred, truth), "mse": mse(pred, truth)}
     if task == "segmentation":
-        return {"miou": miou(pred, truth, classes=classes), "miou_palette": miou(pred, truth)}
+        return {"miou": miou(pred, truth, classes=classes), "miou_palette": miou(pred, truth),
+                "fg_iou": fg_iou(pred, truth, classes=classes)}
     if task == "depth":
         return {"abs_rel": abs_rel(pred, truth), "rmse": rmse(pred, truth)}
     if task == "inpainting":
