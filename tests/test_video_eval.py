@@ -134,7 +134,7 @@ def test_release_protocol_frames_skips_and_list_files(random_pair, tmp_path, cap
                "--no-random-start", "--out", str(out), *args])
     assert rc == 0
     res = json.loads((out / "video_perplexity.json").read_text())
-    assert res["clips"] == 2 and sum(res["skipped"].values()) == 2 and res["skipped"].get("too_short") == 1
+    assert res["clips"] == 2 and sum(res["skipped"].values()) == 2 and res["skipped"].get("video_too_short") == 1
     # independently: frames 0, 3, 6, 9 (stride 3 from frame 0), the last one the target
     model, t, _ = load_pair(lm, tok, "cpu", "fp32")
     layout = TokenLayout.from_model_config(model.config)

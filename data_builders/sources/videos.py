@@ -185,7 +185,8 @@ def check_strides(strides, what: str) -> list[int]:
 
 
 def pick_frames(total: int, n: int, stride: int, policy: str, rng, what: str) -> tuple[list[int], int, int]:
-    """n frame indices (of `total`) at `stride` from a random start: (indices, stride used, frames padded).
+    """n frame indices (of `total`) at `stride` from a random start (rng None: frame 0): (indices, stride
+    used, frames padded).
 
     Too short for the stride: clamp takes the largest stride that fits (too short at stride 1: skipped),
     pad takes every stride-th frame from frame 0 and repeats the last one, skip skips. Skipping raises
@@ -199,7 +200,7 @@ def pick_frames(total: int, n: int, stride: int, policy: str, rng, what: str) ->
         if policy != "clamp" or total < n:
             raise Skip("video_too_short", f"{what} ({total} frames < {need} for stride {stride})")
         used = (total - 1) // (n - 1)
-    start = int(rng.integers(0, total - (n - 1) * used))
+    start = int(rng.integers(0, total - (n - 1) * used)) if rng is not None else 0
     return [start + i * used for i in range(n)], used, 0
 
 

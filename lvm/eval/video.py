@@ -60,11 +60,11 @@ def list_videos(cfg: VideoEvalConfig) -> list[str]:
     if bool(cfg.videos) == bool(cfg.list_file):
         raise InputError("give --videos GLOB or --list FILE (one of them)")
     if cfg.list_file:
+        from data_builders.sources.videos import list_file
+
         if not Path(cfg.list_file).is_file():
             raise InputError(f"{cfg.list_file}: no such list file")
-        items = [ln.strip() for ln in Path(cfg.list_file).read_text().splitlines() if ln.strip()]
-        base = Path(cfg.list_file).parent
-        items = [str(p if Path(p).is_absolute() else base / p) for p in items]
+        items = list_file(Path(cfg.list_file))  # relative to the list's folder, '#' lines skipped
     else:
         items = sorted(glob.glob(cfg.videos, recursive=True))
     keep = [p for p in items if (Path(p).is_dir() if cfg.frames else
@@ -75,16 +75,6 @@ def list_videos(cfg: VideoEvalConfig) -> list[str]:
     if cfg.shuffle:
         np.random.default_rng(cfg.seed).shuffle(keep)
     return keep[:cfg.max_examples] if cfg.max_examples else keep
-
-
-def frame_indices(total: int, n: int, stride: int, rng, random_start: bool) -> list[int] | None:
-    """n frame indices at `stride` (the largest stride that fits when the video is short), or None when the
-    video has fewer than n frames."""
-    if total < n:
-        return None
-    stride = max(1, min(stride, (total - 1) // (n - 1))) if n > 1 else 1
-    start = int(rng.integers(0, total - (n - 1) * stride)) if random_start else 0
-    return [start + i * stride for i in range(n)]
 
 
 def center_crop(img, fraction: float):
@@ -98,15 +88,14 @@ def center_crop(img, fraction: float):
 
 
 def read_clip(path: str, cfg: VideoEvalConfig, n: int, rng):
-    """n PIL frames of the video (or frame folder) at `path`, or (None, reason)."""
+    """n PIL frames of the video (or frame folder) at `path`, or (None, skip reason): the data builders'
+    reader and frame picker, with the release's rule for short clips (clamp the stride)."""
     from data_builders.config import Skip
-    from data_builders.sources.videos import VideoReader
+    from data_builders.sources.videos import VideoReader, pick_frames
 
     try:
         r = VideoReader(path)
-        idx = frame_indices(r.count(), n, cfg.stride, rng, cfg.random_start)
-        if idx is None:
-            return None, "too_short"
+        idx, _, _ = pick_frames(r.count(), n, cfg.stride, "clamp", rng if cfg.random_start else None, path)
         return [center_crop(f, cfg.center_crop) for f in r.frames(idx, None)], None
     except Skip as e:
         return None, e.reason
