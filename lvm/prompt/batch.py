@@ -103,9 +103,10 @@ def release_mse(generated: np.ndarray, targets: np.ndarray) -> float:
 
 
 def _unit_image(tok, path) -> np.ndarray:
-    from tokenizer.image_io import load_image, resize_square
+    """(R, R, 3) float32 in [0, 1]: the image as the tokenizer reads it."""
+    from tokenizer.image_io import load_image_tensor
 
-    return np.asarray(resize_square(load_image(path), tok.resolution, tok.resize_mode), np.float32) / 255
+    return load_image_tensor(path, tok.resolution, (0.0, 1.0), tok.resize_mode).permute(1, 2, 0).numpy()
 
 
 def _grid(cells: np.ndarray, size):
