@@ -239,6 +239,19 @@ def draw_openpose(img: Image.Image, people, radius: int | None = None) -> Image.
     return out
 
 
+def draw_box_list(img: Image.Image, boxes) -> Image.Image:
+    """Boxes as the JSON annotations store them, [x0, y0, x1, y1(, label)] (label default: the index)."""
+    return draw_boxes(img, [b[:4] for b in boxes], [b[4] if len(b) > 4 else i for i, b in enumerate(boxes)])
+
+
+def draw_coco_people(img: Image.Image, people) -> Image.Image:
+    """People as COCO-17 keypoints, [x, y, v] x 17 each, drawn with COCO_SKELETON (v > 0 is visible)."""
+    for person in people:
+        pts = np.asarray(person, np.float64).reshape(-1, 3)
+        img = draw_skeleton(img, pts[:, :2], COCO_SKELETON, visible=pts[:, 2] > 0)
+    return img
+
+
 def boxes_from_segmentation(ids: np.ndarray) -> tuple[list[list[int]], list[int]]:
     """Tight boxes [x0, y0, x1, y1) of every label >= 0 in a label map, with their labels (sorted)."""
     ids = np.asarray(ids)

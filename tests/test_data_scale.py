@@ -2,6 +2,7 @@
 ImageNet-style), no folder listing in make(), label-map presets, partner files whose names differ
 (templates / regex) with the unmatched-files warning, and random m-subsets of an image's k annotations."""
 
+import json
 import os
 from pathlib import Path
 
@@ -248,3 +249,14 @@ def test_segmentation_targets_keep_exact_palette_colours(tmp_path):
     target = np.asarray(sample_images(samples[0])[1]).reshape(-1, 3)
     allowed = {(0, 0, 0)} | {tuple(int(v) for v in PALETTE[c + 1]) for c in range(3)}
     assert {tuple(int(v) for v in px) for px in np.unique(target, axis=0)} <= allowed
+
+
+def test_malformed_box_json_is_a_skipped_item_not_a_failed_build(tmp_path):
+    root = tmp_path / "ann"
+    for stem, boxes in (("good", [[2, 2, 20, 20, 1]]), ("bad", [[1, 2]])):  # "bad": a box of 2 numbers
+        save(solid(90, SIZE), root / "images" / f"{stem}.png")
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"{stem}.json").write_text(json.dumps({"boxes": boxes}))
+    _, samples, cfg = run_build(tmp_path, [SourceConfig(type="annotate", path=str(root), tasks=["boxes"])])
+    assert collect_stats(cfg.out)["failures"] == {"annotation_corrupt": 1}
+    assert sample_meta(samples[0])["stems"] == ["good"]

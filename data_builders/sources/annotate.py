@@ -97,18 +97,20 @@ def _normals(src, side, img, rng):
     return img, ann.normals_image(ann.normals_from_depth(filled, src.cfg.fov_deg), mask)
 
 
+def _drawn_json(side: Side, task: str, draw, img):
+    """`draw(img, the JSON's list under `task`)`; a malformed list is a skipped item, not a failed shard."""
+    try:
+        return draw(img, _side_json(side, task).get(task, []))
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise Skip("annotation_corrupt", f"{side.path} ({task})") from None
+
+
 def _boxes(src, side, img, rng):
-    boxes = _side_json(side, "boxes").get("boxes", [])
-    labels = [bx[4] if len(bx) > 4 else i for i, bx in enumerate(boxes)]
-    return img, ann.draw_boxes(img, [bx[:4] for bx in boxes], labels)
+    return img, _drawn_json(side, "boxes", ann.draw_box_list, img)
 
 
 def _keypoints(src, side, img, rng):
-    b = img
-    for person in _side_json(side, "keypoints").get("keypoints", []):
-        pts = np.asarray(person, np.float64).reshape(-1, 3)
-        b = ann.draw_skeleton(b, pts[:, :2], ann.COCO_SKELETON, visible=pts[:, 2] > 0)
-    return img, b
+    return img, _drawn_json(side, "keypoints", ann.draw_coco_people, img)
 
 
 FLAT_TASKS = ("segmentation",)  # targets that are flat palette maps

@@ -30,7 +30,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from tokenizer.common.errors import InputError
@@ -147,14 +146,8 @@ class AnnotatedVideoSource(Source):
             if fmt == "labels":
                 return self.label_image(a, frame)
             if fmt == "boxes":
-                boxes = a["boxes"]
-                return ann.draw_boxes(frame, [b[:4] for b in boxes], [b[4] if len(b) > 4 else i
-                                                                      for i, b in enumerate(boxes)])
-            out = frame
-            for person in a["keypoints"]:
-                pts = np.asarray(person, np.float64).reshape(-1, 3)
-                out = ann.draw_skeleton(out, pts[:, :2], ann.COCO_SKELETON, visible=pts[:, 2] > 0)
-            return out
+                return ann.draw_box_list(frame, a["boxes"])
+            return ann.draw_coco_people(frame, a["keypoints"])
         except (TypeError, ValueError, IndexError, KeyError):
             raise Skip("annotation_corrupt", f"{vid} ({fmt} of a frame)") from None
 

@@ -125,10 +125,7 @@ def _draw_semantic(img, items, layout):
 def _draw_pose(img, people, layout):
     canvas = Image.new("RGB", img.size)
     if layout == "coco17":
-        for kps in people:
-            pts = np.asarray(kps, np.float64).reshape(17, 3)
-            canvas = ann.draw_skeleton(canvas, pts[:, :2], ann.COCO_SKELETON, visible=pts[:, 2] > 0)
-        return canvas
+        return ann.draw_coco_people(canvas, people)
     return ann.draw_openpose(canvas, [ann.openpose_keypoints(kps) for kps in people])
 
 
