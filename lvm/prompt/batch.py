@@ -25,7 +25,6 @@ generated again. Bad lines are skipped with a one-line reason and counted; the r
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,25 +157,28 @@ def _one(s: Session, rec, opts: BatchOptions, context_frames: int) -> tuple[Path
     if opts.evaluate_mse and (not targets or len(targets) != opts.n_new_frames):
         raise InputError(f'--evaluate-mse needs {opts.n_new_frames} "{opts.json_target_key}" image(s), '
                          f"got {len(targets or [])}")
-    s.check_images(inputs + (targets or []) if opts.evaluate_mse else inputs)
-    with Image.open(inputs[-1]) as im:
-        original = im.size
-    gen = generate_frames(s, s.encode(inputs), opts.n_new_frames, opts.n_candidates, context_frames)
+    # read once, before generating: a bad target skips the line without spending a generation on it
+    truth = np.stack([_unit_image(s.tok, p) for p in targets]) if opts.evaluate_mse else None
+    codes = s.encode(inputs)  # a bad input is an ImageLoadError naming it
+    size = None
+    if opts.resize_output:
+        with Image.open(inputs[-1]) as im:
+            size = opts.cell_size(im.size)
+    gen = generate_frames(s, codes, opts.n_new_frames, opts.n_candidates, context_frames)
     frames = decode_unit(s.tok, gen)  # (candidates, n_new, R, R, 3)
     cells = frames
     if opts.include_input:
         shown = np.stack([_unit_image(s.tok, p) for p in inputs])
         cells = np.concatenate([np.repeat(shown[None], opts.n_candidates, 0), frames], axis=1)
     out = Path(outs[0])
-    _save(_grid(cells, opts.cell_size(original)), out)
-    mse = None
-    if opts.evaluate_mse:
-        mse = release_mse(frames, np.stack([_unit_image(s.tok, p) for p in targets]))
-    return out, mse
+    _save(_grid(cells, size), out)
+    return out, (release_mse(frames, truth) if truth is not None else None)
 
 
 def _is_done(rec, prev: dict | None, opts: BatchOptions) -> bool:
-    return bool(prev) and prev["output"] == rec.paths[opts.json_output_key][0] and Path(prev["output"]).is_file()
+    """Recorded by an earlier run, its output still there, and scored when this run scores."""
+    return (bool(prev) and prev["output"] == rec.paths[opts.json_output_key][0] and Path(prev["output"]).is_file()
+            and (not opts.evaluate_mse or prev.get("mse") is not None))
 
 
 def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool = True, print_fn=print) -> int:
@@ -186,6 +188,7 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
     from lvm.jsonl import Skipped, read_records
 
     opts = opts or BatchOptions()
+    s.check_match()  # a model/tokenizer mismatch is one error, not one per line
     if opts.n_new_frames < 1 or opts.n_candidates < 1:
         raise InputError("--n-new-frames and --n-candidates must be >= 1")
     opts.cell_size((1, 1))  # a bad --resize-output fails before any work
@@ -193,8 +196,6 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
     context_frames = min(opts.context_frames or native, native)
     if context_frames < 2:
         raise InputError(f"--context-frames must be >= 2 (one input image and the new one), got {context_frames}")
-    if opts.output_base_dir:
-        os.makedirs(opts.output_base_dir, exist_ok=True)
     path = Path(path)
     keys = {opts.json_input_key: True, opts.json_output_key: True, opts.json_target_key: False}
     records = list(read_records(path, keys, opts.input_base_dir, (opts.json_output_key,), opts.output_base_dir,
