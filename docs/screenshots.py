@@ -31,7 +31,6 @@ def main():
     ap.add_argument("--model", default=str(model))
     ap.add_argument("--tokenizer", default=str(tok))
     ap.add_argument("--example", default="rotation")
-    ap.add_argument("--candidates", type=int, default=2)
     args = ap.parse_args()
     svc = make_service(args.model, args.tokenizer, "auto", "auto", "out/serve", ROOT / "prompts")
     app = launch(svc, port=_free_port(), block=False)
@@ -40,7 +39,7 @@ def main():
         b.get(app.local_url)
         load_example(b, args.example)
         shot(b, ROOT / "docs" / "serve-before.png")
-        generate(b, args.candidates)
+        generate(b, 2)  # the page's default: 2 candidates
         _wait(b, lambda d: _css(d, "#grid img") or None)
         shot(b, ROOT / "docs" / "serve-after.png")
     finally:

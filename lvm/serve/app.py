@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lvm.serve.service import MAX_IMAGES_PER_PROMPT, MAX_UPLOAD_MB, PromptService, Stopped, prompt_from
+from lvm.serve.service import MAX_CANDIDATES, MAX_IMAGES_PER_PROMPT, MAX_UPLOAD_MB, PromptService, Stopped
 from tokenizer.common.errors import InputError
 
 PRIVATE = {"api_visibility": "private"}  # page plumbing, not part of the API
@@ -46,6 +46,12 @@ def prompt_picture(svc: PromptService, state: dict):
     return make_grid(rows, labels=[" / ".join(names[i:i + 2]) for i in range(0, len(ims), 2)])
 
 
+def gallery_items(res) -> list:
+    """(image, caption) per generated image, candidate by candidate."""
+    return [(im, f"candidate {c + 1} · new {j + 1}") for c, ims in enumerate(res.candidates)
+            for j, im in enumerate(ims)]
+
+
 def _view(svc, state, message=""):
     choices = [f"{i + 1}: {lab}" for i, lab in enumerate(labels(state["mode"], len(state["images"])))]
     return state, prompt_picture(svc, state), gr.update(choices=choices, value=choices[-1] if choices else None), message
@@ -64,7 +70,7 @@ def build_app(svc: PromptService) -> gr.Blocks:
             return (*_view(svc, state, f"**could not add:** {' '.join(str(e).split())}"), None)
         room = MAX_IMAGES_PER_PROMPT - len(state["images"])
         state = dict(state, images=state["images"] + [str(p) for p in new[:room]])
-        note = f"added {min(len(new), room)} image(s)" + (f"; {len(new) - room} over the 16-image limit dropped"
+        note = f"added {min(len(new), room)} image(s)" + (f"; {len(new) - room} over the {MAX_IMAGES_PER_PROMPT}-image limit dropped"
                                                            if len(new) > room else "")
         return (*_view(svc, state, note), None)
 
@@ -105,24 +111,18 @@ def build_app(svc: PromptService) -> gr.Blocks:
         except InputError as e:
             gr.Warning(str(e))
             return [], None, None, None, f"**cannot generate:** {' '.join(str(e).split())}"
-        items = [(im, f"candidate {c + 1} · new {j + 1}") for c, ims in enumerate(res.candidates)
-                 for j, im in enumerate(ims)]
         i = res.info
         status = (f"{i['candidates']} candidate(s) x {i['n']} image(s) in {i['seconds']} s "
                   f"({i['tokens_per_s']} tokens/s, {i['device']} {i['precision']}); seeds {i['seeds']}")
-        return items, str(res.grid), str(res.grid), str(res.zip), status
+        return gallery_items(res), str(res.grid), str(res.grid), str(res.zip), status
 
     def api_generate(files, mode, n, candidates, temperature, top_k, top_p, seed):
         """Images in, candidates out: for scripts (gradio_client, REST)."""
         try:
-            paths = svc.accept_uploads(files)
-            prompt_from(paths, mode)
-            res = svc.generate(paths, mode, n, candidates, temperature, top_k, top_p, seed)
+            res = svc.generate(svc.accept_uploads(files), mode, n, candidates, temperature, top_k, top_p, seed)
         except InputError as e:
             raise gr.Error(" ".join(str(e).split())) from None
-        items = [(im, f"candidate {c + 1} · new {j + 1}") for c, ims in enumerate(res.candidates)
-                 for j, im in enumerate(ims)]
-        return items, str(res.grid)
+        return gallery_items(res), str(res.grid)
 
     with gr.Blocks(title="lvm: visual prompting") as app:
         state = gr.State({"mode": "sequential", "images": []})
@@ -146,7 +146,7 @@ def build_app(svc: PromptService) -> gr.Blocks:
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=2):
                 n = gr.Slider(1, 8, value=1, step=1, label="new images")
-                candidates = gr.Slider(1, 8, value=2, step=1, label="candidates")
+                candidates = gr.Slider(1, MAX_CANDIDATES, value=2, step=1, label="candidates")
                 temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature (0 = greedy)")
                 top_k = gr.Slider(0, 500, value=50, step=1, label="top-k (0 = off)")
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p")

@@ -8,7 +8,7 @@ share a KV cache mid-generation.
 
 Uploaded files are checked with the project's image loader (a bad file is an InputError naming it), copied
 into the service's own folder, and counted and sized against limits. The only server files the page can
-ask for are the example prompts in `prompts/`.
+ask for are the example prompts in `prompts/` and what the service itself wrote (uploads, results).
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from pathlib import Path
 
 from lvm.prompt.prompts import Prompt, load_prompt
 from lvm.prompt.session import Session
+from lvm.tokens import IMAGES_PER_CONTEXT
 from tokenizer.common.errors import InputError
 
-MAX_IMAGES_PER_PROMPT = 16  # a visual sequence holds at most 16 images
+MAX_IMAGES_PER_PROMPT = IMAGES_PER_CONTEXT  # a visual sequence holds at most this many images
+MAX_CANDIDATES = 8
 MAX_UPLOAD_MB = 20
 
 
@@ -127,8 +129,8 @@ class PromptService:
         from lvm.generate.sampling import Sampling
 
         prompt = prompt_from([Path(p) for p in paths], mode)
-        if not 1 <= int(n) <= MAX_IMAGES_PER_PROMPT or not 1 <= int(candidates) <= 8:
-            raise InputError("new images must be 1..16 and candidates 1..8")
+        if not 1 <= int(n) <= MAX_IMAGES_PER_PROMPT or not 1 <= int(candidates) <= MAX_CANDIDATES:
+            raise InputError(f"new images must be 1..{MAX_IMAGES_PER_PROMPT} and candidates 1..{MAX_CANDIDATES}")
         sampling = Sampling(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
         tpi = self.s.engine.layout.tokens_per_image
         with self._lock:  # one generation at a time on the one engine
