@@ -26,6 +26,8 @@ from .shards import token_sample, TarShardWriter
 from tokenizer.tar import iter_tar_samples, list_shards
 
 
+TOKENS_INFO = "tokens_info.json"  # what the tokenizer was, beside every token shard folder
+
 def _relative_name(shard: Path, roots: list[Path]) -> str:
     for r in roots:
         if r.is_dir():
@@ -71,7 +73,7 @@ def tokens_info(tok, tokenizer_path) -> dict:
 
 
 def write_tokens_info(out, info: dict) -> None:
-    atomic_write_text(Path(out) / "tokens_info.json", json.dumps(info, indent=1))
+    atomic_write_text(Path(out) / TOKENS_INFO, json.dumps(info, indent=1))
 
 
 def summary(done: int, skipped: int, seqs: int, imgs: int, dt: float) -> dict:

@@ -22,14 +22,13 @@ import numpy as np
 
 from tokenizer.common.errors import InputError
 
-from .encode import write_tokens_info
+from .encode import TOKENS_INFO as INFO_NAME, write_tokens_info
 from .sequence import MAX_IMAGES
 from .shards import write_token_shard
 
 RELEASED_CODEBOOK_SIZE = 8192  # the released VQGAN's codebook (= lvm.tokens.DEFAULT_CODEBOOK_SIZE)
 DEFAULT_SHARD_SIZE = 1024  # sequences per shard: ~8 MB of 16-image sequences, many shards for many workers
 MAX_WARNINGS = 20  # bad lines warned about one by one; the rest are only counted
-INFO_NAME = "tokens_info.json"
 
 __all__ = ["import_jsonl", "decode_row", "BadRow", "RELEASED_CODEBOOK_SIZE", "DEFAULT_SHARD_SIZE"]
 

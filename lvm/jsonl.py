@@ -1,6 +1,6 @@
 """The released evaluation files: JSON lines of image paths, read one way by every command.
 
-    for rec in read_records("eval.jsonl", keys=("input", "target")):   # JsonlRecord or Skipped per line
+    for rec in read_records("eval.jsonl", {"input": False, "target": True}):  # key -> required; JsonlRecord or Skipped
         ...
 
 A line is a JSON object; the keys that hold images (`input`, `target`, `output` in the release, renamed by

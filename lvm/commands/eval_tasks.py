@@ -31,10 +31,9 @@ _D = SuiteConfig()  # the flags' defaults are the suite's
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="HF Llama model: local directory or hub id "
-                   "(owner/name[/subfolder]) from the Hugging Face cache (default: the demo's runs/demo/model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint: local directory or hub id "
-                   "(owner/name[/subfolder]) from the Hugging Face cache (default: the demo's runs/demo/tokenizer)")
+    from lvm.commands.pair_args import add_pair_arguments
+
+    add_pair_arguments(p, demo_default=True)  # --model, --tokenizer, --device, --precision
     p.add_argument("--compare", default=None, metavar="MODEL", help="a second model, evaluated side by side")
     p.add_argument("--compare-tokenizer", default=None, metavar="TOKENIZER",
                    help="tokenizer of --compare (default: --tokenizer)")
@@ -54,10 +53,6 @@ def add_arguments(p):
                    help=f"samples averaged by the mean decoding (default {_D.samples})")
     p.add_argument("--temperature", type=float, default=_D.temperature,
                    help=f"sampling temperature (default {_D.temperature:g}; top-k {_D.top_k})")
-    from tokenizer.common.hardware import add_arguments as device_arguments
-
-    device_arguments(p, device_help="where the models and tokenizers run: auto (a GPU if there is one), cpu, "
-                                    "cuda, cuda:N or mps")
     p.add_argument("--seed", type=int, default=_D.seed, help="seed of the held-out episodes and of sampling")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
     p.add_argument("--no-progress", action="store_true")

@@ -70,16 +70,20 @@ def seg_classes(images, palette: np.ndarray | None = None) -> list[int]:
     return sorted({0}.union(*(np.unique(snap_to_palette(im, palette)).tolist() for im in images)))
 
 
-def miou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | None = None) -> float:
-    """Mean IoU of two segmentation *images* after snapping them to the palette; classes in either count.
-
-    `classes`: the palette indices the prediction may take (default: all); the truth may take any."""
+def seg_labels(pred, truth, palette: np.ndarray | None = None, classes: list[int] | None = None):
+    """(prediction, truth) label maps of two segmentation images snapped to the palette; `classes`: the
+    palette indices the prediction may take (default: all); the truth may take any."""
     palette = seg_palette() if palette is None else palette
     t = snap_to_palette(truth, palette)
     if classes is None:
-        p = snap_to_palette(pred, palette)
-    else:
-        p = np.asarray(classes)[snap_to_palette(pred, np.asarray(palette)[classes])]
+        return snap_to_palette(pred, palette), t
+    return np.asarray(classes)[snap_to_palette(pred, np.asarray(palette)[classes])], t
+
+
+def miou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | None = None, labels=None) -> float:
+    """Mean IoU of two segmentation *images* after snapping them (`seg_labels`); classes in either count.
+    `labels`: their label maps when already snapped."""
+    p, t = labels if labels is not None else seg_labels(pred, truth, palette, classes)
     ious = []
     for c in np.union1d(np.unique(p), np.unique(t)):
         inter = np.logical_and(p == c, t == c).sum()
@@ -88,16 +92,12 @@ def miou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | No
     return float(np.mean(ious))
 
 
-def fg_iou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | None = None) -> float:
+def fg_iou(pred, truth, palette: np.ndarray | None = None, classes: list[int] | None = None, labels=None) -> float:
     """Foreground IoU of two segmentation images: object (any label) vs background, the binary IoU the
     paper and Visual Prompting report (Pascal-5i protocol); snapped as `miou` snaps. 1.0 when both are
     all background."""
-    palette = seg_palette() if palette is None else palette
-    t = snap_to_palette(truth, palette) != 0
-    if classes is None:
-        p = snap_to_palette(pred, palette) != 0
-    else:
-        p = np.asarray(classes)[snap_to_palette(pred, np.asarray(palette)[classes])] != 0
+    p, t = labels if labels is not None else seg_labels(pred, truth, palette, classes)
+    p, t = p != 0, t != 0
     union = np.logical_or(p, t).sum()
     return float(np.logical_and(p, t).sum() / union) if union else 1.0
 
@@ -126,8 +126,9 @@ def task_metrics(task: str, pred, truth, hole: np.ndarray | None = None, classes
     if task in SEQUENTIAL or task == "colorization":
         return {"psnr": psnr(pred, truth), "mse": mse(pred, truth)}
     if task == "segmentation":
-        return {"miou": miou(pred, truth, classes=classes), "miou_palette": miou(pred, truth),
-                "fg_iou": fg_iou(pred, truth, classes=classes)}
+        snapped = seg_labels(pred, truth, classes=classes)  # one snapping serves both metrics
+        return {"miou": miou(pred, truth, labels=snapped), "miou_palette": miou(pred, truth),
+                "fg_iou": fg_iou(pred, truth, labels=snapped)}
     if task == "depth":
         return {"abs_rel": abs_rel(pred, truth), "rmse": rmse(pred, truth)}
     if task == "inpainting":
