@@ -258,11 +258,6 @@ class TokenizerWorker:
         return tokenize_shard(self.tok, Path(shard), out_path, batch_size, tokenizer_name)
 
 
-def _remove_token_temps(out_path: Path) -> None:
-    for stale in out_path.parent.glob(f".{out_path.stem}.*.tmp*"):
-        stale.unlink(missing_ok=True)
-
-
 def _ray_tokenize(ray, pairs, tokenizer_name: str, out: Path, batch_size, device, precision, actors, max_retries,
                   progress, log) -> dict:
     from ray.exceptions import RayActorError
@@ -297,7 +292,7 @@ def _ray_tokenize(ray, pairs, tokenizer_name: str, out: Path, batch_size, device
         f"K={info['codebook_size']} on {n} actor(s) ({'1 GPU' if on_gpu else f'{threads} CPU(s)'} each, {pdev} in "
         f"{pprec})")
     for _, o in todo:
-        _remove_token_temps(o)
+        remove_stale_temps(o.parent, o.stem)
     queue, inflight, failed = list(todo), {}, []
     seqs = imgs = 0
 
@@ -335,7 +330,7 @@ def _ray_tokenize(ray, pairs, tokenizer_name: str, out: Path, batch_size, device
         for a in pool:
             ray.kill(a)
         for _, o in todo:
-            _remove_token_temps(o)
+            remove_stale_temps(o.parent, o.stem)
     summary = tokenize_summary(len(todo) - len(failed), len(pairs) - len(todo), seqs, imgs, time.perf_counter() - t0)
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed: {'; '.join(failed[:5])}; the {summary['shards_done']} "

@@ -15,14 +15,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from tokenizer.common.errors import ImageLoadError, InputError
-from tokenizer.image_io import load_image, resize_square
+from tokenizer.common.errors import InputError
+from tokenizer.image_io import resize_square
 
 from .. import annotations as ann
 from ..config import DataConfig, Skip, SourceConfig
 from ..sequence import MAX_IMAGES
-from .base import (SIDE_EXTENSIONS, Source, read_array, check_partners, check_stem_templates, chunks, image_failure,
-                   input_dir, side_index, stem_index, stem_rule, warn_index)
+from .base import (SIDE_EXTENSIONS, Source, check_partners, check_stem_templates, chunks, input_dir, load_rgb,
+                   read_array, side_index, stem_index, stem_rule, warn_index)
 
 
 DEFAULT_TASKS = ["edges", "colorization", "inpainting"]
@@ -195,9 +195,9 @@ class AnnotateSource(Source):
         for stem, img_path, sides in items:
             pick = [tasks[j] for j in self.tuple_pick(rng, len(tasks))] if task == "tuples" else tasks
             try:
-                img = load_image(img_path)
-            except ImageLoadError as e:
-                out.append(Skip(image_failure(e), img_path))
+                img = load_rgb(img_path)
+            except Skip as e:
+                out.append(e)
                 continue
             try:
                 pairs = [self._draw(t, stem, sides, img, rng) for t in pick]

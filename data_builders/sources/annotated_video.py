@@ -38,8 +38,8 @@ from tokenizer.image_io import resize_square
 from .. import annotations as ann
 from ..config import Skip
 from ..sequence import MAX_IMAGES
-from .base import VIDEO_EXTENSIONS, Source, input_dir, is_frame_dir, read_array, sequence_layout
-from .videos import VideoReader, check_strides, load_frame, pick_frames, short_video_policy
+from .base import VIDEO_EXTENSIONS, Source, input_dir, is_frame_dir, load_square, read_array, sequence_layout
+from .videos import VideoReader, check_strides, pick_frames, short_video_policy
 
 FORMATS = ("rgb", "labels", "boxes", "keypoints")
 JSON_FORMATS = ("boxes", "keypoints")
@@ -141,7 +141,7 @@ class AnnotatedVideoSource(Source):
     def draw(self, fmt: str, frame: Image.Image, a, vid: str) -> Image.Image:
         """The annotation image of one frame, at the frame's size."""
         if fmt == "rgb":
-            return load_frame(a, None)
+            return load_square(a, None)
         try:
             if fmt == "labels":
                 return self.label_image(a, frame)

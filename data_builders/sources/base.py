@@ -37,11 +37,18 @@ def image_failure(e: ImageLoadError) -> str:
     return "image_corrupt"
 
 
-def load_square(path, size: int) -> Image.Image:
+def load_rgb(path) -> Image.Image:
+    """An input image as RGB; a file that is not one is a skipped item (its reason from `image_failure`)."""
     try:
-        return resize_square(load_image(path), size)
+        return load_image(path)
     except ImageLoadError as e:
         raise Skip(image_failure(e), path) from None
+
+
+def load_square(path, size: int | None) -> Image.Image:
+    """`load_rgb` as a `size` px square (size None: as stored)."""
+    img = load_rgb(path)
+    return resize_square(img, size) if size else img
 
 
 def read_array(path: str) -> np.ndarray:
@@ -73,14 +80,6 @@ def images_in(folder: Path, what: str) -> list[Path]:
     if not found:
         raise InputError(f"{folder}: no images found for the {what} source")
     return found
-
-
-def by_stem(folder: Path) -> dict[str, Path]:
-    """The images (and .npy maps) directly in `folder` by stem: for small folders listed per item (frames
-    of one video); large trees use `stem_index` once at plan time."""
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SIDE_EXTENSIONS}
 
 
 SIDE_EXTENSIONS = IMAGE_EXTENSIONS + (".npy",)  # label and depth maps

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.common.errors import ImageLoadError, InputError
-from tokenizer.image_io import load_image, resize_square
+from tokenizer.common.errors import InputError
+from tokenizer.image_io import resize_square
 
 from .. import annotations as ann
 from ..config import Skip
 from ..sequence import MAX_IMAGES
-from .base import Source, image_failure, input_dir
+from .base import Source, input_dir, load_rgb
 
 INSTANCE_TASKS = ("boxes", "instance_masks", "semantic_masks")
 FLAT_TASKS = ("instance_masks", "semantic_masks")  # targets that are flat palette maps
@@ -236,10 +236,7 @@ class CocoSource(Source):
         """(image, a1..ak) of one planned image for `tasks`, cropped to the output square."""
         file_name, w, h, data = record
         path = Path(self.cfg.path) / self.cfg.image_dir / file_name
-        try:
-            img = load_image(path)
-        except ImageLoadError as e:
-            raise Skip(image_failure(e), path) from None
+        img = load_rgb(path)
         if img.size != (w, h):
             raise Skip("annotation_size_mismatch", f"{path} ({img.size[0]}x{img.size[1]}, JSON {w}x{h})")
         try:

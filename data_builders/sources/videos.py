@@ -16,12 +16,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from tokenizer.common.errors import ImageLoadError, InputError
-from tokenizer.image_io import IMAGE_EXTENSIONS, load_image, resize_square
+from tokenizer.common.errors import InputError
+from tokenizer.image_io import IMAGE_EXTENSIONS, resize_square
 
 from ..config import Skip
 from ..sequence import MAX_IMAGES
-from .base import VIDEO_EXTENSIONS, Source, image_failure, input_dir, is_frame_dir
+from .base import VIDEO_EXTENSIONS, Source, input_dir, is_frame_dir, load_square
 
 # `short_video` values and the policy each one means ("shrink" is the older name of clamp).
 SHORT_VIDEO = {"clamp": "clamp", "shrink": "clamp", "skip": "skip", "pad": "pad"}
@@ -85,15 +85,6 @@ def _probe_stream(c, s) -> tuple[int, bool]:
     return n, timed is not None and abs(timed - n) <= 1
 
 
-def load_frame(path: Path, size: int | None) -> Image.Image:
-    """One frame image as a `size` px square (or as stored, size None); a bad file raises Skip."""
-    try:
-        img = load_image(path)
-    except ImageLoadError as e:
-        raise Skip(image_failure(e), path) from None
-    return resize_square(img, size) if size else img
-
-
 class VideoReader:
     """Frames of a video file (PyAV) or of a frame folder (image names in natural order), by index."""
 
@@ -133,7 +124,7 @@ class VideoReader:
         want = sorted(set(indices))
         if self.is_dir:
             files = self.files()
-            got = {i: load_frame(files[i], size) for i in want}
+            got = {i: load_square(files[i], size) for i in want}
         else:
             # Seeking only pays from a later frame; it gives up (None) wherever it cannot match linear decoding.
             got = self._decode(want, size, seek=True) if want[0] > 0 and self.probe()[1] else None
