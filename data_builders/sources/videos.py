@@ -218,11 +218,11 @@ def find_videos(path: str) -> list[str]:
             raise InputError(f"{p}: video list file does not exist")
         return list_file(p)
     root = input_dir(path, "videos")
-    vids = sorted(str(x) for x in root.rglob("*") if x.suffix.lower() in VIDEO_EXTENSIONS and x.is_file())
-    vids += sorted(str(d) for d in root.rglob("*") if is_frame_dir(d))
+    vids = sorted(str(x) for x in root.rglob("*")  # one walk: video files and frame folders
+                  if (x.suffix.lower() in VIDEO_EXTENSIONS and x.is_file()) or is_frame_dir(x))
     if not vids:
         raise InputError(f"{root}: no video files or frame folders found")
-    return sorted(vids)
+    return vids
 
 
 class VideosSource(Source):
