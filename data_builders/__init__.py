@@ -8,14 +8,16 @@ Modules (import what you need; nothing heavy is imported here):
   `prepare_build` (check inputs, save `data_config.yaml`).
 - `stats`: `collect_stats(root)`, the totals of a built dataset, and `stats_report`.
 - `sources`: one module per source type (builtin, images, class_groups, videos, multiview_mesh,
-  multiview_folder, pairs, annotate, annotated_video) and `make_source`, the type -> class table.
+  multiview_folder, pairs, annotate, annotated_video, coco) and `make_source`, the type -> class table.
+- `meshes`: GLB / glTF / OBJ meshes (trimesh) made ready for the renderer, textures baked in.
 - `render`: the built-in pybullet TinyRenderer scenes (`list_objects`, `render_orbit`, `render_video`,
   `render_object_view`, `task_pair`, `annotation_image`), callable from other packages.
 - `annotations`: annotations drawn as images (segmentation palette, depth, normals, edges, colorization,
   inpainting, boxes, skeletons).
 - `engines`: where shards run: `local` (this rank's share) or `ray` (tasks with retries, tokenizer actors);
   `run_build`, `run_tokenize`.
-- `encode`: stage 2, image shards -> token shards (`tokenize`), and `export_jsonl`.
+- `encode`: stage 2, image shards -> token shards (`tokenize`), and `export_jsonl`; `import_jsonl`: the
+  release's token JSONL -> token shards.
 - `shards`: the tar shard writer and the fixed token-shard format (reading: `tokenizer/tar.py`).
 - `token_stream`: token shards streamed for training (`TokenStream`).
 - `preview`: PNG grid of sample sequences.

@@ -89,7 +89,7 @@ def label_ids(values: np.ndarray, offset: int = -1, ignore_index: int | None = N
 
 
 def segmentation_image(ids: np.ndarray, ignore_color=None) -> Image.Image:
-    """Class-id map (H, W) -> palette image: id L -> PALETTE[L+1 mod 256], id < 0 background (black), IGNORE
+    """Class-id map (H, W) -> palette image: id L -> PALETTE[(L mod 255) + 1], id < 0 background (black), IGNORE
     pixels in `ignore_color` (default: background)."""
     ids = np.asarray(ids).astype(np.int64)
     idx = np.where(ids < 0, 0, (ids % 255) + 1)

@@ -76,8 +76,6 @@ def training_model(cfg: TokenizerTrainConfig, plan):
     return model
 
 
-
-
 def random_crops(x: torch.Tensor, size: int | None) -> torch.Tensor:
     """A random size x size window of each image (B, C, H, W); torch's global RNG, so a resumed run
     (which restores it) cuts the same crops."""

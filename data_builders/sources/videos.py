@@ -5,7 +5,8 @@
 one unit per stride; a video too short for a stride follows `short_video` (see `pick_frames`).
 
 Decoding seeks: each unit seeks to the keyframe at or before its first frame and decodes forward from
-there (threaded), so a unit near the end of a long clip costs about what one near the start does.
+there (threaded), so a unit near the end of a long clip costs about what one near the start does. Streams
+whose timing cannot be trusted (variable frame rate, no rate, MPEG-TS) decode from frame 0 instead.
 """
 
 from __future__ import annotations

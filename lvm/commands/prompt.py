@@ -10,7 +10,7 @@
   --evaluate-mse scores against "target": [images] with the release's MSE (x3 channels, pixels in [0, 1]).
   Resumable: OUT/<batch>.results.jsonl records finished lines, existing outputs are not generated again.
 
---model is an HF Llama directory (ours or the released LVM-7B layout), --tokenizer a tokenizer directory
+--model is an HF Llama directory or hub id (ours or the released LVM-7B layout), --tokenizer a tokenizer directory
 (ours, the released MUSE VQGAN dir, or a taming .ckpt). Without them, the model/tokenizer that
 `lvm demo` leaves in runs/demo/ are used. Prompts are raw image tokens (no BOS), ids >= K never sampled.
 --device / --precision (default auto, see `lvm env`) place both; a half-precision 7B loads straight onto a GPU.

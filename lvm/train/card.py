@@ -50,4 +50,3 @@ With the tokenizer it was trained on (`lvm prompt --help`):
 Sequential prompts show frames and continue them; analogies show pairs A A' ... and a query B, the model
 answers B'. Feed raw image codes (no BOS) and generate {lay.tokens_per_image} tokens per new image.
 """
-
