@@ -39,6 +39,12 @@ class ModelConfig:
     grid_rope: bool = False  # rope frequencies pi / 2**i: periods 2, 4, ..., 256, ... tokens (binary digits)
     attention_bias: bool = False  # HF Llama's q/k/v/o biases; the grid heads' fixed query/key live there
     grid_heads: int = 0  # heads per layer that start out looking 1, 2, ... images back (needs the two above)
+    # > 0: the first layer's first grid head also starts out passing the token it looks at (the next cell
+    # of the previous image) to the output, and the output layer starts as a copy of the input embedding,
+    # so the untrained model already predicts "the same cell as in the previous image": the copy every
+    # visual task starts from (next frame, next view, and the query's layout in an analogy's answer).
+    # The value is the copy's weight in the residual stream (init_grid_copy); 0 = off.
+    grid_copy: float = 0.0
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -51,6 +57,8 @@ class ModelConfig:
         top = min(self.num_attention_heads, len(GRID_OFFSETS))
         if not 0 <= self.grid_heads <= top:
             raise ValueError(f"grid_heads {self.grid_heads} must be in 0..{top}")
+        if self.grid_copy and not self.grid_heads:
+            raise ValueError("grid_copy needs grid_heads >= 1")
         if self.grid_rope and self.head_dim < 2 * (GRID_HARMONICS + IMAGE_HARMONICS):
             raise ValueError(f"grid_rope needs head_dim >= {2 * (GRID_HARMONICS + IMAGE_HARMONICS)}, "
                              f"got {self.head_dim}")
@@ -108,6 +116,8 @@ class ModelConfig:
         model.generation_config = generation_config(self.layout)
         if self.grid_heads:
             init_grid_heads(model, self)
+        if self.grid_copy:
+            init_grid_copy(model, self)
         return model
 
 
@@ -172,6 +182,29 @@ def init_grid_heads(model, cfg: ModelConfig) -> None:
                 att.k_proj.bias[k0 + hd // 2 + i] = 0.0
                 att.q_proj.bias[q0 + i] = r * math.cos(phase)
                 att.q_proj.bias[q0 + hd // 2 + i] = r * math.sin(phase)
+
+
+GRID_COPY_LOGIT = 3.0  # scale of the output layer copied from the embedding: the copied token's logit margin
+
+
+@torch.no_grad()
+def init_grid_copy(model, cfg: ModelConfig) -> None:
+    """Give layer 0's grid head 0 (the next cell of the previous image, `init_grid_heads`) an OV circuit that
+    passes the looked-at token's (normalised) embedding through a random orthonormal projection P into the
+    residual stream with weight `cfg.grid_copy`, and start the output layer as GRID_COPY_LOGIT x the input
+    embedding: logits ~ E . P^T P E[prev] peak at the previous image's token. Training then changes the
+    copy into each task's mapping. No effect on the checkpoint format (plain weights)."""
+    hd, d = cfg.head_dim, cfg.hidden_size
+    g = torch.Generator().manual_seed(0)
+    p = torch.linalg.qr(torch.randn(d, hd, generator=g))[0].T  # (hd, d), orthonormal rows
+    att = model.model.layers[0].self_attn
+    # The head's share of the stream: |P n(e)| ~ sqrt(hd) for a normalised input of norm sqrt(d).
+    att.v_proj.weight[:hd] = p
+    att.v_proj.bias[:hd] = 0.0
+    att.o_proj.weight[:, :hd] = p.T * cfg.grid_copy
+    emb = model.model.embed_tokens.weight
+    if not cfg.tie_word_embeddings:
+        model.lm_head.weight.copy_(emb * GRID_COPY_LOGIT)
 
 
 @contextlib.contextmanager

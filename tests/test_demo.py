@@ -19,7 +19,8 @@ TINY_MODEL = ["model.hidden_size=48", "model.grid_heads=2", "model.intermediate_
 
 
 def tiny_config(out) -> DemoConfig:
-    return DemoConfig(out=str(out), workers=1, sequences=3, image_size=32, tokenizer_overrides=TINY_TOKENIZER,
+    return DemoConfig(out=str(out), workers=1, sequences=3, image_size=32, tokenizer_checkpoint=None,
+                      tokenizer_overrides=TINY_TOKENIZER,
                       tokenizer_steps=2, tokenizer_minutes=1.0, train_overrides=TINY_MODEL, train_steps=2,
                       prompt_candidates=1, eval_episodes=1, shots=[1, 2], context=2, precision="fp32",
                       budget_minutes=1)
@@ -101,9 +102,53 @@ def test_demo_cli_print_config_and_quick_overrides(capsys):
     assert main(["demo", "--quick", "train_steps=7", "--print-config"]) == 0
     text = capsys.readouterr().out
     assert "train_steps: 7" in text and "out: runs/demo-quick" in text and "eval_episodes: 1" in text
+    assert "tokenizer_checkpoint: null" in text  # --quick trains its own tokenizer
     assert main(["demo", "--print-config"]) == 0
     text = capsys.readouterr().out
     assert "out: runs/demo" in text and "budget_minutes: 20.0" in text
+    assert "tokenizer_checkpoint: assets/demo-tokenizer" in text
+    assert main(["demo", "--train-tokenizer", "--print-config"]) == 0
+    assert "tokenizer_checkpoint: null" in capsys.readouterr().out
+
+
+def test_demo_on_cuda_takes_the_cuda_overrides_and_the_command_line_wins(monkeypatch):
+    import lvm.demo.config as dc
+
+    assert dc.demo_config().sequences == 400  # this CPU
+    monkeypatch.setattr(dc, "_on_cuda", lambda cfg: True)
+    cfg = dc.demo_config(overrides=["eval_episodes=2"])
+    assert cfg.sequences == 4000 and cfg.eval_episodes == 2 and cfg.train_steps == 20000
+    assert "model.num_hidden_layers=12" in cfg.train_overrides
+    assert dc.demo_config(quick=True).sequences == 16  # a smoke run stays one
+
+
+def test_demo_with_a_shipped_tokenizer_copies_it_and_trains_on_its_codes(tmp_path):
+    """The tokenizer stage takes the checkpoint named by tokenizer_checkpoint (byte-identical copy, no
+    tokenizer training); the transformer gets its K; a checkpoint of another resolution is a one-line error."""
+    import dataclasses
+
+    from tiny import save_tiny_tokenizer
+    from tokenizer.common.errors import InputError
+
+    shipped = save_tiny_tokenizer(tmp_path / "shipped", codebook_size=48)
+    out = tmp_path / "demo"
+    cfg = dataclasses.replace(tiny_config(out), tokenizer_checkpoint=str(shipped))
+    logs = []
+    Demo(cfg, progress=False, log=logs.append).run(stages=("data", "tokenizer", "tokenize", "train"))
+    model, tok = demo_checkpoints(out)
+    for f in ("config.json", "model.safetensors"):
+        assert (tok / f).read_bytes() == (shipped / f).read_bytes()
+    assert not (out / "work" / "tokenizer-run").exists()
+    rec = json.loads((out / "stages" / "tokenizer.json").read_text())
+    assert rec["info"] == {"shipped": str(shipped), "codebook_size": 48}
+    assert json.loads((model / "config.json").read_text())["vocab_size"] == 48 + 100
+    assert any("the shipped one" in ln for ln in logs)
+    with pytest.raises(InputError, match="resolution 32 != demo image_size 64"):
+        Demo(dataclasses.replace(cfg, image_size=64, out=str(tmp_path / "d2")), progress=False,
+             log=lambda *a: None).run(stages=("tokenizer",))
+    with pytest.raises(InputError, match="not a tokenizer checkpoint"):
+        Demo(dataclasses.replace(cfg, tokenizer_checkpoint=str(tmp_path), out=str(tmp_path / "d3")),
+             progress=False, log=lambda *a: None).run(stages=("tokenizer",))
 
 
 def test_demo_bad_config_is_one_line_error(tmp_path, capsys):

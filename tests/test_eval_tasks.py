@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 from lvm.checkpoints import load_pair
+from lvm.eval.tasks.checks import verdicts
+from lvm.eval.tasks.report import does_summary
 from lvm.eval import tasks as te
 from tokenizer.common.errors import InputError
 from data_builders.annotations import PALETTE
@@ -141,32 +143,34 @@ def test_baselines_sequential_and_analogy():
     assert np.asarray(b["mean_image"])[0, 0, 0] == 12  # mean of answers 11 and 13
 
 
-def test_best_baseline_and_checks():
+def test_best_baseline_checks_and_verdicts():
     res = {"metric": "abs_rel", "higher_is_better": False, "model": {"abs_rel": 0.2},
            "baselines": {"copy_last": {"abs_rel": 0.5}, "mean_image": {"abs_rel": 0.3}},
            "ppl_curve": {"x": [1, 7], "ppl": [50.0, 20.0], "axis": "shots"}}
     assert te.best_baseline(res) == ("mean_image", 0.3)
     checks = dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))
-    assert checks["depth beats the best baseline"] and checks["depth perplexity falls as shots grow (by >= 2%)"]
+    assert checks["depth beats every baseline"] and checks["depth perplexity falls as shots grow (by >= 2%)"]
+    assert verdicts({"depth": res}) == {"depth": True}
     res["ppl_curve"]["ppl"] = [4.499, 4.497]  # a flat curve drifting in the third digit is not a fall
     checks = dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))
     assert not checks["depth perplexity falls as shots grow (by >= 2%)"]
-    res["model"]["abs_rel"] = 0.4
+    res["model"]["abs_rel"] = 0.4  # beats copy last (0.5), not the mean image (0.3): does not do the task
     checks = dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))
-    assert not checks["depth beats the best baseline"]
-    ceiling = "depth: the tokenizer's reconstruction of the truth can reach the bar (the best baseline)"
+    assert not checks["depth beats every baseline"] and verdicts({"depth": res}) == {"depth": False}
+    ceiling = "depth: the tokenizer's reconstruction of the truth beats every baseline (the bar is reachable)"
     assert ceiling not in checks  # no reconstruction measured: no ceiling line
     res["tokenizer_recon"] = {"abs_rel": 0.35}
     assert not dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))[ceiling]
     res["tokenizer_recon"] = {"abs_rel": 0.1}
     assert dict((c, ok) for c, ok, _ in te.quality_checks({"depth": res}))[ceiling]
-    seg = {"metric": "miou", "higher_is_better": True, "model": {"miou": 0.1},
-           "baselines": {"copy_last_answer": {"miou": 0.65}}, "tokenizer_recon": {"miou": 0.7},
+    summary = does_summary("m", {"depth": res})
+    assert "m does 0 of 1 tasks" in summary and "depth: does **not** do it: abs_rel 0.400 vs mean image 0.300" in summary
+    # segmentation is judged by foreground IoU; mIoU keeps its own bar beside it
+    seg = {"metric": "fg_iou", "higher_is_better": True, "model": {"fg_iou": 0.7, "miou": 0.6},
+           "baselines": {"copy_last_answer": {"fg_iou": 0.4, "miou": 0.65}}, "tokenizer_recon": {"fg_iou": 0.8},
            "ppl_curve": {"x": [7], "ppl": [3.0], "axis": "shots"}}
-    seg_ceiling = "segmentation: the tokenizer's reconstruction of the truth can reach the bar (>= 0.75 and the best baseline)"
-    assert not dict((c, ok) for c, ok, _ in te.quality_checks({"segmentation": seg}))[seg_ceiling]
-    seg["tokenizer_recon"]["miou"] = 0.8
-    assert dict((c, ok) for c, ok, _ in te.quality_checks({"segmentation": seg}))[seg_ceiling]
+    checks = dict((c, ok) for c, ok, _ in te.quality_checks({"segmentation": seg}))
+    assert checks["segmentation beats every baseline"] and not checks["segmentation mIoU >= 0.75"]
 
 
 def test_suite_config_validates():
@@ -215,15 +219,30 @@ def test_episodes_are_heldout_and_deterministic():
     assert (np.asarray(ep.images[14])[hole] == 0).all()  # the query's boxes are black where the hole is
 
 
-def test_evaluate_and_report_end_to_end(tmp_path):
-    """Tiny random model + tokenizer through the whole suite, files written and sane."""
+def test_evaluate_and_report_end_to_end(tmp_path, monkeypatch, capsys):
+    """Tiny random model + tokenizer through the whole suite, files written and sane; colorization's LPIPS
+    from the weight files given (a randomly initialised LPIPS stands in for the 500 MB VGG file here)."""
+    import tokenizer.lpips as tl
     from lvm.cli import main
 
+    given = []
+
+    def random_lpips(vgg, lin):
+        given.append((vgg, lin))
+        lp = tl.LPIPS()
+        for layer in lp.lins:  # LPIPS's linear layers are non-negative: distances are >= 0
+            layer.weight.data.abs_()
+        return lp
+
+    monkeypatch.setattr(tl, "maybe_lpips", random_lpips)
     lm, tok = tiny_pair(tmp_path, 0)
     out = tmp_path / "eval"
     rc = main(["eval", "tasks", "--model", str(lm), "--tokenizer", str(tok), "--episodes", "1", "--shots", "1,2",
-               "--context", "2", "--precision", "fp32", "--out", str(out), "--no-progress"])
-    assert rc == 0
+               "--context", "2", "--precision", "fp32", "--out", str(out), "--no-progress",
+               "--lpips-vgg", "vgg.pth", "--lpips-lin", "lin.pth"])
+    assert rc == 0 and given == [("vgg.pth", "lin.pth")]
+    printed = capsys.readouterr().out
+    assert "model does " in printed and "segmentation: does" in printed  # the plain verdict, also in tasks.md
     data = json.loads((out / "tasks.json").read_text())
     assert [m["name"] for m in data["models"]] == ["model"]
     tasks = data["models"][0]["tasks"]
@@ -239,7 +258,12 @@ def test_evaluate_and_report_end_to_end(tmp_path):
     assert 20 < tasks["segmentation"]["ppl"] < 200
     for f in ("tasks.md", "tasks.png", "ppl.png", "grids/model-segmentation.png", "suite_config.yaml"):
         assert (out / f).is_file(), f
-    assert "| segmentation |" in (out / "tasks.md").read_text()
+    md = (out / "tasks.md").read_text()
+    assert "| segmentation |" in md and "## What model does" in md and "LPIPS: n/a" not in md
+    assert tasks["segmentation"]["metric"] == "fg_iou" and "miou" in tasks["segmentation"]["model"]
+    for k in ("model", "tokenizer_recon"):
+        assert tasks["colorization"][k]["lpips"] > 0 and "mse" in tasks["colorization"][k]
+    assert tasks["colorization"]["baselines"]["copy_last"]["lpips"] > 0
     assert tasks["segmentation"]["decoding"] == "greedy" and tasks["depth"]["decoding"] == "mean"
     import yaml
 

@@ -68,6 +68,21 @@ def test_grid_heads_copy_across_an_image_where_plain_init_cannot():
     assert grid < 1.0 and plain > 0.9 * torch.log(torch.tensor(float(K))).item(), (grid, plain)
 
 
+def test_grid_copy_predicts_the_previous_images_cell_at_init():
+    """grid_copy: the untrained model's argmax is the token at the same cell one image back (random codes,
+    so nothing but the circuit can produce it); without it, chance."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 64, (1, 3 * TPI))
+
+    def agreement(cfg):
+        with torch.no_grad():
+            pred = cfg.build().eval()(input_ids=ids).logits[0, TPI - 1:-1].argmax(-1)
+        return (pred == ids[0, :-TPI]).float().mean().item()
+
+    assert agreement(_grid_cfg(grid_copy=0.5)) > 0.95
+    assert agreement(_grid_cfg()) < 0.1
+
+
 def test_grid_checkpoint_is_plain_hf_and_round_trips(tmp_path, caplog):
     from transformers import LlamaForCausalLM
 
@@ -90,6 +105,7 @@ def test_grid_checkpoint_is_plain_hf_and_round_trips(tmp_path, caplog):
     (dict(attention_bias=False), "grid_heads needs"),
     (dict(grid_heads=3), "must be in 0..2"),
     (dict(hidden_size=32, num_attention_heads=2, grid_heads=0), "head_dim >= 24"),
+    (dict(grid_heads=0, grid_copy=0.5), "grid_copy needs grid_heads"),
 ])
 def test_bad_grid_configs(kw, msg):
     with pytest.raises(ValueError, match=msg):

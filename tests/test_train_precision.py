@@ -35,7 +35,7 @@ def _cfg(shards, out, *extra):
     return load_config(TrainConfig, "configs/train/tiny.yaml", [
         f"out_dir={out}", f"data.shards={shards}", f"model.codebook_size={K}", "model.max_position_embeddings=512",
         "model.hidden_size=48", "model.intermediate_size=64", "model.num_hidden_layers=1",
-        "model.num_attention_heads=2", "model.grid_heads=0", "tokens_per_step=0", "max_steps=2", "save_every=2",
+        "model.num_attention_heads=2", "model.grid_heads=0", "model.grid_copy=0", "tokens_per_step=0", "max_steps=2", "save_every=2",
         "eval_every=100", "peak_tflops=1.0", "warmup_steps=1", *extra])
 
 

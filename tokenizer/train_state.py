@@ -81,7 +81,7 @@ class TrainerCheckpoints:
         if self.acc.is_main_process:
             atomic_write_text(root / "latest", name + "\n")
             # export the newest weights at the top of out_dir (each file atomic)
-            self.acc.unwrap_model(self.model).save_pretrained(self.out)
+            export_weights(self.acc.unwrap_model(self.model), self.out, self.cfg.export_dtype)
             prune_step_dirs(root, MARKER, [name])
             prune_step_dirs(root, LEGACY_MARKER, [name])
             for stale in root.glob(".step-*.tmp"):  # left by a run killed while saving
@@ -150,3 +150,21 @@ class TrainerCheckpoints:
         self.images_seen, self.skipped = s["images_seen"], s["skipped"]
         self.qgen.set_state(s["qgen"])
         self._set_quantizer_state(s.get("quantizer"))
+
+
+def export_weights(model, out: Path, dtype: str = "fp32") -> None:
+    """`model.save_pretrained(out)`, with the floating-point weights of model.safetensors cast to `dtype`
+    (fp32 | fp16 | bf16; `load_tokenizer` casts them back to the precision it computes in)."""
+    model.save_pretrained(out)
+    if dtype == "fp32":
+        return
+    from safetensors.torch import load_file, save_file
+
+    from .common.files import atomic_path
+    from .model import FORMAT
+
+    to = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    path = Path(out) / "model.safetensors"
+    state = {k: v.to(to) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})

@@ -2,7 +2,8 @@
 
 Stages (progress bar and time estimate for each): render a mixed dataset with the built-in renderer
 (multi-view orbits, physics videos, rgb -> segmentation / depth / normals / edges, colorization and
-inpainting pairs; 128 px; training objects only) -> train the small tokenizer -> tokenize the shards ->
+inpainting pairs; 128 px; training objects only) -> take the tokenizer shipped in assets/demo-tokenizer
+(--train-tokenizer: train the small tokenizer instead) -> tokenize the shards ->
 train the tiny transformer -> prompt it on held-out objects (rotation and video continuation, two analogies)
 -> run the in-context task suite (`lvm eval tasks`) -> write OUT/report.md with loss curves, prompt |
 prediction | truth grids, the task table and the quality checks. The trained checkpoints are left in
@@ -19,9 +20,10 @@ printed estimates follow the hardware.
 
 examples:
   lvm demo
-  lvm demo --quick out=runs/demo-quick
+  lvm demo --quick out=runs/demo-quick          # trains its own tokenizer too
+  lvm demo --train-tokenizer out=runs/demo-tok
   lvm demo --precision fp32
-  lvm demo train_steps=600 tokenizer_overrides=[model.codebook_size=1024] --fresh
+  lvm demo seed=1 out=runs/demo-seed1
 """
 
 from lvm.commands.config_args import add_config_arguments
@@ -31,6 +33,9 @@ from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 def add_arguments(p):
     add_config_arguments(p)
     p.add_argument("--quick", action="store_true", help="smoke run of every stage in ~3 minutes")
+    p.add_argument("--train-tokenizer", action="store_true",
+                   help="train the tokenizer in the demo (about 4 of its minutes) instead of using the one shipped "
+                        "in assets/demo-tokenizer")
     p.add_argument("--fresh", action="store_true", help="redo every stage (deletes the previous outputs in OUT)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_hardware_arguments(p, device_help="auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps, "
@@ -45,4 +50,5 @@ def run(args):
         overrides.insert(0, path)
         path = None
     return run_demo(path, overrides, quick=args.quick, fresh=args.fresh, progress=not args.no_progress,
-                    device=args.device, precision=args.precision, print_config=args.print_config)
+                    device=args.device, precision=args.precision, print_config=args.print_config,
+                    train_tokenizer=args.train_tokenizer)

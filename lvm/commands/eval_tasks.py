@@ -2,8 +2,10 @@
 
 Tasks, rendered on the fly by the built-in renderer from objects never used for training: next view of a
 rotating object, next frame of a physics video, and four analogies (k example pairs + a query):
-rgb -> segmentation (mIoU after snapping colors to the labels the prompt shows), rgb -> depth (abs-rel,
-RMSE), colorization (PSNR, MSE), inpainting (PSNR inside the hidden boxes).
+rgb -> segmentation (foreground IoU, the paper's figure, and mIoU, after snapping colors to the labels the
+prompt shows), rgb -> depth (abs-rel, RMSE), colorization (PSNR, MSE, and LPIPS given --lpips-vgg and
+--lpips-lin), inpainting (PSNR inside the hidden boxes). A model "does" a task when it beats every trivial
+baseline on the task's main metric; the report says which it does.
 
 Per task: the target image's perplexity given the prompt (the release's figure, the mean over episodes of
 exp(mean target NLL); "ppl pooled", exp of the mean NLL over all target tokens, beside it); the task metric of the decoded prediction
@@ -20,6 +22,7 @@ evaluates the checkpoints `lvm demo` leaves (runs/demo/model, runs/demo/tokenize
 examples:
   lvm eval tasks --model runs/demo/model --tokenizer runs/demo/tokenizer --shots 1,3,7 --out runs/eval
   lvm eval tasks --model runs/a --tokenizer runs/tok --compare runs/b --names small,big --episodes 16
+  lvm eval tasks --episodes 16 --lpips-vgg vgg16-397923af.pth --lpips-lin vgg.pth   # ~8 min, demo model, 2 cores
   lvm eval tasks --decoding greedy --tasks next_view,depth
 """
 
@@ -54,6 +57,9 @@ def add_arguments(p):
     p.add_argument("--temperature", type=float, default=_D.temperature,
                    help=f"sampling temperature (default {_D.temperature:g}; top-k {_D.top_k})")
     p.add_argument("--seed", type=int, default=_D.seed, help="seed of the held-out episodes and of sampling")
+    p.add_argument("--lpips-vgg", default=None, metavar="FILE",
+                   help="torchvision VGG16 state dict, for colorization's LPIPS (with --lpips-lin; else n/a)")
+    p.add_argument("--lpips-lin", default=None, metavar="FILE", help="LPIPS linear-layer weights (vgg.pth)")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -75,8 +81,8 @@ def run(args):
     model, tok = or_demo("model", args.model), or_demo("tokenizer", args.tokenizer)
     cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
                       shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
-                      temperature=args.temperature, samples=args.samples,
-                      device=plan.device, precision=plan.precision,  # saved as resolved
+                      temperature=args.temperature, samples=args.samples, lpips_vgg=args.lpips_vgg,
+                      lpips_lin=args.lpips_lin, device=plan.device, precision=plan.precision,  # saved as resolved
                       **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}))
     pairs = [(model, tok)]
     if args.compare:
@@ -89,5 +95,9 @@ def run(args):
     rep = run_suite(pairs, names, cfg, args.out, progress=not args.no_progress)
     out = Path(args.out)
     print(rep["table"], end="")
+    from lvm.eval.tasks.report import does_summary
+
+    for name, res in rep["results"]:
+        print(does_summary(name, res), end="")
     print(f"wrote {out / 'tasks.md'}, tasks.json, tasks.png, ppl.png, grids/")
     return 0

@@ -34,8 +34,10 @@ def write_report(demo) -> dict:
     c = demo.cfg
     md = ["# lvm demo report\n",
           f"Everything below was produced by `lvm demo` on this machine: built-in renderer data "
-          f"({c.sequences} sequences at {c.image_size} px, training objects only), the tokenizer config "
-          f"`{c.tokenizer}`, the transformer config `{c.train}`, then prompts and the task suite on "
+          f"({c.sequences} sequences at {c.image_size} px, training objects only), "
+          + (f"the shipped tokenizer `{c.tokenizer_checkpoint}` (its README says how it was trained), "
+             if c.tokenizer_checkpoint else f"a tokenizer trained from `{c.tokenizer}`, ")
+          + f"the transformer config `{c.train}`, then prompts and the task suite on "
           f"held-out objects, computed on {c.device} in {c.precision}. Resolved config: "
           f"`demo_config.yaml`.\n",
           f"Checkpoints: `{demo.model_dir.relative_to(out)}/` (HF Llama) and "

@@ -53,13 +53,17 @@ class Demo:
 
     def speed_factor(self) -> float:
         """This machine's speed relative to the one EST was measured on: the tokenizer stage's probe (its
-        plan, made now if not made yet) over EST's tokenizer_per_step."""
+        plan, made now if not made yet; a bare probe when the tokenizer is shipped) over EST's
+        tokenizer_per_step."""
         if "factor" not in self._probed:
             sec = self._plan_seconds("tokenizer")
             if sec is None:
                 tc = self.tokenizer_config()
-                sec = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes,
-                                         lambda: probes.probe_tokenizer(tc))["seconds_per_step"]
+                if self.cfg.tokenizer_checkpoint:
+                    sec = probes.probe_tokenizer(tc)
+                else:
+                    sec = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes,
+                                             lambda: probes.probe_tokenizer(tc))["seconds_per_step"]
             self._probed["factor"] = max(sec, 1e-6) / EST["tokenizer_per_step"]
         return self._probed["factor"]
 
@@ -69,6 +73,8 @@ class Demo:
         if stage == "data":  # rendering (numpy) does not depend on the compute precision
             return c.sequences * EST["data_per_seq"] / max(1, c.workers)
         if stage == "tokenizer":
+            if c.tokenizer_checkpoint:
+                return 1.0  # a copy of the shipped one
             per_step = self._plan_seconds("tokenizer") or EST["tokenizer_per_step"] * self.speed_factor()
             return min(c.tokenizer_steps * per_step, c.tokenizer_minutes * 60 * PLANNED_SHARE)
         if stage == "train":
@@ -199,8 +205,14 @@ class Demo:
         return load_config(TrainConfig, c.train, [f"device={c.device}", f"precision={c.precision}"]
                            + list(c.train_overrides) + [
             f"data.shards={self.work / 'tokens'}", f"out_dir={self.work / 'lvm-run'}",
-            f"max_steps={c.train_steps}", f"seed={c.seed}",
-            f"model.codebook_size={self.tokenizer_config().model.codebook_size}"])
+            f"max_steps={c.train_steps}", f"seed={c.seed}", f"model.codebook_size={self.codebook_size()}"])
+
+    def codebook_size(self) -> int:
+        """K of the demo's tokenizer: the shipped one's, else the tokenizer training config's."""
+        if self.cfg.tokenizer_checkpoint:
+            return int(json.loads((shipped_tokenizer(self.cfg.tokenizer_checkpoint) / "config.json")
+                                  .read_text())["codebook_size"])
+        return self.tokenizer_config().model.codebook_size
 
     # ---- fitting steps into a stage's time budget ----
     def planned_steps(self, stage: str, max_steps: int, minutes: float, probe) -> dict:
@@ -232,6 +244,8 @@ class Demo:
         return {k: res[k] for k in ("sequences", "images", "shards_built", "shards_skipped")}
 
     def stage_tokenizer(self):
+        if self.cfg.tokenizer_checkpoint:
+            return self.copy_shipped_tokenizer()
         from tokenizer.train import Trainer
 
         tc = self.tokenizer_config()
@@ -249,6 +263,22 @@ class Demo:
             _copy_atomic(run / f, self.tok_dir / f)
         return {"steps": res["step"], "final_loss": round(res["last_loss"], 4) if res["last_loss"] else None,
                 "stop": res["stop"], "plan": plan}
+
+    def copy_shipped_tokenizer(self) -> dict:
+        """The tokenizer stage with a shipped tokenizer: check it fits the demo's images, copy it to OUT."""
+        from tokenizer.common.errors import InputError
+
+        src = shipped_tokenizer(self.cfg.tokenizer_checkpoint)
+        cfg = json.loads((src / "config.json").read_text())
+        if cfg.get("resolution") != self.cfg.image_size:
+            raise InputError(f"{src / 'config.json'}: tokenizer resolution {cfg.get('resolution')} != demo "
+                             f"image_size {self.cfg.image_size} (or train one: --train-tokenizer)")
+        self.tok_dir.mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "model.safetensors", "README.md"):
+            if (src / f).is_file():
+                _copy_atomic(src / f, self.tok_dir / f)
+        self.log(f"tokenizer: the shipped one, {src} (K = {cfg['codebook_size']}); --train-tokenizer trains one")
+        return {"shipped": str(src), "codebook_size": cfg["codebook_size"]}
 
     def stage_tokenize(self):
         from data_builders.encode import tokenize
@@ -318,6 +348,21 @@ class Demo:
         return write_report(self)
 
 
+def shipped_tokenizer(path: str) -> Path:
+    """A tokenizer folder named in the demo config: as given, else relative to the project root (where the
+    shipped one lives); a one-line InputError when it is not a tokenizer checkpoint."""
+    from tokenizer.common.config import PROJECT_ROOT
+    from tokenizer.common.errors import InputError
+
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (PROJECT_ROOT / p).exists():
+        p = PROJECT_ROOT / p
+    if not ((p / "config.json").is_file() and (p / "model.safetensors").is_file()):
+        raise InputError(f"{p}: not a tokenizer checkpoint (config.json + model.safetensors); "
+                         f"tokenizer_checkpoint=null or --train-tokenizer trains one")
+    return p
+
+
 def _copy_atomic(src: Path, dst: Path):
     from tokenizer.common.files import atomic_path
 
@@ -326,9 +371,11 @@ def _copy_atomic(src: Path, dst: Path):
 
 
 def run_demo(path=None, overrides=(), quick: bool = False, fresh: bool = False, progress: bool = True,
-             device: str = "auto", precision: str = "auto", print_config: bool = False) -> int:
-    """`lvm demo`: resolve the config (`demo_config`), then print it (`print_config`) or run every stage and
-    print how long each took."""
+             device: str = "auto", precision: str = "auto", print_config: bool = False,
+             train_tokenizer: bool = False) -> int:
+    """`lvm demo`: resolve the config (`demo_config`; `train_tokenizer`: train one instead of the shipped
+    tokenizer), then print it (`print_config`) or run every stage and print how long each took."""
+    overrides = (["tokenizer_checkpoint=null"] if train_tokenizer else []) + list(overrides)
     cfg = demo_config(path, overrides, quick, device, precision)
     if print_config:
         from tokenizer.common.config import config_to_yaml

@@ -14,7 +14,9 @@ SEQUENTIAL = ("next_view", "next_frame")
 ANALOGY = ("segmentation", "depth", "colorization", "inpainting")
 TASKS = SEQUENTIAL + ANALOGY
 # task -> (main metric, higher is better)
-METRIC = {"next_view": ("psnr", True), "next_frame": ("psnr", True), "segmentation": ("miou", True),
+# Segmentation is judged by foreground IoU (object vs background), the paper's figure; mIoU over the
+# labels the prompt shows is reported beside it.
+METRIC = {"next_view": ("psnr", True), "next_frame": ("psnr", True), "segmentation": ("fg_iou", True),
           "depth": ("abs_rel", False), "colorization": ("psnr", True), "inpainting": ("hole_psnr", True)}
 BASELINES = ("copy_last", "copy_last_answer", "mean_image")
 SEG_CLASSES = 8
@@ -44,6 +46,10 @@ class SuiteConfig:
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
     gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
     grid_rows: int = 3                # episodes drawn per task grid
+    # LPIPS of colorization (tokenizer/lpips.py, local files only): torchvision VGG16 state dict + the
+    # LPIPS linear layers; without them the column says n/a
+    lpips_vgg: str | None = None
+    lpips_lin: str | None = None
 
     def __post_init__(self):
         bad = [t for t in self.tasks if t not in TASKS]

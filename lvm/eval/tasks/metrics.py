@@ -119,12 +119,28 @@ def rmse(pred, truth) -> float:
     return float(np.sqrt(((_gray(pred) - _gray(truth)) ** 2).mean()))
 
 
-def task_metrics(task: str, pred, truth, hole: np.ndarray | None = None, classes: list[int] | None = None) -> dict:
+def lpips_distance(lp, pred, truth) -> float:
+    """LPIPS distance of two images under the `tokenizer.lpips.LPIPS` module `lp`."""
+    import torch
+
+    x = torch.from_numpy(np.stack([_f(pred), _f(truth)])).permute(0, 3, 1, 2).float() * 2 - 1
+    dev = next(lp.parameters()).device
+    with torch.no_grad():
+        return float(lp(x[:1].to(dev), x[1:].to(dev))[0])
+
+
+def task_metrics(task: str, pred, truth, hole: np.ndarray | None = None, classes: list[int] | None = None,
+                 lpips=None) -> dict:
     """All metrics of one prediction for `task` (the main one is METRIC[task][0]).
 
-    `classes`: segmentation labels the prompt shows (`seg_classes` of its example answers)."""
-    if task in SEQUENTIAL or task == "colorization":
+    `classes`: segmentation labels the prompt shows (`seg_classes` of its example answers); `lpips`: an
+    LPIPS module for colorization's perceptual distance (the paper's colorization figures are MSE and
+    LPIPS)."""
+    if task in SEQUENTIAL:
         return {"psnr": psnr(pred, truth), "mse": mse(pred, truth)}
+    if task == "colorization":
+        return {"psnr": psnr(pred, truth), "mse": mse(pred, truth),
+                **({"lpips": lpips_distance(lpips, pred, truth)} if lpips is not None else {})}
     if task == "segmentation":
         snapped = seg_labels(pred, truth, classes=classes)  # one snapping serves both metrics
         return {"miou": miou(pred, truth, labels=snapped), "miou_palette": miou(pred, truth),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lvm.eval.tasks.checks import quality_checks
+from lvm.eval.tasks.checks import best_baseline, quality_checks, verdicts
 from lvm.eval.tasks.config import BASELINES, SuiteConfig
 
 
@@ -36,6 +36,26 @@ def markdown_table(named: list[tuple[str, dict]]) -> str:
         row += [_fmt(bl[b][metric]) if b in bl else "-" for b in BASELINES]
         row.append(_fmt(first[task]["tokenizer_recon"][metric]))
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def does_summary(name: str, res: dict) -> str:
+    """Plain lines: which tasks the model does (beats every trivial baseline on the main metric) and which
+    it does not, with the figures, and whether its target perplexity falls with more context."""
+    v = verdicts(res)
+    lines = [f"**{name} does {sum(v.values())} of {len(v)} tasks** (beats every trivial baseline on the "
+             f"task's main metric):\n"]
+    for task, ok in v.items():
+        r = res[task]
+        metric, b = r["metric"], best_baseline(r)
+        c = r["ppl_curve"]
+        falls = c["ppl"][-1] < c["ppl"][0]
+        lines.append(f"- {task}: {'**does it**' if ok else 'does **not** do it'}: {metric} "
+                     f"{_fmt(r['model'][metric])} vs {b[0].replace('_', ' ')} {_fmt(b[1])}"
+                     + (f" (the tokenizer's own reconstruction: {_fmt(r['tokenizer_recon'][metric])})"
+                        if r.get("tokenizer_recon") else "")
+                     + f"; target perplexity {_fmt(c['ppl'][0])} -> {_fmt(c['ppl'][-1])} from {c['x'][0]} to "
+                       f"{c['x'][-1]} {c['axis']} ({'falls' if falls else 'does not fall'})")
     return "\n".join(lines) + "\n"
 
 
@@ -128,6 +148,11 @@ def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dic
           f"mean of {cfg.samples} samples, temperature {cfg.temperature:g}, top-k {cfg.top_k}; sample = one such "
           f"sample).\n", table,
           "\n![task metrics](tasks.png)\n\n![target perplexity](ppl.png)\n"]
+    if "colorization" in named[0][1] and "lpips" not in (named[0][1]["colorization"]["model"] or {}):
+        md.append("Colorization LPIPS: n/a (needs local weights: --lpips-vgg, --lpips-lin).\n")
+    for n, res in clean:
+        md.append(f"\n## What {n} does\n")
+        md.append(does_summary(n, res))
     for n, cs in checks.items():
         md.append(f"\n## Quality checks: {n}\n")
         md += [f"- [{'x' if c['passed'] else ' '}] {c['check']}: {c['detail']}" for c in cs]

@@ -47,7 +47,7 @@ def _avg(ms: list[dict]) -> dict | None:
 
 
 def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layout, plan, cfg: SuiteConfig,
-                   bar) -> dict:
+                   bar, lpips=None) -> dict:
     """One task's result dict (JSON-ready but for "_grid": the first `grid_rows` episodes, PIL)."""
     import torch
 
@@ -71,11 +71,11 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
         recon = tok.decode_to_pil(codes[-1:])[0]
         truth = ep.target
         classes = seg_classes(ep.prompt(n_main)[1:-1:2]) if task == "segmentation" else None
-        per_metrics.append(task_metrics(task, pred, truth, ep.hole, classes))
-        per_recon.append(task_metrics(task, recon, truth, ep.hole, classes))
+        per_metrics.append(task_metrics(task, pred, truth, ep.hole, classes, lpips))
+        per_recon.append(task_metrics(task, recon, truth, ep.hole, classes, lpips))
         for b, im in ep.baselines(n_main).items():
             if im is not None:
-                per_base[b].append(task_metrics(task, im, truth, ep.hole, classes))
+                per_base[b].append(task_metrics(task, im, truth, ep.hole, classes, lpips))
         if e < cfg.grid_rows:
             grid.append((ep.prompt(n_main), pred, truth))
         bar.update(1)
@@ -110,11 +110,16 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     engine = Engine(model, layout=layout, precision=plan.precision, device=plan.device, max_batch=cfg.samples,
                     consume=w.dtype == plan.dtype)
     sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+    from tokenizer.lpips import maybe_lpips
+
+    lpips = maybe_lpips(cfg.lpips_vgg, cfg.lpips_lin) if "colorization" in episodes else None
+    if lpips is not None:
+        lpips = lpips.to(plan.device)
     results = {}
     total = sum(len(v) for v in episodes.values())
     bar = tqdm(total=total, desc="eval tasks", unit="episode", disable=not progress, dynamic_ncols=True)
     for task, eps in episodes.items():
-        res = results[task] = _evaluate_task(task, eps, model, tok, engine, sampling, layout, plan, cfg, bar)
+        res = results[task] = _evaluate_task(task, eps, model, tok, engine, sampling, layout, plan, cfg, bar, lpips)
         metric, b = res["metric"], best_baseline(res)
         log(f"{task}: ppl {res['ppl']:.1f}, {metric} {res['model'][metric]:.3f}"
             + (f" (best baseline {b[0]} {b[1]:.3f})" if b else ""))
