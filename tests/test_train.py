@@ -50,8 +50,9 @@ def test_tiny_config_loss_falls_well_below_uniform(shards, tmp_path):
     cfg = _cfg(shards, tmp_path / "run", max_steps=25, eval_every=25, save_every=25)
     s = train(cfg, progress=False)
     losses = s["losses"]
-    assert losses[1] > 0.8 * math.log(K)
-    assert losses[25] < 0.5 * math.log(K), losses  # well below the uniform-code baseline ln(K)
+    # the tiny config's grid_copy start already beats uniform codes (its copy of the previous image); training
+    # still has to take the loss far below where it starts and below the uniform-code baseline ln(K)
+    assert losses[25] < 0.5 * losses[1] and losses[25] < 0.5 * math.log(K), losses
     assert s["eval"]["eval/loss"] < 0.5 * math.log(K) and s["eval"]["eval/next_image_ppl"] < K / 4
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "final.json").is_file() and any((run / "tb").iterdir())
