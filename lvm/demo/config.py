@@ -15,9 +15,9 @@ class DemoConfig:
     out: str = str(DEMO_OUT)
     seed: int = 0
     workers: int = 2                        # data-building processes
-    # the stages' budget, sized to fit on a 2-core CPU: 18.5 minutes, so that README's first command (a fresh
-    # venv's install, ~1.5 min from pip's cache, then the demo) stays within 20
-    budget_minutes: float = 18.5
+    # the stages' budget, sized to fit on a 2-core CPU: 17.5 minutes, so that README's first command (a fresh
+    # venv's install, ~2 min from pip's cache, then the demo) stays within 20
+    budget_minutes: float = 17.5
     # data: a data config (built-in source first) + how many sequences to render
     data: str = "configs/data/demo.yaml"
     sequences: int = 400

@@ -50,7 +50,7 @@ def write_report(demo) -> dict:
         if "plan" in info:
             pl = info["plan"]
             note += (f" (planned {pl['steps']} of max {pl['max_steps']}: {pl['seconds_per_step']} s/step "
-                     f"measured for a {pl['minutes']:g}-min budget)")
+                     f"measured for a {pl['minutes']:.1f}-min budget)")
         md.append(f"| {st} | {fmt_s(r['seconds'])} | ~{fmt_s(r.get('estimate_seconds', 0))} | {note} |")
     md.append(f"| **total** | **{fmt_s(total)}** | | budget {c.budget_minutes:g} min: "
               f"{'within' if total <= c.budget_minutes * 60 else 'OVER'} |\n")

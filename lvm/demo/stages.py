@@ -230,7 +230,7 @@ class Demo:
                 "minutes": minutes}
         if plan["steps"] < max_steps:
             self.log(f"{stage}: {sec:.2f} s/step measured now; {plan['steps']} of {max_steps} steps fit "
-                     f"the {minutes:g}-minute budget")
+                     f"the {minutes:.1f}-minute budget")
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(plan, indent=1))
         return plan
