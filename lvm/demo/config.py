@@ -84,7 +84,7 @@ QUICK_OUT = "runs/demo-quick"  # where --quick writes unless out= is given
 # by the tokenizer probe against its tokenizer_per_step (`Demo.speed_factor`), and tokenize / eval are
 # estimated from a short timing of their own work once their inputs exist (`Demo.estimate`).
 EST = {"data_per_seq": 0.06, "tokenizer_per_step": 0.3, "tokenize_per_image": 0.011, "train_per_row": 1.2,
-       "prompts": 36.0, "eval_per_episode": 4.8, "report": 1.0}
+       "prompts": 55.0, "eval_per_episode": 4.8, "report": 1.0}
 PLANNED_SHARE = 0.9  # of a training stage's minutes: the rest is for data loading, logging, checkpoints
 BUDGET_SHARE = 0.95  # of the demo's budget the stages plan to fill: the estimates of the later stages are rough
 

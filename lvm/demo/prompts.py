@@ -10,8 +10,8 @@ N_NEW = 3  # images a sequential prompt continues with
 
 
 def run_prompts(demo) -> dict:
-    """OUT/prompts/<name>.png for each of PROMPTS: the prompt with its truth, then the greedy answer and,
-    for analogies, `prompt_candidates` sampled ones; the prompt files are written in OUT/work/prompts."""
+    """OUT/prompts/<name>.png for each of PROMPTS: the prompt with its truth, then the greedy answer and
+    `prompt_candidates` sampled ones; the prompt files are written in OUT/work/prompts."""
     from lvm.checkpoints import load_pair
     from lvm.generate.engine import Engine
     from lvm.generate.sampling import Sampling
@@ -36,10 +36,12 @@ def run_prompts(demo) -> dict:
             n = s.default_n()
             s.sampling, s.candidates = Sampling(temperature=0), 1
             rows, labels = s.generate(n, write=False)["images"], ["greedy"]
-            if s.prompt.mode == "analogy":
-                s.sampling, s.candidates = Sampling(temperature=1.0, top_k=50, seed=c.seed), c.prompt_candidates
-                rows += s.generate(n, write=False)["images"]
-                labels += [f"seed {c.seed + k}" for k in range(c.prompt_candidates)]
+            # Sampled candidates beside the greedy answer: a small model's greedy continuation is often the
+            # background everywhere (each object cell's likeliest single token is background), while its
+            # samples show what it has learned (the task suite scores the mean of such samples).
+            s.sampling, s.candidates = Sampling(temperature=1.0, top_k=50, seed=c.seed), c.prompt_candidates
+            rows += s.generate(n, write=False)["images"]
+            labels += [f"seed {c.seed + k}" for k in range(c.prompt_candidates)]
             path = save_png(s.grid(rows, n, labels), out / f"{name}.png")
             files[name] = str(path.relative_to(demo.out))
     return {"files": files}

@@ -61,7 +61,7 @@ def write_report(demo) -> dict:
     if prompts.is_dir():
         md.append("## Prompts on held-out objects\n")
         md.append("Rows: the prompt (with the truth under the new-image columns), then the model's answers: "
-                  "greedy, and for analogies also sampled candidates at temperature 1, top-k 50.\n")
+                  "greedy, then sampled candidates at temperature 1, top-k 50.\n")
         for p in sorted(prompts.glob("*.png")):
             md.append(f"### {p.stem}\n\n![{p.stem}]({p.relative_to(out)})\n")
     ev = out / "eval" / "tasks.md"

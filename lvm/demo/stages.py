@@ -320,7 +320,7 @@ class Demo:
         return max(1.0, min(c.train_minutes, left))
 
     def stage_prompts(self):
-        """Held-out prompts: rotation and video continuation, two analogies (greedy + sampled)."""
+        """Held-out prompts: rotation and video continuation, two analogies (greedy + sampled each)."""
         from lvm.demo.prompts import run_prompts
 
         return run_prompts(self)
