@@ -317,13 +317,18 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
 
     # ---- our checkpoint format (huggingface_hub's mixin adds hub ids, push_to_hub and a model card) ----
     def _save_pretrained(self, save_directory: Path) -> None:
+        self.write_checkpoint(save_directory)
+
+    def write_checkpoint(self, save_directory, dtype=None) -> None:
         """`config.json` (with the format tag that `load_tokenizer` detects) + `model.safetensors`, each
-        written atomically so a reader never sees half a checkpoint."""
+        written atomically so a reader never sees half a checkpoint; `dtype` (a torch dtype): the floating
+        weights stored in it (`load_tokenizer` casts them to the precision it computes in)."""
         from safetensors.torch import save_file
 
         from .common.files import atomic_path, atomic_write_text
 
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+                 for k, v in self.state_dict().items()}
         with atomic_path(Path(save_directory) / "model.safetensors") as tmp:
             save_file(state, str(tmp), metadata={"format": FORMAT})
         atomic_write_text(Path(save_directory) / "config.json",

@@ -153,18 +153,6 @@ class TrainerCheckpoints:
 
 
 def export_weights(model, out: Path, dtype: str = "fp32") -> None:
-    """`model.save_pretrained(out)`, with the floating-point weights of model.safetensors cast to `dtype`
-    (fp32 | fp16 | bf16; `load_tokenizer` casts them back to the precision it computes in)."""
-    model.save_pretrained(out)
-    if dtype == "fp32":
-        return
-    from safetensors.torch import load_file, save_file
-
-    from .common.files import atomic_path
-    from .model import FORMAT
-
-    to = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    path = Path(out) / "model.safetensors"
-    state = {k: v.to(to) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+    """The tokenizer checkpoint in `out` with its floating-point weights stored as `dtype` (fp32 | fp16 |
+    bf16)."""
+    model.write_checkpoint(out, {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype])

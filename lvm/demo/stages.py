@@ -351,12 +351,10 @@ class Demo:
 def shipped_tokenizer(path: str) -> Path:
     """A tokenizer folder named in the demo config: as given, else relative to the project root (where the
     shipped one lives); a one-line InputError when it is not a tokenizer checkpoint."""
-    from tokenizer.common.config import PROJECT_ROOT
+    from tokenizer.common.config import project_path
     from tokenizer.common.errors import InputError
 
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (PROJECT_ROOT / p).exists():
-        p = PROJECT_ROOT / p
+    p = project_path(path)
     if not ((p / "config.json").is_file() and (p / "model.safetensors").is_file()):
         raise InputError(f"{p}: not a tokenizer checkpoint (config.json + model.safetensors); "
                          f"tokenizer_checkpoint=null or --train-tokenizer trains one")

@@ -32,8 +32,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def find_config_file(path: str | Path) -> Path:
+    return project_path(path, Path.is_file)
+
+
+def project_path(path: str | Path, exists=Path.exists) -> Path:
+    """`path` as given, else relative to the project root where only that exists (shipped configs and
+    assets resolve from any working directory)."""
     path = Path(path)
-    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+    if not exists(path) and not path.is_absolute() and exists(PROJECT_ROOT / path):
         return PROJECT_ROOT / path
     return path
 
