@@ -219,6 +219,24 @@ def test_episodes_are_heldout_and_deterministic():
     assert (np.asarray(ep.images[14])[hole] == 0).all()  # the query's boxes are black where the hole is
 
 
+def test_blank_orbits_are_redrawn():
+    """random_168's vertices are NaN: it renders nothing, and a blank orbit's frames are all identical."""
+    from data_builders import render
+    from lvm.eval.tasks.episodes import MIN_VISIBLE_PIXELS, _orbit
+
+    objs = render.list_objects("heldout")
+    broken = [o for o in objs if o.name == "random_168"]
+    assert broken, "the catalog's broken mesh moved: pick another blank object"
+    blank = render.render_orbit(broken[0], size=32, seed=0, views=2)
+    assert max(int(v.mask.sum()) for v in blank["views"]) == 0
+    pool = broken + [o for o in objs if o.name != "random_168"][:1]
+    seed = next(s for s in range(100) if np.random.default_rng(s).integers(2) == 0)  # draws the blank one first
+    ep = _orbit(pool, 32, seed=0, views=2, rng=np.random.default_rng(seed))
+    assert ep.info["object"] != "random_168"
+    assert not np.array_equal(np.asarray(ep.images[0]), np.asarray(blank["images"][0]))
+    assert MIN_VISIBLE_PIXELS > 0
+
+
 def test_evaluate_and_report_end_to_end(tmp_path, monkeypatch, capsys):
     """Tiny random model + tokenizer through the whole suite, files written and sane; colorization's LPIPS
     from the weight files given (a randomly initialised LPIPS stands in for the 500 MB VGG file here)."""

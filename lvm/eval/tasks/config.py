@@ -39,7 +39,9 @@ class SuiteConfig:
     # guess at an uncertain colour or pose is penalised twice, once for the missing truth and once for the
     # wrong detail). Segmentation stays greedy: a mean of label maps blends colours that are not labels.
     decoding: dict = field(default_factory=lambda: {t: "greedy" if t == "segmentation" else "mean" for t in TASKS})
-    samples: int = 8                  # samples averaged by "mean"
+    # samples averaged by "mean": the error of the estimate's own noise falls as 1/samples (r0 demo model,
+    # 8 held-out episodes: 8 -> 16 samples gain 0.2 dB on next view and next frame, abs-rel 0.447 -> 0.431)
+    samples: int = 16
     temperature: float = 1.0          # of "sample" and "mean"
     top_k: int = 50
     device: str = "auto"              # where the model computes (tokenizer.common.hardware.resolve); saved resolved

@@ -82,6 +82,20 @@ def _analogy(task: str, objs, size: int, rng) -> Episode:
     return Episode(task, images, hole=hole, info={"objects": names})
 
 
+def _orbit(objs, size: int, seed: int, views: int, rng) -> Episode:
+    """An orbit of `views` frames of a random held-out object, redrawn while a frame shows too little of it:
+    some meshes render to nothing from some orbits, and a blank orbit's frames are identical, which would
+    score copying the last frame at the 100 dB cap and swamp the task's mean."""
+    from data_builders import render
+
+    for _ in range(REDRAWS):
+        o = render.render_orbit(objs[int(rng.integers(len(objs)))], size=size, seed=seed, views=views)
+        if min(int(v.mask.sum()) for v in o["views"]) >= MIN_VISIBLE_PIXELS:
+            break
+        seed = int(rng.integers(2**31))
+    return Episode("next_view", o["images"], info={"object": o["object"], "elevation": o["elevation"]})
+
+
 def make_episodes(cfg: SuiteConfig, size: int) -> dict[str, list[Episode]]:
     """Render the suite's episodes (deterministic in cfg.seed) from held-out objects at `size` px."""
     from data_builders import render
@@ -96,9 +110,7 @@ def make_episodes(cfg: SuiteConfig, size: int) -> dict[str, list[Episode]]:
             rng = np.random.default_rng([cfg.seed, ti, e])
             seed = int(rng.integers(2**31))
             if task == "next_view":
-                obj = objs[int(rng.integers(len(objs)))]
-                o = render.render_orbit(obj, size=size, seed=seed, views=cfg.context + 1)
-                eps.append(Episode(task, o["images"], info={"object": o["object"], "elevation": o["elevation"]}))
+                eps.append(_orbit(objs, size, seed, cfg.context + 1, rng))
             elif task == "next_frame":
                 v = render.render_video(seed=seed, size=size, n_frames=cfg.context + 1, split="heldout")
                 eps.append(Episode(task, v["images"], info={"objects": v["meta"]["objects"],
