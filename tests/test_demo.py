@@ -63,6 +63,9 @@ def test_demo_stages_tiny(tmp_path):
               "eval/suite_config.yaml", "work/images/data_config.yaml", "work/lvm-run/config.yaml",
               "work/tokenizer-run/config.yaml"):
         assert (out / f).is_file(), f
+    import yaml
+
+    assert yaml.safe_load((out / "eval/suite_config.yaml").read_text())["samples"] == 8  # the demo's eval_samples
     md = (out / "report.md").read_text()
     for st in STAGES[:-1]:
         assert f"| {st} |" in md
@@ -114,10 +117,11 @@ def test_demo_cli_print_config_and_quick_overrides(capsys):
 def test_demo_on_cuda_takes_the_cuda_overrides_and_the_command_line_wins(monkeypatch):
     import lvm.demo.config as dc
 
-    assert dc.demo_config().sequences == 400  # this CPU
+    assert dc.demo_config().sequences == 400 and dc.demo_config().eval_samples == 8  # this CPU
     monkeypatch.setattr(dc, "_on_cuda", lambda cfg: True)
     cfg = dc.demo_config(overrides=["eval_episodes=2"])
     assert cfg.sequences == 4000 and cfg.eval_episodes == 2 and cfg.train_steps == 20000
+    assert cfg.eval_samples == 16
     assert "model.num_hidden_layers=12" in cfg.train_overrides
     assert dc.demo_config(quick=True).sequences == 16  # a smoke run stays one
 

@@ -329,8 +329,8 @@ class Demo:
         from lvm.eval import tasks as te
 
         c = self.cfg
-        return te.SuiteConfig(episodes=c.eval_episodes, shots=c.shots, context=c.context, device=c.device,
-                              precision=c.precision)
+        return te.SuiteConfig(episodes=c.eval_episodes, shots=c.shots, context=c.context, samples=c.eval_samples,
+                              device=c.device, precision=c.precision)
 
     def stage_eval(self):
         from lvm.eval.tasks import run_suite

@@ -145,8 +145,8 @@ def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dic
     md = [f"# In-context task suite\n",
           f"{cfg.episodes} held-out episodes per task; analogies at {cfg.shots[-1]} shots, sequential tasks with "
           f"{cfg.context} context frames; predictions decoded as the `decoding` column says (mean = the pixel "
-          f"mean of {cfg.samples} samples, temperature {cfg.temperature:g}, top-k {cfg.top_k}; sample = one such "
-          f"sample).\n", table,
+          f"mean of {cfg.samples} samples, temperature {cfg.temperature:g}, top-k {cfg.top_k or 'off'}, "
+          f"top-p {cfg.top_p:g}; sample = one such sample).\n", table,
           "\n![task metrics](tasks.png)\n\n![target perplexity](ppl.png)\n"]
     if "colorization" in named[0][1] and "lpips" not in (named[0][1]["colorization"]["model"] or {}):
         md.append("Colorization LPIPS: n/a (needs local weights: --lpips-vgg, --lpips-lin).\n")

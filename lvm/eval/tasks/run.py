@@ -109,7 +109,7 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     # Same dtype and device: the engine shares the model's weights (the model still scores perplexity).
     engine = Engine(model, layout=layout, precision=plan.precision, device=plan.device, max_batch=cfg.samples,
                     consume=w.dtype == plan.dtype)
-    sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)
+    sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
     from tokenizer.lpips import maybe_lpips
 
     lpips = maybe_lpips(cfg.lpips_vgg, cfg.lpips_lin) if "colorization" in episodes else None
