@@ -108,7 +108,7 @@ def test_demo_cli_print_config_and_quick_overrides(capsys):
     assert "tokenizer_checkpoint: null" in text  # --quick trains its own tokenizer
     assert main(["demo", "--print-config"]) == 0
     text = capsys.readouterr().out
-    assert "out: runs/demo" in text and "budget_minutes: 17.5" in text
+    assert "out: runs/demo" in text and "budget_minutes: 17.0" in text
     assert "tokenizer_checkpoint: assets/demo-tokenizer" in text
     assert main(["demo", "--train-tokenizer", "--print-config"]) == 0
     assert "tokenizer_checkpoint: null" in capsys.readouterr().out

@@ -257,7 +257,7 @@ def test_evaluate_and_report_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval"
     rc = main(["eval", "tasks", "--model", str(lm), "--tokenizer", str(tok), "--episodes", "1", "--shots", "1,2",
                "--context", "2", "--precision", "fp32", "--out", str(out), "--no-progress",
-               "--lpips-vgg", "vgg.pth", "--lpips-lin", "lin.pth"])
+               "--lpips-vgg", "vgg.pth", "--lpips-lin", "lin.pth", "--top-p", "0.8"])
     assert rc == 0 and given == [("vgg.pth", "lin.pth")]
     printed = capsys.readouterr().out
     assert "model does " in printed and "segmentation: does" in printed  # the plain verdict, also in tasks.md
@@ -287,6 +287,8 @@ def test_evaluate_and_report_end_to_end(tmp_path, monkeypatch, capsys):
 
     saved = yaml.safe_load((out / "suite_config.yaml").read_text())
     assert saved["device"] == "cpu" and saved["precision"] == "fp32"  # what auto / the flags resolved to
+    assert saved["top_p"] == 0.8 and saved["top_k"] == te.SuiteConfig().top_k
+    assert "top-p 0.8" in md
 
 
 def test_suite_config_precisions():
