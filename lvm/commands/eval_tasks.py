@@ -59,7 +59,8 @@ def add_arguments(p):
     p.add_argument("--top-k", type=int, default=_D.top_k,
                    help=f"sample from the k likeliest tokens only (default {_D.top_k}; 0 = off)")
     p.add_argument("--top-p", type=float, default=_D.top_p,
-                   help=f"sample from the smallest set of tokens holding this much probability (default {_D.top_p:g}; 1 = off)")
+                   help=f"sample from the smallest set of tokens holding this much probability "
+                        f"(default {_D.top_p:g}; 1 = off)")
     p.add_argument("--seed", type=int, default=_D.seed, help="seed of the held-out episodes and of sampling")
     p.add_argument("--lpips-vgg", default=None, metavar="FILE",
                    help="torchvision VGG16 state dict, for colorization's LPIPS (with --lpips-lin; else n/a)")
@@ -85,8 +86,9 @@ def run(args):
     model, tok = or_demo("model", args.model), or_demo("tokenizer", args.tokenizer)
     cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
                       shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, samples=args.samples, lpips_vgg=args.lpips_vgg,
-                      lpips_lin=args.lpips_lin, device=plan.device, precision=plan.precision,  # saved as resolved
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, samples=args.samples,
+                      lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin,
+                      device=plan.device, precision=plan.precision,  # saved as resolved
                       **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}))
     pairs = [(model, tok)]
     if args.compare:

@@ -56,6 +56,11 @@ class Episode:
         return {"copy_last": p[-1], "copy_last_answer": answers[-1], "mean_image": mean_image(answers)}
 
 
+def _shows_object(*views) -> bool:
+    """Whether every rendered view shows at least MIN_VISIBLE_PIXELS of its object."""
+    return all(int(v.mask.sum()) >= MIN_VISIBLE_PIXELS for v in views)
+
+
 def _analogy(task: str, objs, size: int, rng) -> Episode:
     """MAX_SHOTS example pairs and the query pair of `task`, each on a random held-out object."""
     from data_builders import annotations as ann
@@ -66,7 +71,7 @@ def _analogy(task: str, objs, size: int, rng) -> Episode:
         for _ in range(REDRAWS):
             view = render.render_object_view(objs[int(rng.integers(len(objs)))], seed=int(rng.integers(2**31)),
                                              size=size)
-            if view.mask.sum() >= MIN_VISIBLE_PIXELS:
+            if _shows_object(view):
                 break
         names.append(view.meta["object"])
         if task == "inpainting":
@@ -90,7 +95,7 @@ def _orbit(objs, size: int, seed: int, views: int, rng) -> Episode:
 
     for _ in range(REDRAWS):
         o = render.render_orbit(objs[int(rng.integers(len(objs)))], size=size, seed=seed, views=views)
-        if min(int(v.mask.sum()) for v in o["views"]) >= MIN_VISIBLE_PIXELS:
+        if _shows_object(*o["views"]):
             break
         seed = int(rng.integers(2**31))
     return Episode("next_view", o["images"], info={"object": o["object"], "elevation": o["elevation"]})
