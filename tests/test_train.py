@@ -173,3 +173,54 @@ def test_shards_from_another_tokenizer_are_refused(shards, tmp_path):
     cfg.data.shards = str(tmp_path / "big")
     with pytest.raises(Exception, match="another tokenizer"):
         train(cfg, progress=False)
+
+
+def _timed_run(step_seconds, first_seconds=5.0, minutes=1.0, ceiling=1000, warmup=50):
+    """TimeBudget on a fake clock: steps of `step_seconds` after a first one of `first_seconds`; returns
+    the horizons it set (step -> max_steps) and the step the run ended at."""
+    from types import SimpleNamespace
+
+    from lvm.train.loop import TimeBudget
+
+    now = [0.0]
+    cfg = SimpleNamespace(max_minutes=minutes, warmup_steps=warmup, max_steps=ceiling)
+    run = SimpleNamespace(cfg=cfg, ceiling=ceiling, step=0, accelerator=SimpleNamespace(num_processes=1))
+    bar = SimpleNamespace(total=ceiling, refresh=lambda: None)
+    budget, horizons = TimeBudget(run, clock=lambda: now[0]), {}
+    while run.step < cfg.max_steps:
+        now[0] += first_seconds if run.step == 0 else step_seconds
+        run.step += 1
+        before = cfg.max_steps
+        budget.after_step(run, bar)
+        if cfg.max_steps != before:
+            horizons[run.step] = cfg.max_steps
+    return horizons, run.step, budget.pace
+
+
+def test_time_budget_fits_the_horizon_to_the_measured_pace():
+    # 5 s first step, then 0.5 s: fitted after 20 more steps (t = 15 s) to the 45 s left = 90 steps
+    horizons, end, pace = _timed_run(0.5)
+    assert horizons == {21: 111} and end == 111 and pace == pytest.approx(0.5)
+    # a fast machine stays at the configured max_steps (a ceiling); fits come before warmup's end
+    assert _timed_run(0.01)[:2] == ({}, 1000)
+    assert min(_timed_run(0.5, warmup=4)[0]) == 5
+    # a machine that slows down is stopped at the deadline: the horizon becomes that step
+    horizons, end, _ = _timed_run(0.5, first_seconds=70.0)
+    assert horizons == {1: 1} and end == 1
+
+
+def test_timed_run_ends_with_a_checkpoint_and_resumes_on_its_horizon(shards, tmp_path):
+    from lvm.train.loop import Run
+
+    res = train(_cfg(shards, tmp_path / "t", max_steps=100000, max_minutes=0.05, save_every=100000,
+                     eval_every=100000), progress=False)
+    assert 1 <= res["step"] == res["max_steps"] < 100000
+    assert list_checkpoints(tmp_path / "t")[-1].name == f"step-{res['step']:08d}"
+    assert json.loads((tmp_path / "t" / "final.json").read_text())["max_steps"] == res["step"]
+    # the saved horizon comes back on resume for a timed run only (an untimed one keeps its config's)
+    for minutes, expect in ((1.0, 40), (None, 500)):
+        cfg = _cfg(shards, tmp_path / "t", max_steps=500)
+        cfg.max_minutes = minutes
+        fake = Run(cfg, *[None] * 9)
+        Run.load_state_dict(fake, {"step": 7, "consumed_batches": 7, "tokens_seen": 1, "horizon": 40})
+        assert cfg.max_steps == expect

@@ -48,9 +48,9 @@ class DemoConfig:
     # target perplexity on all six tasks.
     train_overrides: list[str] = field(default_factory=lambda: ["tokens_per_step=4096", "lr=2e-3",
                                                                 "min_lr=2e-4"])
-    train_steps: int = 2000                 # at most; fewer when the timing probe says they do not fit
-    # the transformer stage's time budget (probe and saving included); it gives up minutes where the stages
-    # around it would pass budget_minutes (a trained tokenizer, a slower machine): Demo.train_minutes
+    train_steps: int = 2000                 # at most; the run fits its steps to its minutes by its own pace
+    # the transformer stage's time budget (saving included); it gives up minutes where the stages around it
+    # would pass budget_minutes (a trained tokenizer, a slower machine): Demo.train_minutes
     train_minutes: float = 15.0
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
@@ -83,12 +83,13 @@ QUICK = ["tokenizer_checkpoint=null", "sequences=16", "tokenizer_steps=20", "tok
 QUICK_OUT = "runs/demo-quick"  # where --quick writes unless out= is given
 
 # Seconds per unit of work on an idle 2-core CPU (bf16), used only to print an estimate before each stage
-# (the training stages size themselves by a timing probe to PLANNED_SHARE of their minutes). They are scaled
+# (the training stages fit their steps to their minutes themselves). They are scaled
 # by the tokenizer probe against its tokenizer_per_step (`Demo.speed_factor`), and tokenize / eval are
 # estimated from a short timing of their own work once their inputs exist (`Demo.estimate`).
 EST = {"data_per_seq": 0.06, "tokenizer_per_step": 0.3, "tokenize_per_image": 0.011, "train_per_row": 1.2,
        "prompts": 55.0, "eval_per_episode": 6.1, "report": 1.0}
-PLANNED_SHARE = 0.9  # of a training stage's minutes: the rest is for data loading, logging, checkpoints
+PLANNED_SHARE = 0.9  # of the tokenizer stage's minutes its planned steps fill: the rest is for loading, saving
+TRAIN_RESERVE_S = 20.0  # of the transformer stage's minutes: building the run, saving and copying its checkpoint
 BUDGET_SHARE = 0.95  # of the demo's budget the stages plan to fill: the estimates of the later stages are rough
 
 

@@ -1,11 +1,10 @@
 """Timing probes: seconds of a unit of the demo's work measured on this machine now, on the demo's device and
-in its precision. The training stages size their steps by them and the estimates printed before each stage
-scale with them (lvm/demo/stages.py)."""
+in its precision. The tokenizer stage sizes its steps by them and the estimates printed before each stage
+scale with them (lvm/demo/stages.py); the transformer stage fits its steps by its own pace instead
+(TrainConfig.max_minutes)."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -83,28 +82,3 @@ def probe_eval_episode(model_dir: Path, tok_dir: Path, suite) -> float:
     t0 = time.perf_counter()
     te.evaluate_model(model, tok, episodes, one, progress=False, log=lambda *a: None)
     return time.perf_counter() - t0
-
-
-def probe_transformer(tc, scratch: Path) -> float:
-    """Seconds per optimizer step of `lvm train` itself (packing, varlen attention, optimizer) on this
-    machine now: five real steps into a scratch run, timed from its metrics; the median step after the
-    first (warm-up). Fewer timed steps read slower than the steps of the real run, and a bare
-    forward/backward of one row reads several times faster, so both would misplan the stage.
-    """
-    import copy
-
-    from lvm.train.loop import train
-
-    shutil.rmtree(scratch, ignore_errors=True)
-    pc = copy.deepcopy(tc)
-    pc.out_dir, pc.max_steps, pc.log_every, pc.save_every, pc.keep_last = str(scratch), 5, 1, 10**9, 1
-    pc.data.eval_shards = None
-    pc.peak_tflops = pc.peak_tflops or 1.0  # skip the matmul-peak measurement: MFU is not needed here
-    try:
-        train(pc, resume=False, progress=False)
-        recs = [json.loads(ln) for ln in (scratch / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        recs = [r for r in recs if "tokens_per_s" in r and r["tokens_per_s"] > 0]
-        secs = [(b["tokens_seen"] - a["tokens_seen"]) / b["tokens_per_s"] for a, b in zip(recs, recs[1:])]
-        return statistics.median(secs)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

@@ -49,8 +49,8 @@ def write_report(demo) -> dict:
         note = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("sequences", "images", "steps", "final_loss"))
         if "plan" in info:
             pl = info["plan"]
-            note += (f" (planned {pl['steps']} of max {pl['max_steps']}: {pl['seconds_per_step']} s/step "
-                     f"measured for a {pl['minutes']:.1f}-min budget)")
+            pace = f"{pl['seconds_per_step']} s/step" if pl.get("seconds_per_step") else "pace not measured"
+            note += f" (planned {pl['steps']} of max {pl['max_steps']}: {pace} for a {pl['minutes']:.1f}-min budget)"
         md.append(f"| {st} | {fmt_s(r['seconds'])} | ~{fmt_s(r.get('estimate_seconds', 0))} | {note} |")
     md.append(f"| **total** | **{fmt_s(total)}** | | budget {c.budget_minutes:g} min: "
               f"{'within' if total <= c.budget_minutes * 60 else 'OVER'} |\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lvm.checkpoints import demo_checkpoints
 from lvm.demo import probes
-from lvm.demo.config import BUDGET_SHARE, EST, PLANNED_SHARE, STAGES, DemoConfig, demo_config, fmt_s
+from lvm.demo.config import BUDGET_SHARE, EST, PLANNED_SHARE, STAGES, TRAIN_RESERVE_S, DemoConfig, demo_config, fmt_s
 
 
 class Demo:
@@ -38,7 +38,7 @@ class Demo:
     def outputs(self, stage: str) -> list[Path]:
         w, o = self.work, self.out
         return {"data": [w / "images"], "tokenizer": [w / "tokenizer-run", w / "plan-tokenizer.json", self.tok_dir],
-                "tokenize": [w / "tokens"], "train": [w / "lvm-run", w / "plan-train.json", self.model_dir],
+                "tokenize": [w / "tokens"], "train": [w / "lvm-run", self.model_dir],
                 "prompts": [w / "prompts", o / "prompts"], "eval": [o / "eval"],
                 "report": [o / "report.md", o / "figures"]}[stage]
 
@@ -80,8 +80,8 @@ class Demo:
         if stage == "train":
             tc = self.train_config()
             rows = max(1, tc.tokens_per_step // (tc.seq_len or tc.model.max_position_embeddings))
-            per_step = self._plan_seconds("train") or rows * EST["train_per_row"] * self.speed_factor()
-            return min(c.train_steps * per_step, c.train_minutes * 60 * PLANNED_SHARE)
+            per_step = rows * EST["train_per_row"] * self.speed_factor()
+            return min(c.train_steps * per_step, c.train_minutes * 60)
         if stage == "tokenize":
             per_image = probe and self._probe_tokenize()
             return self.n_images() * (per_image or EST["tokenize_per_image"] * self.speed_factor())
@@ -216,7 +216,7 @@ class Demo:
 
     # ---- fitting steps into a stage's time budget ----
     def planned_steps(self, stage: str, max_steps: int, minutes: float, probe) -> dict:
-        """Steps for a training stage: `max_steps`, or fewer if `probe()` (seconds per step, measured on
+        """Steps for the tokenizer stage: `max_steps`, or fewer if `probe()` (seconds per step, measured on
         this machine now) says they do not fit `minutes`. Decided once per run (kept in work/plan-<stage>.json)
         so a resumed run keeps its learning-rate schedule."""
         from tokenizer.common.files import atomic_write_text
@@ -293,9 +293,10 @@ class Demo:
         from lvm.train.loop import list_checkpoints, train
 
         tc = self.train_config()
-        plan = self.planned_steps("train", tc.max_steps, self.train_minutes(),
-                                  lambda: probes.probe_transformer(tc, self.work / "probe-train"))
-        tc.max_steps = plan["steps"]
+        # The run fits its lr schedule to the minutes by its own measured pace (TrainConfig.max_minutes);
+        # the reserve is for setting up the run and saving and copying the last checkpoint.
+        minutes = self.train_minutes()
+        tc.max_minutes = max(0.5, minutes - TRAIN_RESERVE_S / 60)
         summary = train(tc, resume=True, progress=self.progress)
         last = list_checkpoints(tc.out_dir)[-1]
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -303,8 +304,11 @@ class Demo:
             if f.is_file() and f.name.endswith((".json", ".safetensors", ".md")) and not f.name.startswith("trainer_state"):
                 _copy_atomic(f, self.model_dir / f.name)
         losses = summary["losses"]
+        pace = summary["seconds_per_step"]
         return {"steps": summary["step"], "final_loss": round(losses[max(losses)], 4) if losses else None,
-                "checkpoint": str(last), "plan": plan}
+                "checkpoint": str(last), "plan": {"steps": summary["max_steps"], "max_steps": self.cfg.train_steps,
+                                                  "seconds_per_step": round(pace, 3) if pace else None,
+                                                  "minutes": round(minutes, 2)}}
 
     def train_minutes(self) -> float:
         """The transformer stage's minutes: its share, or less where the stages before it took longer than

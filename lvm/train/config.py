@@ -21,6 +21,10 @@ class TrainConfig:
     micro_batch: int = 1  # rows per forward/backward
     tokens_per_step: int = 0  # target tokens per optimizer step (grad accumulation); 0 = one micro-batch
     max_steps: int = 1000
+    # A wall-clock budget for this process's steps: the run measures its pace and fits the lr schedule's
+    # horizon (max_steps, which then is only a ceiling) to the minutes left, first after a few warmup
+    # steps (warmup does not depend on the horizon), then every 100 steps; it stops when they are used up.
+    max_minutes: float | None = None
     open_rows: int = 8  # packer's open rows (more = less padding)
 
     # optimizer (the LVM recipe: AdamW (0.9, 0.95), wd 0.1, clip 1.0, warmup then cosine 1.5e-4 -> 3e-5)

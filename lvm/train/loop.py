@@ -60,6 +60,7 @@ class Run:
     seq_len: int
     accum: int
     ckpt: Path | None = None  # the checkpoint resumed from
+    ceiling: int = 0  # the configured max_steps: a timed run's horizon stays at or below it
     step: int = 0
     consumed: int = 0  # micro-batches drawn per rank (the data position)
     tokens_seen: int = 0
@@ -67,16 +68,21 @@ class Run:
     def state(self) -> dict:
         """trainer_state.json of a checkpoint at this step."""
         return {"step": self.step, "consumed_batches": self.consumed, "tokens_seen": self.tokens_seen,
-                "accum": self.accum, "micro_batch": self.cfg.micro_batch, "seq_len": self.seq_len}
+                "accum": self.accum, "micro_batch": self.cfg.micro_batch, "seq_len": self.seq_len,
+                "max_steps": self.cfg.max_steps}
 
     # The run's progress as accelerate's register_for_checkpointing saves and restores it (plain ints:
     # the file loads with weights_only=True).
     def state_dict(self) -> dict:
-        return {"step": self.step, "consumed_batches": self.consumed, "tokens_seen": self.tokens_seen}
+        return {"step": self.step, "consumed_batches": self.consumed, "tokens_seen": self.tokens_seen,
+                "horizon": self.cfg.max_steps}
 
     def load_state_dict(self, st: dict) -> None:
         self.step, self.consumed, self.tokens_seen = (int(st["step"]), int(st["consumed_batches"]),
                                                       int(st["tokens_seen"]))
+        if self.cfg.max_minutes is not None and "horizon" in st:
+            # a timed run resumes on the horizon it had fitted, so its lr schedule continues unchanged
+            self.cfg.max_steps = min(int(st["horizon"]), self.cfg.max_steps)
 
 
 def _start_model(cfg: TrainConfig, ckpts: list, init_from: str | None):
@@ -136,11 +142,13 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
     world = accelerator.num_processes
     accum = max(1, math.ceil(cfg.tokens_per_step / (cfg.micro_batch * seq_len * world)))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
+    # the horizon is read at every step: a timed run (max_minutes) moves it
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, lambda: cfg.max_steps, cfg.lr, cfg.min_lr)
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    run = Run(cfg, out, accelerator, amp, model, optimizer, scheduler, layout, seq_len, accum)
+    run = Run(cfg, out, accelerator, amp, model, optimizer, scheduler, layout, seq_len, accum,
+              ceiling=cfg.max_steps)
     attach(accelerator, run)  # save_state/load_state carry the run's step and data position
     if ckpts:
         load_checkpoint(accelerator, ckpts[-1], optimizer, scheduler, run)
@@ -211,6 +219,42 @@ def maybe_evaluate(run: Run, log: RunLog, bar, last_eval: dict) -> dict:
     return ev
 
 
+REFIT_EVERY = 100  # steps between re-fits of a timed run's horizon: the pace drifts on a shared machine
+
+
+class TimeBudget:
+    """Fits a run's steps into `cfg.max_minutes` of this process: sets `cfg.max_steps` (the lr schedule's
+    horizon) from the pace of the steps so far, never above the max_steps the run was configured with,
+    and ends the run (horizon = this step) once the minutes are used up."""
+
+    def __init__(self, run: Run, clock=time.perf_counter):
+        cfg = run.cfg
+        self.clock, self.ceiling, self.start = clock, run.ceiling, run.step
+        self.deadline = clock() + cfg.max_minutes * 60
+        # before the first fit the horizon is the ceiling, which the warmup's lr does not depend on
+        self.fit_at = max(2, min(20, cfg.warmup_steps))
+        self.t_first = 0.0  # the pace leaves out this process's first step (allocations, kernel set-up)
+        self.pace: float | None = None
+
+    def after_step(self, run: Run, bar) -> None:
+        now, n = self.clock(), run.step - self.start - 1
+        if n == 0:
+            self.t_first = now
+        over = now >= self.deadline
+        horizon = None
+        if over or (n >= self.fit_at and (n - self.fit_at) % REFIT_EVERY == 0):
+            self.pace = (now - self.t_first) / n if n > 0 else self.pace
+            fit = run.step if over or self.pace is None else run.step + int((self.deadline - now) / self.pace)
+            horizon = max(run.step, min(self.ceiling, fit))
+        if run.accelerator.num_processes > 1:  # rank 0's clock decides: every rank stops at the same step
+            from accelerate.utils import broadcast_object_list
+
+            horizon = broadcast_object_list([horizon], from_process=0)[0]
+        if horizon is not None and horizon != run.cfg.max_steps:
+            run.cfg.max_steps = bar.total = horizon
+            bar.refresh()
+
+
 def maybe_save(run: Run) -> None:
     cfg = run.cfg
     if run.step % cfg.save_every == 0 or run.step == cfg.max_steps:
@@ -241,6 +285,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
                desc="train", dynamic_ncols=True)
     run.model.train()
     meter = Throughput(peak, world)
+    budget = TimeBudget(run) if cfg.max_minutes is not None else None
     while run.step < cfg.max_steps:
         if stop_at_step is not None and run.step >= stop_at_step:
             break
@@ -260,6 +305,8 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         _, padded = _count(run, res, hf_cfg, meter)
         losses[run.step] = res.loss
         bar.update(1)
+        if budget:
+            budget.after_step(run, bar)
         log_step(run, res, padded, meter, log, bar)
         last_eval = maybe_evaluate(run, log, bar, last_eval)
         maybe_save(run)
@@ -269,4 +316,5 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
         atomic_write_text(run.out / "final.json", json.dumps(
             {**run.state(), "checkpoint": str(list_checkpoints(run.out)[-1]), **last_eval}, indent=1))
     return {"step": run.step, "losses": losses, "eval": last_eval, "out_dir": str(run.out),
-            "bad_shards": ds.bad_shards}
+            "bad_shards": ds.bad_shards, "max_steps": cfg.max_steps,
+            "seconds_per_step": budget.pace if budget else None}

@@ -20,13 +20,16 @@ def warmup_cosine_factor(step: int, warmup_steps: int, max_steps: int, floor: fl
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def warmup_cosine(optimizer, warmup_steps: int, max_steps: int, lr: float, min_lr: float):
-    """A LambdaLR of `warmup_cosine_factor` decaying every param group to min_lr / lr of its base lr."""
+def warmup_cosine(optimizer, warmup_steps: int, max_steps, lr: float, min_lr: float):
+    """A LambdaLR of `warmup_cosine_factor` decaying every param group to min_lr / lr of its base lr.
+    `max_steps` is an int or a function returning the current horizon (a run that fits its steps to a
+    time budget moves it while training)."""
     import torch
 
     floor = min_lr / lr
+    horizon = max_steps if callable(max_steps) else (lambda: max_steps)
 
     def factor(step):  # a plain function: LambdaLR then keeps no state of it in its state_dict
-        return warmup_cosine_factor(step, warmup_steps, max_steps, floor)
+        return warmup_cosine_factor(step, warmup_steps, horizon(), floor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
