@@ -197,14 +197,3 @@ def test_train_minutes_shrink_only_when_the_budget_needs_it(tmp_path):
     after = sum(demo.estimate(st, probe=False) for st in ("prompts", "eval", "report"))
     expected = (20 * 60 * 0.95 - (10 + 240 + 360) - after) / 60
     assert 1 < demo.train_minutes() < 10 and abs(demo.train_minutes() - expected) < 1e-6
-
-
-def test_eval_episodes_shrink_to_the_eval_minutes_on_a_slow_machine(tmp_path):
-    from lvm.demo import Demo, DemoConfig
-
-    demo = Demo(DemoConfig(out=str(tmp_path), eval_episodes=4, eval_minutes=2.5), log=lambda *a: None)
-    assert demo.eval_episodes() == 4  # nothing timed yet: the config's
-    for per_episode, expect in ((5.0, 4), (10.0, 2), (100.0, 1)):  # 6 tasks x episodes x seconds <= 150
-        demo._probed["eval"] = per_episode
-        assert demo.eval_episodes() == expect
-        assert demo.estimate("eval") == expect * 6 * per_episode

@@ -55,9 +55,6 @@ class DemoConfig:
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
     eval_episodes: int = 4
-    # at most (episodes shrink to fit, by a timed episode): the demo's own look at the suite, so that on a
-    # slow machine (fp32) the minutes go to training; 4 episodes take ~2.1 min on a 2-core Zen4 in bf16
-    eval_minutes: float = 2.5
     # samples the eval stage's mean decoding averages: this 4-episode look keeps 8 (4.4 s per episode here,
     # 16 take 7.5 s) and leaves the minutes to training; `lvm eval tasks` averages 16
     eval_samples: int = 8

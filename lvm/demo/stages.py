@@ -88,13 +88,8 @@ class Demo:
         if stage == "eval":
             n_tasks = 6
             per_episode = probe and self._probe_eval()
-            if per_episode:
-                return self.eval_episodes() * n_tasks * per_episode
-            return c.eval_episodes * n_tasks * EST["eval_per_episode"] * self.speed_factor()
-        if stage == "prompts":  # the same decoding as the eval's: its probe scales it where there is one
-            per_episode = probe and self._probe_eval()
-            return EST["prompts"] * (per_episode / EST["eval_per_episode"] if per_episode else self.speed_factor())
-        return EST[stage]
+            return c.eval_episodes * n_tasks * (per_episode or EST["eval_per_episode"] * self.speed_factor())
+        return EST[stage] * (self.speed_factor() if stage == "prompts" else 1.0)
 
     def _plan_seconds(self, stage: str) -> float | None:
         path = self.work / f"plan-{stage}.json"
@@ -114,28 +109,11 @@ class Demo:
         return self._probed.get("tokenize")
 
     def _probe_eval(self) -> float | None:
-        """Seconds of one evaluation episode: the suite itself on one episode of one task, with the trained
-        model, or before training with a fresh one of its shape (decoding takes as long whatever the weights)."""
-        if "eval" in self._probed or not (self.tok_dir / "model.safetensors").is_file():
-            return self._probed.get("eval")
-        model_dir = self.model_dir
-        if not (model_dir / "config.json").is_file():
-            model_dir = self.work / "probe-model"
-            self.train_config().model.build().save_pretrained(model_dir, safe_serialization=True)
-        try:
-            self._probed["eval"] = probes.probe_eval_episode(model_dir, self.tok_dir, self.suite_config())
-        finally:
-            if model_dir != self.model_dir:
-                shutil.rmtree(model_dir, ignore_errors=True)
-        return self._probed["eval"]
-
-    def eval_episodes(self) -> int:
-        """The eval stage's episodes per task: eval_episodes, fewer (at least one) where the probe says
-        they would take longer than eval_minutes, so a slow machine's minutes go to training instead."""
-        c, per_episode = self.cfg, self._probe_eval()
-        if not per_episode:
-            return c.eval_episodes
-        return max(1, min(c.eval_episodes, int(c.eval_minutes * 60 / (6 * per_episode))))
+        """Seconds of one evaluation episode: the suite itself on one episode of one task."""
+        if "eval" not in self._probed and (self.model_dir / "config.json").is_file() \
+                and (self.tok_dir / "model.safetensors").is_file():
+            self._probed["eval"] = probes.probe_eval_episode(self.model_dir, self.tok_dir, self.suite_config())
+        return self._probed.get("eval")
 
     def run(self, fresh: bool = False, stages=STAGES) -> dict:
         from tokenizer.common.config import config_to_dict, save_config
@@ -314,12 +292,11 @@ class Demo:
     def stage_train(self):
         from lvm.train.loop import list_checkpoints, train
 
-        t0 = time.perf_counter()
         tc = self.train_config()
         # The run fits its lr schedule to the minutes by its own measured pace (TrainConfig.max_minutes);
         # the reserve is for setting up the run and saving and copying the last checkpoint.
-        minutes = self.train_minutes()  # (its eval probe takes some seconds of them)
-        tc.max_minutes = max(0.5, minutes - (time.perf_counter() - t0 + TRAIN_RESERVE_S) / 60)
+        minutes = self.train_minutes()
+        tc.max_minutes = max(0.5, minutes - TRAIN_RESERVE_S / 60)
         summary = train(tc, resume=True, progress=self.progress)
         last = list_checkpoints(tc.out_dir)[-1]
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -339,8 +316,7 @@ class Demo:
         c = self.cfg
         spent = sum(json.loads(self.marker(st).read_text())["seconds"] for st in STAGES[:STAGES.index("train")]
                     if self.marker(st).is_file())
-        # the eval's probe (a fresh model's episode) times the decoding that the stages after this one do
-        after = sum(self.estimate(st) for st in STAGES[STAGES.index("train") + 1:])
+        after = sum(self.estimate(st, probe=False) for st in STAGES[STAGES.index("train") + 1:])
         left = (c.budget_minutes * 60 * BUDGET_SHARE - spent - after) / 60
         if left < c.train_minutes:
             self.log(f"train: {fmt_s(spent)} spent and ~{fmt_s(after)} to come leave {max(left, 1.0):.1f} of "
@@ -363,12 +339,7 @@ class Demo:
     def stage_eval(self):
         from lvm.eval.tasks import run_suite
 
-        import dataclasses
-
-        suite = dataclasses.replace(self.suite_config(), episodes=self.eval_episodes())
-        if suite.episodes < self.cfg.eval_episodes:
-            self.log(f"eval: {suite.episodes} of {self.cfg.eval_episodes} episodes per task fit its "
-                     f"{self.cfg.eval_minutes:g} minutes here (`lvm eval tasks --episodes 16` for the full look)")
+        suite = self.suite_config()
         out = self.out / "eval"
         rep = run_suite([(self.model_dir, self.tok_dir)], ["demo"], suite, out, progress=self.progress,
                         log=self.log)
