@@ -197,3 +197,9 @@ def test_train_minutes_shrink_only_when_the_budget_needs_it(tmp_path):
     after = sum(demo.estimate(st, probe=False) for st in ("prompts", "eval", "report"))
     expected = (20 * 60 * 0.95 - (10 + 240 + 360) - after) / 60
     assert 1 < demo.train_minutes() < 10 and abs(demo.train_minutes() - expected) < 1e-6
+    # a tokenizer probe that reads the CPU twice as fast as the table does not shrink the after-stages
+    fast = Demo(DemoConfig(out=str(tmp_path), budget_minutes=20, train_minutes=10, device="cpu"),
+                log=lambda *a: None)
+    (fast.work / "plan-tokenizer.json").write_text(json.dumps({"seconds_per_step": 0.15}))
+    assert fast.estimate("eval", probe=False) < after  # the estimate itself follows the probe
+    assert abs(fast.train_minutes() - expected) < 1e-6

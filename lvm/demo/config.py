@@ -68,7 +68,7 @@ class DemoConfig:
     precision: str = "auto"
     # Where the demo runs on a CUDA GPU, these apply before the command line's overrides (which win): more
     # data, a 12-layer 768-wide transformer (~90M parameters) with 16-row steps, more evaluation episodes;
-    # the timing probes then plan the steps that fit the same minutes on that GPU.
+    # the transformer's run then fits its steps to the same minutes on that GPU by its own pace.
     cuda_overrides: list[str] = field(default_factory=lambda: [
         "sequences=4000", "workers=8", "train_steps=20000", "eval_episodes=16", "eval_samples=16",
         "train_overrides=[tokens_per_step=65536,micro_batch=16,lr=1e-3,min_lr=1e-4,warmup_steps=200,"
