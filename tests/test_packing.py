@@ -72,23 +72,6 @@ def test_packer_keeps_whole_sequences_and_low_padding():
         assert (np.diff(np.append(starts, len(r["position_ids"]))) % TPI == 0).all()
 
 
-def test_halve_share_cuts_that_share_of_the_sequences_in_half():
-    seqs = [np.full((16, TPI), i) for i in range(8)]
-    p = Packer(16 * TPI, pad_id=64, tokens_per_image=TPI, halve_share=0.25)
-    rows = [r for s in seqs for r in p.add(s)] + p.flush()
-    pieces = []  # (sequence, images) of every packed piece, in row order
-    for r in rows:
-        starts = np.flatnonzero(r["segment_ids"][1:] != r["segment_ids"][:-1]) + 1
-        for a, b in zip(np.r_[0, starts], np.r_[starts, len(r["segment_ids"])]):
-            if r["input_ids"][a] != 64:
-                pieces.append((int(r["input_ids"][a]), (b - a) // TPI))
-    halved = sorted(i for i, n in pieces if n == 8)
-    assert halved == [3, 3, 7, 7] and sorted(i for i, n in pieces if n == 16) == [0, 1, 2, 4, 5, 6]
-    assert p.padded_fraction == 0.0  # two halves fill a row
-    with pytest.raises(ValueError, match="halve_share"):
-        Packer(16 * TPI, pad_id=64, tokens_per_image=TPI, halve_share=1.5)
-
-
 def test_long_sequences_are_split_into_contexts():
     seq = np.arange(10 * TPI).reshape(10, TPI) % 60
     rows, _ = pack_sequences([seq], length=4 * TPI, pad_id=64, tokens_per_image=TPI)

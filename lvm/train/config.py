@@ -26,10 +26,6 @@ class TrainConfig:
     # steps (warmup does not depend on the horizon), then every 100 steps; it stops when they are used up.
     max_minutes: float | None = None
     open_rows: int = 8  # packer's open rows (more = less padding)
-    # share of the training sequences cut into two halves (whole images) before packing: attention costs
-    # the square of a sequence's length, so a halved one trains in about half its attention time, while
-    # the others keep teaching the longest contexts (held-out data is never cut)
-    halve_share: float = 0.0
 
     # optimizer (the LVM recipe: AdamW (0.9, 0.95), wd 0.1, clip 1.0, warmup then cosine 1.5e-4 -> 3e-5)
     lr: float = 1.5e-4

@@ -17,12 +17,12 @@ GIVE_UP_SKIPPED = 100  # sequences that do not fit, before any that does, that e
 class PackRows:
     """TokenStream pipeline: (key, codes, meta) items -> packed row dicts (runs inside DataLoader workers)."""
 
-    def __init__(self, seq_len: int, layout, open_rows: int = 8, halve_share: float = 0.0):
-        self.seq_len, self.layout, self.open_rows, self.halve_share = seq_len, layout, open_rows, halve_share
+    def __init__(self, seq_len: int, layout, open_rows: int = 8):
+        self.seq_len, self.layout, self.open_rows = seq_len, layout, open_rows
 
     def __call__(self, items):
         lay = self.layout
-        p = Packer(self.seq_len, lay.pad_id, lay.tokens_per_image, self.open_rows, self.halve_share)
+        p = Packer(self.seq_len, lay.pad_id, lay.tokens_per_image, self.open_rows)
         used = skipped = 0
         for key, codes, meta in items:
             if codes.ndim != 2 or codes.shape[1] != lay.tokens_per_image or codes.size == 0 \
@@ -47,7 +47,7 @@ def make_loader(cfg: TrainConfig, layout, seq_len: int, rank: int, world: int, e
     sources = cfg.data.source_list(eval)
     ds = TokenStream(sources, None if eval else cfg.data.weights, seed=cfg.seed, shuffle=not eval,
                      shuffle_buffer=cfg.data.shuffle_buffer, loop=not eval, rank=rank, world_size=world,
-                     pipeline=PackRows(seq_len, layout, cfg.open_rows, 0.0 if eval else cfg.halve_share))
+                     pipeline=PackRows(seq_len, layout, cfg.open_rows))
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.micro_batch, collate_fn=collate_rows,
                                          num_workers=0 if eval else cfg.data.num_workers)
     return ds, loader

@@ -97,30 +97,13 @@ class Packer:
     With a handful of open rows the padded fraction on mixed-length data stays at a few percent.
     """
 
-    def __init__(self, length: int, pad_id: int, tokens_per_image: int = TOKENS_PER_IMAGE, open_rows: int = 8,
-                 halve_share: float = 0.0):
+    def __init__(self, length: int, pad_id: int, tokens_per_image: int = TOKENS_PER_IMAGE, open_rows: int = 8):
         if length % tokens_per_image:
             raise ValueError(f"row length {length} is not a multiple of {tokens_per_image}")
-        if not 0.0 <= halve_share <= 1.0:
-            raise ValueError(f"halve_share must be in [0, 1], got {halve_share}")
         self.length, self.pad_id, self.tpi, self.open_rows = length, pad_id, tokens_per_image, open_rows
-        self.halve_share, self.n_seen = halve_share, 0
         self.rows: list[PackedRow] = []
         self.real_tokens = 0
         self.emitted_tokens = 0
-
-    def _chunks(self, codes: np.ndarray) -> list[np.ndarray]:
-        """The sequence's pieces to pack: context-sized chunks, each cut in half (whole images) for
-        `halve_share` of the sequences, spread evenly over the stream (a count, so a replay cuts the same)."""
-        chunks = split_to_context(codes, self.length // self.tpi)
-        self.n_seen += 1
-        if int(self.n_seen * self.halve_share) == int((self.n_seen - 1) * self.halve_share):
-            return chunks
-        halves = []
-        for c in chunks:
-            cut = (len(c) // self.tpi // 2) * self.tpi
-            halves += [c[:cut], c[cut:]] if cut else [c]
-        return halves
 
     def _emit(self, row: PackedRow) -> dict:
         self.real_tokens += row.used
@@ -130,7 +113,7 @@ class Packer:
     def add(self, codes: np.ndarray) -> list[dict]:
         """Add one visual sequence ((n_images, 256) codes); returns the rows completed by it."""
         out = []
-        for toks in self._chunks(np.asarray(codes)):
+        for toks in split_to_context(np.asarray(codes), self.length // self.tpi):
             fits = [r for r in self.rows if r.room() >= len(toks)]
             if fits:
                 row = min(fits, key=PackedRow.room)
