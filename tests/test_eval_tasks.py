@@ -180,6 +180,8 @@ def test_suite_config_validates():
         te.SuiteConfig(shots=[8])
     with pytest.raises(InputError):
         te.SuiteConfig(tasks=["nope"])
+    with pytest.raises(InputError, match="max_minutes"):
+        te.SuiteConfig(max_minutes=0)
 
 
 def tiny_pair(tmp_path, seed=0):
@@ -344,6 +346,25 @@ def test_compare_two_models(tmp_path):
     md = (out / "tasks.md").read_text()
     assert "a ppl" in md and "b ppl" in md
     assert (out / "grids" / "b-depth.png").is_file()
+
+
+def test_max_minutes_cuts_each_tasks_episodes_but_never_the_first(tmp_path):
+    """A budget too small for anything still runs one episode per task, and the report says how many ran
+    of how many; a budget far above the suite's work runs them all."""
+    from lvm.cli import main
+
+    lm, tok = tiny_pair(tmp_path, 0)
+    args = ["eval", "tasks", "--model", str(lm), "--tokenizer", str(tok), "--tasks", "next_view,depth",
+            "--episodes", "3", "--shots", "1", "--context", "1", "--samples", "2", "--precision", "fp32",
+            "--no-progress"]
+    assert main(args + ["--max-minutes", "0.0001", "--out", str(tmp_path / "cut")]) == 0
+    tasks = json.loads((tmp_path / "cut" / "tasks.json").read_text())["models"][0]["tasks"]
+    assert {t: r["episodes"] for t, r in tasks.items()} == {"next_view": 1, "depth": 1}
+    assert "(of 3; the suite's 0.0 minutes cut the rest): next_view 1, depth 1" in (tmp_path / "cut" / "tasks.md").read_text()
+    assert main(args + ["--max-minutes", "60", "--out", str(tmp_path / "all")]) == 0
+    tasks = json.loads((tmp_path / "all" / "tasks.json").read_text())["models"][0]["tasks"]
+    assert {t: r["episodes"] for t, r in tasks.items()} == {"next_view": 3, "depth": 3}
+    assert "3 held-out episodes per task;" in (tmp_path / "all" / "tasks.md").read_text()
 
 
 def test_eval_tasks_mismatched_pair_is_one_line_error(tmp_path, capsys):

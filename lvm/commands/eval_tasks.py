@@ -65,6 +65,9 @@ def add_arguments(p):
     p.add_argument("--lpips-vgg", default=None, metavar="FILE",
                    help="torchvision VGG16 state dict, for colorization's LPIPS (with --lpips-lin; else n/a)")
     p.add_argument("--lpips-lin", default=None, metavar="FILE", help="LPIPS linear-layer weights (vgg.pth)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                   help="wall budget per model: each task draws episodes while its equal share of the minutes "
+                        "left lasts (at least one each; the table says how many ran). Default: all --episodes")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -87,7 +90,7 @@ def run(args):
     cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
                       shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, samples=args.samples,
-                      lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin,
+                      lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, max_minutes=args.max_minutes,
                       device=plan.device, precision=plan.precision,  # saved as resolved
                       **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}))
     pairs = [(model, tok)]

@@ -310,18 +310,24 @@ class Demo:
                                                   "seconds_per_step": round(pace, 3) if pace else None,
                                                   "minutes": round(minutes, 2)}}
 
+    def spent_before(self, stage: str) -> float:
+        """Seconds the stages before `stage` took (their markers, kept across resumed runs)."""
+        return sum(json.loads(self.marker(st).read_text())["seconds"] for st in STAGES[:STAGES.index(stage)]
+                   if self.marker(st).is_file())
+
     def train_minutes(self) -> float:
         """The transformer stage's minutes: its share, or less where the stages before it took longer than
         planned here and the stages after it would then pass the demo's budget (a slower machine)."""
         c = self.cfg
-        spent = sum(json.loads(self.marker(st).read_text())["seconds"] for st in STAGES[:STAGES.index("train")]
-                    if self.marker(st).is_file())
-        after = sum(self.estimate(st, probe=False) for st in STAGES[STAGES.index("train") + 1:])
+        spent = self.spent_before("train")
         if self.resolve_plan().device == "cpu":
-            # The tokenizer probe that scales these swings more than decoding does (0.56 to 1.04 of the
-            # table on one 2-core Zen4 within an hour): on a CPU they are never planned faster than the
-            # table's idle 2-core figures, so the command stays within its budget.
-            after = max(after, after_at_table_speed(c))
+            # The tokenizer probe's factor does not predict decoding (0.56-1.04 of the table within an hour on
+            # one 2-core Zen4; 2.07 on a 2-core Xeon whose prompts and eval then ran 1.3x the table): the
+            # stages after training are planned at the table's idle 2-core speed, and the demo's eval fits
+            # the minutes that are left (stage_eval), so a slower CPU evaluates fewer episodes instead.
+            after = after_at_table_speed(c)
+        else:
+            after = sum(self.estimate(st, probe=False) for st in STAGES[STAGES.index("train") + 1:])
         left = (c.budget_minutes * 60 * BUDGET_SHARE - spent - after) / 60
         if left < c.train_minutes:
             self.log(f"train: {fmt_s(spent)} spent and ~{fmt_s(after)} to come leave {max(left, 1.0):.1f} of "
@@ -345,6 +351,12 @@ class Demo:
         from lvm.eval.tasks import run_suite
 
         suite = self.suite_config()
+        # the minutes the budget leaves (the report's second aside): a slower machine than the plan's
+        # evaluates fewer episodes rather than passing the budget; at least one per task always runs
+        left = self.cfg.budget_minutes * 60 * BUDGET_SHARE - self.spent_before("eval") - EST["report"]
+        suite.max_minutes = max(left, 1.0) / 60
+        self.log(f"eval: {suite.max_minutes:.1f} minutes of the {self.cfg.budget_minutes:g}-minute budget left "
+                 f"for up to {suite.episodes} episodes per task")
         out = self.out / "eval"
         rep = run_suite([(self.model_dir, self.tok_dir)], ["demo"], suite, out, progress=self.progress,
                         log=self.log)

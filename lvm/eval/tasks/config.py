@@ -53,6 +53,10 @@ class SuiteConfig:
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
     gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
     grid_rows: int = 3                # episodes drawn per task grid
+    # A wall budget for one model's suite: each task gets an equal share of the minutes left when it starts
+    # and draws episodes while the next one still fits its share (at least one each); a result's "episodes"
+    # says how many ran. None = all `episodes`.
+    max_minutes: float | None = None
     # LPIPS of colorization (tokenizer/lpips.py, local files only): torchvision VGG16 state dict + the
     # LPIPS linear layers; without them the column says n/a
     lpips_vgg: str | None = None
@@ -74,6 +78,8 @@ class SuiteConfig:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.episodes < 1:
             raise InputError("episodes must be >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise InputError(f"max_minutes must be > 0 (or null for all episodes), got {self.max_minutes}")
         bad = {t: m for t, m in self.decoding.items() if t not in TASKS or m not in DECODINGS}
         if bad:
             raise InputError(f"decoding {bad}: tasks are {', '.join(TASKS)}; modes are {', '.join(DECODINGS)}")

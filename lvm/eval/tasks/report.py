@@ -142,8 +142,12 @@ def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dic
     table = markdown_table(clean)
     checks = {n: [{"check": c, "passed": bool(ok), "detail": d} for c, ok, d in quality_checks(res)]
               for n, res in clean}
+    ran = {t: r["episodes"] for t, r in clean[0][1].items()}
+    eps = (f"{cfg.episodes} held-out episodes per task" if all(n == cfg.episodes for n in ran.values()) else
+           f"held-out episodes per task (of {cfg.episodes}; the suite's {cfg.max_minutes:.1f} minutes cut the rest): "
+           + ", ".join(f"{t} {n}" for t, n in ran.items()))
     md = [f"# In-context task suite\n",
-          f"{cfg.episodes} held-out episodes per task; analogies at {cfg.shots[-1]} shots, sequential tasks with "
+          f"{eps}; analogies at {cfg.shots[-1]} shots, sequential tasks with "
           f"{cfg.context} context frames; predictions decoded as the `decoding` column says (mean = the pixel "
           f"mean of {cfg.samples} samples, temperature {cfg.temperature:g}, top-k {cfg.top_k or 'off'}, "
           f"top-p {cfg.top_p:g}; sample = one such sample).\n", table,

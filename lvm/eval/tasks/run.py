@@ -47,8 +47,11 @@ def _avg(ms: list[dict]) -> dict | None:
 
 
 def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layout, plan, cfg: SuiteConfig,
-                   bar, lpips=None) -> dict:
-    """One task's result dict (JSON-ready but for "_grid": the first `grid_rows` episodes, PIL)."""
+                   bar, lpips=None, seconds: float | None = None) -> dict:
+    """One task's result dict (JSON-ready but for "_grid": the first `grid_rows` episodes, PIL). With
+    `seconds`, it stops after the episode whose successor would end past them (the first always runs)."""
+    import time
+
     import torch
 
     from lvm.eval.perplexity import aggregate, target_nll
@@ -58,7 +61,12 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
     n_main = xs[-1]
     per_metrics, per_base, per_recon, grid = [], {b: [] for b in BASELINES}, [], []
     per_x = {x: [] for x in xs}  # (NLL sum, tokens) of each episode
+    t0, done = time.perf_counter(), 0
     for e, ep in enumerate(eps):
+        used = time.perf_counter() - t0
+        if seconds is not None and e and used + used / e > seconds:
+            bar.update(len(eps) - e)
+            break
         codes = tok.encode_images(ep.images, batch_size=ENCODE_BATCH)  # (n images, tokens per image)
         # perplexity of the target given 1..n_main context images / shots
         examples = [(codes[ep.prompt_indices(x)].numpy(), codes[-1:].numpy()) for x in xs]
@@ -79,9 +87,10 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
         if e < cfg.grid_rows:
             grid.append((ep.prompt(n_main), pred, truth))
         bar.update(1)
+        done += 1
     agg = {x: aggregate(p) for x, p in per_x.items()}
     ppl = {x: a["perplexity"] for x, a in agg.items()}  # the release's figure: mean over episodes
-    return {"metric": metric, "higher_is_better": higher, "episodes": len(eps), "decoding": cfg.decode_mode(task),
+    return {"metric": metric, "higher_is_better": higher, "episodes": done, "decoding": cfg.decode_mode(task),
             "n_context" if task in SEQUENTIAL else "shots": n_main,
             "ppl": ppl[n_main], "ppl_pooled": agg[n_main]["pooled_perplexity"], "model": _avg(per_metrics),
             "baselines": {b: _avg(v) for b, v in per_base.items() if v},
@@ -96,6 +105,8 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
                    log=print) -> dict:
     """Run the suite for one model + tokenizer. Returns {task: result dict} (JSON-ready) and keeps the
     decoded predictions of the first `grid_rows` episodes under result["_grid"] (PIL, not for JSON)."""
+    import time
+
     from tqdm import tqdm
 
     from lvm.generate.engine import Engine
@@ -118,8 +129,11 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     results = {}
     total = sum(len(v) for v in episodes.values())
     bar = tqdm(total=total, desc="eval tasks", unit="episode", disable=not progress, dynamic_ncols=True)
-    for task, eps in episodes.items():
-        res = results[task] = _evaluate_task(task, eps, model, tok, engine, sampling, layout, plan, cfg, bar, lpips)
+    deadline = None if cfg.max_minutes is None else time.perf_counter() + cfg.max_minutes * 60
+    for i, (task, eps) in enumerate(episodes.items()):
+        share = None if deadline is None else max(0.0, deadline - time.perf_counter()) / (len(episodes) - i)
+        res = results[task] = _evaluate_task(task, eps, model, tok, engine, sampling, layout, plan, cfg, bar,
+                                             lpips, share)
         metric, b = res["metric"], best_baseline(res)
         log(f"{task}: ppl {res['ppl']:.1f}, {metric} {res['model'][metric]:.3f}"
             + (f" (best baseline {b[0]} {b[1]:.3f})" if b else ""))
