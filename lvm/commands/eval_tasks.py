@@ -22,7 +22,7 @@ evaluates the checkpoints `lvm demo` leaves (runs/demo/model, runs/demo/tokenize
 examples:
   lvm eval tasks --model runs/demo/model --tokenizer runs/demo/tokenizer --shots 1,3,7 --out runs/eval
   lvm eval tasks --model runs/a --tokenizer runs/tok --compare runs/b --names small,big --episodes 16
-  lvm eval tasks --episodes 16 --lpips-vgg vgg16-397923af.pth --lpips-lin vgg.pth   # ~15 min, demo model, 2 cores
+  lvm eval tasks --episodes 16 --lpips-vgg vgg16-397923af.pth --lpips-lin vgg.pth   # 12-21 min, demo model, 2 cores
   lvm eval tasks --decoding greedy --tasks next_view,depth
 """
 
