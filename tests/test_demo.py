@@ -200,7 +200,7 @@ def test_train_minutes_shrink_only_when_the_budget_needs_it(tmp_path):
     assert demo.train_minutes() == 10  # a fast machine keeps the stage's share
     spent(360)  # 5 minutes more before training: what is left of the budget decides
     # on a CPU the stages after training are planned at the table's speed, whatever the probe read
-    from lvm.demo.stages import after_at_table_speed
+    from lvm.demo.config import after_at_table_speed
 
     after = after_at_table_speed(demo.cfg)
     expected = (20 * 60 * 0.95 - (10 + 240 + 360) - after) / 60

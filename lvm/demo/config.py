@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lvm.checkpoints import DEMO_OUT
 
-SHIPPED_TOKENIZER = "assets/demo-tokenizer"  # relative to the project root (lvm.demo.stages.shipped_tokenizer)
+SHIPPED_TOKENIZER = "assets/demo-tokenizer"  # relative to the project root (shipped_tokenizer)
 STAGES = ("data", "tokenizer", "tokenize", "train", "prompts", "eval", "report")
 
 
@@ -125,3 +126,21 @@ def _on_cuda(cfg: DemoConfig) -> bool:
 def fmt_s(s: float) -> str:
     """Seconds for a log line: "42 s", or minutes from 90 s on."""
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def after_at_table_speed(c: DemoConfig) -> float:
+    """Seconds of the stages after training (prompts, eval, report) at EST's speed."""
+    return EST["prompts"] + c.eval_episodes * 6 * EST["eval_per_episode"] + EST["report"]
+
+
+def shipped_tokenizer(path: str) -> Path:
+    """A tokenizer folder named in the demo config: as given, else relative to the project root (where the
+    shipped one lives); a one-line InputError when it is not a tokenizer checkpoint."""
+    from tokenizer.common.config import project_path
+    from tokenizer.common.errors import InputError
+
+    p = project_path(path)
+    if not ((p / "config.json").is_file() and (p / "model.safetensors").is_file()):
+        raise InputError(f"{p}: not a tokenizer checkpoint (config.json + model.safetensors); "
+                         f"tokenizer_checkpoint=null or --train-tokenizer trains one")
+    return p

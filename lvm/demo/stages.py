@@ -17,7 +17,8 @@ from pathlib import Path
 
 from lvm.checkpoints import demo_checkpoints
 from lvm.demo import probes
-from lvm.demo.config import BUDGET_SHARE, EST, PLANNED_SHARE, STAGES, TRAIN_RESERVE_S, DemoConfig, demo_config, fmt_s
+from lvm.demo.config import (BUDGET_SHARE, EST, PLANNED_SHARE, STAGES, TRAIN_RESERVE_S, DemoConfig,
+                             after_at_table_speed, demo_config, fmt_s, shipped_tokenizer)
 
 
 class Demo:
@@ -367,24 +368,6 @@ class Demo:
         from lvm.demo.report import write_report
 
         return write_report(self)
-
-
-def after_at_table_speed(c: DemoConfig) -> float:
-    """Seconds of the stages after training (prompts, eval, report) at EST's speed."""
-    return EST["prompts"] + c.eval_episodes * 6 * EST["eval_per_episode"] + EST["report"]
-
-
-def shipped_tokenizer(path: str) -> Path:
-    """A tokenizer folder named in the demo config: as given, else relative to the project root (where the
-    shipped one lives); a one-line InputError when it is not a tokenizer checkpoint."""
-    from tokenizer.common.config import project_path
-    from tokenizer.common.errors import InputError
-
-    p = project_path(path)
-    if not ((p / "config.json").is_file() and (p / "model.safetensors").is_file()):
-        raise InputError(f"{p}: not a tokenizer checkpoint (config.json + model.safetensors); "
-                         f"tokenizer_checkpoint=null or --train-tokenizer trains one")
-    return p
 
 
 def _copy_atomic(src: Path, dst: Path):
