@@ -352,7 +352,7 @@ class Demo:
         from lvm.eval.tasks import run_suite
 
         suite = self.suite_config()
-        # the minutes the budget leaves (the report's second aside): a slower machine than the plan's
+        # the minutes the budget leaves after the report's second: a slower machine than the plan's
         # evaluates fewer episodes rather than passing the budget; at least one per task always runs
         left = self.cfg.budget_minutes * 60 * BUDGET_SHARE - self.spent_before("eval") - EST["report"]
         suite.max_minutes = max(left, 1.0) / 60

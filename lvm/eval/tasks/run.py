@@ -61,7 +61,7 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
     n_main = xs[-1]
     per_metrics, per_base, per_recon, grid = [], {b: [] for b in BASELINES}, [], []
     per_x = {x: [] for x in xs}  # (NLL sum, tokens) of each episode
-    t0, done = time.perf_counter(), 0
+    t0 = time.perf_counter()
     for e, ep in enumerate(eps):
         used = time.perf_counter() - t0
         if seconds is not None and e and used + used / e > seconds:
@@ -87,10 +87,9 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
         if e < cfg.grid_rows:
             grid.append((ep.prompt(n_main), pred, truth))
         bar.update(1)
-        done += 1
     agg = {x: aggregate(p) for x, p in per_x.items()}
     ppl = {x: a["perplexity"] for x, a in agg.items()}  # the release's figure: mean over episodes
-    return {"metric": metric, "higher_is_better": higher, "episodes": done, "decoding": cfg.decode_mode(task),
+    return {"metric": metric, "higher_is_better": higher, "episodes": len(per_metrics), "decoding": cfg.decode_mode(task),
             "n_context" if task in SEQUENTIAL else "shots": n_main,
             "ppl": ppl[n_main], "ppl_pooled": agg[n_main]["pooled_perplexity"], "model": _avg(per_metrics),
             "baselines": {b: _avg(v) for b, v in per_base.items() if v},
