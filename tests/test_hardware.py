@@ -1,5 +1,7 @@
 """The device and precision policy (tokenizer.common.hardware) on mocked hardware, and `lvm env`."""
 
+import json
+
 import pytest
 
 from tokenizer.common import hardware
@@ -106,3 +108,60 @@ def test_lvm_env_prints_the_choice(capsys):
     for word in ("torch", "transformers", "CPU:", "torch capability", "auto for inference", "auto for training",
                  "CPU decode kernels"):
         assert word in out
+
+
+@pytest.mark.parametrize("speedup, expected", [(None, "bf16"), (1.6, "bf16"), (1.05, "fp32"), (0.5, "fp32")])
+def test_cpu_auto_keeps_bf16_only_where_it_measures_faster(speedup, expected, capsys, monkeypatch):
+    from dataclasses import replace
+
+    hw = replace(ZEN4, cpu_bf16_speedup=speedup)
+    assert resolve("auto", "auto", "training", hw).precision == expected
+    assert replace(AVX2, cpu_bf16_speedup=3.0).cpu_bf16_pays is False  # a timing never makes emulation native
+    monkeypatch.setattr(hardware, "_warned", set())
+    plan = resolve("cpu", "bf16", "training", hw)  # asked for: obeyed, with one line where it is slow here
+    assert plan.precision == "bf16"
+    err = capsys.readouterr().err
+    assert (err.count("warning:") == 1 and f"{speedup:.2f}x fp32" in err) if expected == "fp32" else err == ""
+    assert ("x fp32's speed" in hw.cpu_summary()) == (speedup is not None)
+
+
+def test_bf16_speedup_is_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
+    from tokenizer.common import cpu_probe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def fake(value):
+        return lambda: calls.append(value) or value
+
+    assert cpu_probe.bf16_speedup("machine-a", fake(0.6)) == 0.6
+    assert cpu_probe.bf16_speedup("machine-a", fake(9.0)) == 0.6  # read back, not measured again
+    assert cpu_probe.bf16_speedup("machine-b", fake(1.7)) == 1.7
+    assert calls == [0.6, 1.7]
+    path = tmp_path / "lvm" / cpu_probe.CACHE_NAME
+    assert json.loads(path.read_text()) == {"machine-a": 0.6, "machine-b": 1.7}
+    path.write_text("{not json")  # a damaged cache is measured again and rewritten, not an error
+    assert cpu_probe.bf16_speedup("machine-a", fake(2.0)) == 2.0
+    assert json.loads(path.read_text()) == {"machine-a": 2.0}
+
+
+def test_the_probe_times_a_real_block_in_both_precisions():
+    from tokenizer.common.cpu_probe import measure_speedup
+
+    assert 0 < measure_speedup(tokens=128, width=64, heads=2, reps=1) < 1000
+
+
+def test_detect_measures_bf16_only_where_the_flags_say_native(tmp_path):
+    """A fresh process with an empty cache: the verdict is stored under this machine's key iff bf16 is native."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from tokenizer.common.hardware import detect; h = detect(); "
+            "print(h.cpu_bf16_native, h.cpu_bf16_speedup is not None)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    native, measured = out.stdout.split()
+    assert native == measured
+    cache = tmp_path / "lvm" / "cpu_precision.json"
+    assert cache.is_file() == (native == "True")

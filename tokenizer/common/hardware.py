@@ -10,10 +10,12 @@ all share it without `tokenizer` importing anything above it.
 What `auto` picks:
 - device: the GPU of this rank (`cuda:LOCAL_RANK`) when CUDA is available, else Apple's `mps`, else `cpu`.
 - CPU precision: bf16 only where the CPU computes it natively, i.e. torch dispatches AVX-512 (or better)
-  kernels, the CPU has AMX-BF16, AVX512-BF16 or AVX512-FP16, and oneDNN is allowed to use them. Everywhere
-  else bf16 is emulated (convolutions and matmuls two orders of magnitude slower than fp32) and auto
-  picks fp32. The check honours `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so
-  `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` makes a newer CPU behave (and be judged) as AVX2.
+  kernels, the CPU has AMX-BF16, AVX512-BF16 or AVX512-FP16, and oneDNN is allowed to use them, *and* where
+  a one-second timing of a transformer block shows bf16 clearly faster than fp32 on this machine (cached
+  per machine; `cpu_probe` says why: AVX512-BF16 without AMX can train 2x slower in bf16). Everywhere
+  else auto picks fp32 (emulated bf16 is two orders of magnitude slower). The check honours
+  `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`
+  makes a newer CPU behave (and be judged) as AVX2.
 - CUDA precision: bf16 on compute capability >= 8.0 (Ampere and later), else fp16 (training then uses a
   gradient scaler, which accelerate adds for "fp16").
 - MPS precision: fp32 (its half-precision kernels cover too little of what training needs).
@@ -27,7 +29,7 @@ import contextlib
 import functools
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .errors import InputError
@@ -62,10 +64,19 @@ class Hardware:
     threads: int = 1
     gpus: tuple[GPU, ...] = ()
     mps: bool = False
+    # fp32 time / bf16 time of cpu_probe's transformer block here; None = not measured (trust the flags)
+    cpu_bf16_speedup: float | None = None
 
     @property
     def cpu_bf16_native(self) -> bool:
         return self._native(("amx_bf16", "avx512_bf16", "avx512_fp16"), _BF16_FROM)
+
+    @property
+    def cpu_bf16_pays(self) -> bool:
+        """What auto picks bf16 on: native, and not measured slower than fp32 (cpu_probe.MIN_SPEEDUP)."""
+        from .cpu_probe import MIN_SPEEDUP
+
+        return self.cpu_bf16_native and (self.cpu_bf16_speedup is None or self.cpu_bf16_speedup >= MIN_SPEEDUP)
 
     @property
     def cpu_fp16_native(self) -> bool:
@@ -85,8 +96,11 @@ class Hardware:
         have = [f for f in ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
                 if f in self.cpu_flags]
         isa = f", ONEDNN_MAX_CPU_ISA={self.onednn_max_isa}" if self.onednn_max_isa else ""
+        bf16 = "native" if self.cpu_bf16_native else "emulated"
+        if self.cpu_bf16_native and self.cpu_bf16_speedup is not None:
+            bf16 += f", a transformer block {self.cpu_bf16_speedup:.2f}x fp32's speed"
         return (f"{self.cpu_name} (torch capability {self.cpu_capability}; {' '.join(have) or 'no SIMD flags'}"
-                f"{isa}; bf16 {'native' if self.cpu_bf16_native else 'emulated'})")
+                f"{isa}; bf16 {bf16})")
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,9 +124,22 @@ def detect() -> Hardware:
             gpus.append(GPU(i, p.name, p.total_memory / 2 ** 30, (p.major, p.minor)))
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    return Hardware(cpu_name=name, cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=flags,
-                    onednn_max_isa=isa.upper() if isa else None, threads=torch.get_num_threads(),
-                    gpus=tuple(gpus), mps=mps)
+    hw = Hardware(cpu_name=name, cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=flags,
+                  onednn_max_isa=isa.upper() if isa else None, threads=torch.get_num_threads(),
+                  gpus=tuple(gpus), mps=mps)
+    if hw.cpu_bf16_native:
+        hw = replace(hw, cpu_bf16_speedup=_measured_bf16_speedup(hw))
+    return hw
+
+
+def _measured_bf16_speedup(hw: Hardware) -> float:
+    from . import cpu_probe
+
+    key = cpu_probe.machine_key(hw.cpu_name, hw.cpu_flags, hw.cpu_capability, hw.onednn_max_isa, hw.threads)
+    try:
+        return cpu_probe.bf16_speedup(key)
+    except OSError:  # no writable cache folder: measure for this process only
+        return cpu_probe.measure_speedup()
 
 
 def _cpu_model_name() -> str | None:
@@ -224,7 +251,7 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
         elif kind == "mps":
             p = "fp32"
         else:
-            p = "bf16" if hw.cpu_bf16_native else "fp32"
+            p = "bf16" if hw.cpu_bf16_pays else "fp32"
     elif kind == "cpu" and p in ("bf16", "fp16"):
         native = hw.cpu_bf16_native if p == "bf16" else hw.cpu_fp16_native
         if not native:
@@ -232,6 +259,11 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
                    f"slower than fp32; precision=auto avoids it")
             notes.append(msg)
             _warn_once(("cpu", p), msg)
+        elif p == "bf16" and not hw.cpu_bf16_pays:
+            msg = (f"precision=bf16 on this CPU runs a transformer block at {hw.cpu_bf16_speedup:.2f}x fp32's "
+                   f"speed; precision=auto picks fp32 here")
+            notes.append(msg)
+            _warn_once(("cpu", "slow-bf16"), msg)
     elif kind == "cuda" and p == "bf16" and hw.gpus[int(dev.split(":")[1])].capability < (8, 0):
         msg = "precision=bf16 on a GPU before compute capability 8.0 is emulated and slow; auto picks fp16"
         notes.append(msg)
@@ -287,7 +319,8 @@ def add_arguments(parser, device_help: str = "", precision_help: str = "", many:
     parser.add_argument("--precision", default="auto", choices=None if many else list(PRECISIONS),
                         metavar=choices + "[,...]" if many else None,
                         help=precision_help or "compute precision; auto = bf16 where the hardware computes it "
-                                               "natively (AMX/AVX512-BF16 CPUs, GPUs from Ampere), fp16 on older "
+                                               "natively and, on a CPU, measures faster (AMX/AVX512-BF16 CPUs, GPUs "
+                                               "from Ampere), fp16 on older "
                                                "GPUs, else fp32 (see `lvm env`)")
 
 
