@@ -11,7 +11,7 @@ What `auto` picks:
 - device: the GPU of this rank (`cuda:LOCAL_RANK`) when CUDA is available, else Apple's `mps`, else `cpu`.
 - CPU precision: bf16 only where the CPU computes it natively, i.e. torch dispatches AVX-512 (or better)
   kernels, the CPU has AMX-BF16, AVX512-BF16 or AVX512-FP16, and oneDNN is allowed to use them, *and* where
-  a one-second timing of a transformer block shows bf16 clearly faster than fp32 on this machine (cached
+  a sub-second timing of a transformer's matmuls shows bf16 clearly faster than fp32 on this machine (cached
   per machine; `cpu_probe` says why: AVX512-BF16 without AMX can train 2x slower in bf16). Everywhere
   else auto picks fp32 (emulated bf16 is two orders of magnitude slower). The check honours
   `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`
@@ -64,7 +64,7 @@ class Hardware:
     threads: int = 1
     gpus: tuple[GPU, ...] = ()
     mps: bool = False
-    # fp32 time / bf16 time of cpu_probe's transformer block here; None = not measured (trust the flags)
+    # fp32 time / bf16 time of cpu_probe's matmuls here; None = not measured (trust the flags)
     cpu_bf16_speedup: float | None = None
 
     @property
@@ -98,7 +98,7 @@ class Hardware:
         isa = f", ONEDNN_MAX_CPU_ISA={self.onednn_max_isa}" if self.onednn_max_isa else ""
         bf16 = "native" if self.cpu_bf16_native else "emulated"
         if self.cpu_bf16_native and self.cpu_bf16_speedup is not None:
-            bf16 += f", a transformer block {self.cpu_bf16_speedup:.2f}x fp32's speed"
+            bf16 += f", its matmuls {self.cpu_bf16_speedup:.2f}x fp32's speed"
         return (f"{self.cpu_name} (torch capability {self.cpu_capability}; {' '.join(have) or 'no SIMD flags'}"
                 f"{isa}; bf16 {bf16})")
 
@@ -260,7 +260,7 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
             notes.append(msg)
             _warn_once(("cpu", p), msg)
         elif p == "bf16" and not hw.cpu_bf16_pays:
-            msg = (f"precision=bf16 on this CPU runs a transformer block at {hw.cpu_bf16_speedup:.2f}x fp32's "
+            msg = (f"precision=bf16 on this CPU runs matmuls at {hw.cpu_bf16_speedup:.2f}x fp32's "
                    f"speed; precision=auto picks fp32 here")
             notes.append(msg)
             _warn_once(("cpu", "slow-bf16"), msg)
