@@ -11,7 +11,10 @@ matmuls alone separate the two kinds of CPU cleanly.)
 
 The probe takes under a second, once per machine: its verdict is cached as JSON under
 `$XDG_CACHE_HOME/lvm` (default ~/.cache/lvm), keyed by everything that decides the kernels torch runs (CPU
-name and flags, torch's dispatch level, ONEDNN_MAX_CPU_ISA, threads, torch version). A file lock makes the
+name and flags, torch's dispatch level, ONEDNN_MAX_CPU_ISA, torch version). It times one thread, which
+reads the same on an idle and on a busy machine (two threads read 0.66x on an AMX CPU while another job ran,
+and 2-6x when it was idle; one thread 3.5-10x busy or idle, and 0.45-0.66x with oneDNN capped at
+AVX512-BF16). A file lock makes the
 ranks of a multi-process job on one machine share one measurement, so they pick the same precision.
 """
 
@@ -33,11 +36,11 @@ def cache_path() -> Path:
     return Path(base) / "lvm" / CACHE_NAME
 
 
-def machine_key(cpu_name: str, cpu_flags, cpu_capability: str, onednn_max_isa: str | None, threads: int) -> str:
+def machine_key(cpu_name: str, cpu_flags, cpu_capability: str, onednn_max_isa: str | None) -> str:
     import torch
 
     return "|".join([cpu_name, ",".join(sorted(cpu_flags)), cpu_capability, onednn_max_isa or "-",
-                     f"threads={threads}", f"torch={torch.__version__}"])
+                     f"torch={torch.__version__}"])
 
 
 def bf16_speedup(key: str, measure=None) -> float:
@@ -70,8 +73,8 @@ def _read(path: Path) -> dict:
 
 def measure_speedup(tokens: int = 4096, width: int = 256, hidden: int = 688, reps: int = 5) -> float:
     """fp32 time / bf16 time of the three matmuls of a linear layer's training step (forward, both
-    gradients) at a small transformer's shapes, the best of `reps` interleaved timings each (interleaving
-    shares any background load between the two)."""
+    gradients) at a small transformer's shapes on one thread, the best of `reps` interleaved timings each
+    (interleaving shares any background load between the two)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -83,9 +86,16 @@ def measure_speedup(tokens: int = 4096, width: int = 256, hidden: int = 688, rep
         a @ b, d @ b.T, a.T @ d
         return time.perf_counter() - t
 
-    once(x, w, dy), once(x16, w16, dy16)  # first calls pick and warm the kernels
-    fp32, bf16 = [], []
-    for _ in range(reps):
-        fp32.append(once(x, w, dy))
-        bf16.append(once(x16, w16, dy16))
+    # One thread: a multi-threaded kernel waits at its barrier for any thread the OS has descheduled, so on
+    # a busy machine two-thread timings measure the scheduler; one thread keeps the ISA's difference.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        once(x, w, dy), once(x16, w16, dy16)  # first calls pick and warm the kernels
+        fp32, bf16 = [], []
+        for _ in range(reps):
+            fp32.append(once(x, w, dy))
+            bf16.append(once(x16, w16, dy16))
+    finally:
+        torch.set_num_threads(old)
     return min(fp32) / max(min(bf16), 1e-9)

@@ -135,7 +135,7 @@ def detect() -> Hardware:
 def _measured_bf16_speedup(hw: Hardware) -> float:
     from . import cpu_probe
 
-    key = cpu_probe.machine_key(hw.cpu_name, hw.cpu_flags, hw.cpu_capability, hw.onednn_max_isa, hw.threads)
+    key = cpu_probe.machine_key(hw.cpu_name, hw.cpu_flags, hw.cpu_capability, hw.onednn_max_isa)
     try:
         return cpu_probe.bf16_speedup(key)
     except OSError:  # no writable cache folder: measure for this process only
