@@ -1,5 +1,6 @@
 """The in-context task suite: metrics, baselines, episodes, and one tiny end-to-end evaluation."""
 
+import argparse
 import json
 import math
 
@@ -182,6 +183,23 @@ def test_suite_config_validates():
         te.SuiteConfig(tasks=["nope"])
     with pytest.raises(InputError, match="max_minutes"):
         te.SuiteConfig(max_minutes=0)
+    with pytest.raises(InputError, match="task_temperature"):
+        te.SuiteConfig(task_temperature={"nope": 0.5})
+    with pytest.raises(InputError, match="task_temperature"):
+        te.SuiteConfig(task_temperature={"depth": -1})
+
+
+def test_inpainting_samples_cooler_unless_one_temperature_is_asked():
+    from lvm.commands import eval_tasks
+    from lvm.eval.tasks.report import _temperatures
+
+    cfg = te.SuiteConfig()
+    assert cfg.temperature_of("inpainting") == 0.7 and cfg.temperature_of("depth") == cfg.temperature == 1.0
+    assert _temperatures(cfg) == "1 (inpainting 0.7)"
+    assert _temperatures(te.SuiteConfig(tasks=["depth"])) == "1"
+    p = argparse.ArgumentParser()
+    eval_tasks.add_arguments(p)
+    assert p.parse_args([]).temperature is None and "inpainting 0.7" in p.format_help()
 
 
 def tiny_pair(tmp_path, seed=0):
@@ -290,7 +308,8 @@ def test_evaluate_and_report_end_to_end(tmp_path, monkeypatch, capsys):
     saved = yaml.safe_load((out / "suite_config.yaml").read_text())
     assert saved["device"] == "cpu" and saved["precision"] == "fp32"  # what auto / the flags resolved to
     assert saved["top_p"] == 0.8 and saved["top_k"] == te.SuiteConfig().top_k
-    assert "top-p 0.8" in md
+    assert "top-p 0.8" in md and "temperature 1 (inpainting 0.7)" in md
+    assert saved["task_temperature"] == {"inpainting": 0.7}
 
 
 def test_suite_config_precisions():

@@ -54,8 +54,9 @@ def add_arguments(p):
                         "of --samples samples for the others)")
     p.add_argument("--samples", type=int, default=_D.samples,
                    help=f"samples averaged by the mean decoding (default {_D.samples})")
-    p.add_argument("--temperature", type=float, default=_D.temperature,
-                   help=f"sampling temperature (default {_D.temperature:g})")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature of every task (default {_D.temperature:g}, "
+                        + ", ".join(f"{t} {v:g}" for t, v in _D.task_temperature.items()) + ")")
     p.add_argument("--top-k", type=int, default=_D.top_k,
                    help=f"sample from the k likeliest tokens only (default {_D.top_k}; 0 = off)")
     p.add_argument("--top-p", type=float, default=_D.top_p,
@@ -89,10 +90,12 @@ def run(args):
     model, tok = or_demo("model", args.model), or_demo("tokenizer", args.tokenizer)
     cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
                       shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, samples=args.samples,
+                      top_k=args.top_k, top_p=args.top_p, samples=args.samples,
                       lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, max_minutes=args.max_minutes,
                       device=plan.device, precision=plan.precision,  # saved as resolved
-                      **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}))
+                      **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}),
+                      **({"temperature": args.temperature, "task_temperature": {}}
+                         if args.temperature is not None else {}))
     pairs = [(model, tok)]
     if args.compare:
         pairs.append((args.compare, args.compare_tokenizer or tok))

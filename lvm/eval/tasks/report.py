@@ -149,7 +149,7 @@ def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dic
     md = [f"# In-context task suite\n",
           f"{eps}; analogies at {cfg.shots[-1]} shots, sequential tasks with "
           f"{cfg.context} context frames; predictions decoded as the `decoding` column says (mean = the pixel "
-          f"mean of {cfg.samples} samples, temperature {cfg.temperature:g}, top-k {cfg.top_k or 'off'}, "
+          f"mean of {cfg.samples} samples, temperature {_temperatures(cfg)}, top-k {cfg.top_k or 'off'}, "
           f"top-p {cfg.top_p:g}; sample = one such sample).\n", table,
           "\n![task metrics](tasks.png)\n\n![target perplexity](ppl.png)\n"]
     if "colorization" in named[0][1] and "lpips" not in (named[0][1]["colorization"]["model"] or {}):
@@ -167,3 +167,9 @@ def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dic
     _plot_bars(clean, out / "tasks.png")
     _plot_ppl(clean, out / "ppl.png")
     return {"table": table, "checks": checks, "files": files, "results": clean}
+
+
+def _temperatures(cfg) -> str:
+    """"1" or "1 (inpainting 0.7)": the sampling temperature and the tasks that differ from it."""
+    own = {t: cfg.temperature_of(t) for t in cfg.tasks if cfg.temperature_of(t) != cfg.temperature}
+    return f"{cfg.temperature:g}" + (f" ({', '.join(f'{t} {v:g}' for t, v in own.items())})" if own else "")

@@ -105,6 +105,7 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     """Run the suite for one model + tokenizer. Returns {task: result dict} (JSON-ready) and keeps the
     decoded predictions of the first `grid_rows` episodes under result["_grid"] (PIL, not for JSON)."""
     import time
+    from dataclasses import replace
 
     from tqdm import tqdm
 
@@ -131,8 +132,9 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     deadline = None if cfg.max_minutes is None else time.perf_counter() + cfg.max_minutes * 60
     for i, (task, eps) in enumerate(episodes.items()):
         share = None if deadline is None else max(0.0, deadline - time.perf_counter()) / (len(episodes) - i)
-        res = results[task] = _evaluate_task(task, eps, model, tok, engine, sampling, layout, plan, cfg, bar,
-                                             lpips, share)
+        task_sampling = replace(sampling, temperature=cfg.temperature_of(task))
+        res = results[task] = _evaluate_task(task, eps, model, tok, engine, task_sampling, layout, plan, cfg,
+                                             bar, lpips, share)
         metric, b = res["metric"], best_baseline(res)
         log(f"{task}: ppl {res['ppl']:.1f}, {metric} {res['model'][metric]:.3f}"
             + (f" (best baseline {b[0]} {b[1]:.3f})" if b else ""))
