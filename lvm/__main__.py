@@ -1,5 +1,3 @@
-import sys
+from lvm.cli import entry
 
-from lvm.cli import main
-
-sys.exit(main())
+entry()

@@ -173,5 +173,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _launched_worker() -> bool:
+    """Whether this process is one rank of a multi-process launch (torchrun/accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "torch.distributed" in sys.modules
+
+
+def entry() -> None:
+    """The `lvm` executable and `python -m lvm`: run `main`, then end the process with its exit code.
+
+    A rank of a multi-process run ends without interpreter finalization: gloo's C++ worker threads that
+    outlive the process group (held by DDP's reducer until module teardown) can abort the process
+    (SIGABRT, "terminate called without an active exception") after a run that finished and saved, and
+    the launcher then reports the whole run failed. The exit handlers (logging, multiprocessing's children)
+    still run first, and the output is flushed.
+    """
+    rc = main()
+    if not _launched_worker():
+        sys.exit(rc)
+    import atexit
+    import gc
+
+    gc.collect()  # what the run left in reference cycles (models, the accelerator) goes while torch is whole
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -38,6 +39,25 @@ def test_console_entry_and_bad_key_is_one_line_exit_2():
     valid = lines[0].split("valid keys: ", 1)[1].split(", ")
     assert "model" in valid and "out_dir" in valid
     assert "Traceback" not in r.stderr
+
+
+def test_a_launched_rank_ends_with_its_exit_code_after_the_exit_handlers():
+    # As a rank of a 2-process launch the entry point ends by os._exit (no interpreter finalization, where
+    # gloo's threads can abort a finished run); the exit code, the atexit handlers and the output survive.
+    code = ("import atexit, os, sys, torch.distributed, lvm.cli as cli\n"
+            "atexit.register(lambda: print('handlers ran', flush=True))\n"
+            "class Finalized:\n"
+            "    def __del__(self, write=os.write): write(1, b'finalized')\n"
+            "kept = Finalized()\n"
+            "cli.main = lambda: (print('ran', end=' '), sys.stdout.write('buffered'), 3)[-1]\n"
+            "cli.entry()\n"
+            "print('not reached')\n")
+    for world, finalized in (("2", False), ("1", True)):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "WORLD_SIZE": world})
+        assert r.returncode == 3, r.stderr
+        assert r.stdout.startswith("ran buffered") and "handlers ran" in r.stdout, r.stdout
+        assert ("finalized" in r.stdout) == finalized and "not reached" not in r.stdout, (world, r.stdout)
 
 
 def test_user_errors_are_one_line_and_debug_shows_traceback(tmp_path):
