@@ -178,8 +178,8 @@ def _launched_worker() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "torch.distributed" in sys.modules
 
 
-def entry() -> None:
-    """The `lvm` executable and `python -m lvm`: run `main`, then end the process with its exit code.
+def exit_process(rc: int) -> None:
+    """End the process with exit code `rc`, as the `lvm` executable does after a command.
 
     A rank of a multi-process run ends without interpreter finalization: gloo's C++ worker threads that
     outlive the process group (held by DDP's reducer until module teardown) can abort the process
@@ -187,7 +187,6 @@ def entry() -> None:
     the launcher then reports the whole run failed. The exit handlers (logging, multiprocessing's children)
     still run first, and the output is flushed.
     """
-    rc = main()
     if not _launched_worker():
         sys.exit(rc)
     import atexit
@@ -198,6 +197,11 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(rc)
+
+
+def entry() -> None:
+    """The `lvm` executable and `python -m lvm`."""
+    exit_process(main())
 
 
 if __name__ == "__main__":

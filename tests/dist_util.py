@@ -237,4 +237,6 @@ def _wrapper_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_wrapper_main(sys.argv[1:]))
+    from lvm.cli import exit_process
+
+    exit_process(_wrapper_main(sys.argv[1:]))  # as the `lvm` executable ends a rank

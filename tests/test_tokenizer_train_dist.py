@@ -186,4 +186,6 @@ def test_two_processes_killed_during_a_save_resume_exactly(images, tmp_path):
 
 
 if __name__ == "__main__":
-    sys.exit(_wrapper_main(sys.argv[1:]))
+    from lvm.cli import exit_process
+
+    exit_process(_wrapper_main(sys.argv[1:]))  # as the `lvm` executable ends a rank
