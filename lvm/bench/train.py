@@ -156,7 +156,7 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
     import torch
 
     from tokenizer.common.config import find_config_file, load_config
-    from lvm.train.flops import measure_matmul_peak
+    from lvm.train.flops import linear_shapes, measure_matmul_peak
     from lvm.model import ModelConfig
     from tokenizer.common.files import atomic_write_text
     from tokenizer.common.hardware import detect, resolve
@@ -177,7 +177,9 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
           + ", ".join(f"ours {p}" + (f" (asked: {'/'.join(asked[p])})" if asked[p] != [p] else "") for p in plans))
     print(f"load average before: {load:.2f} on {os.cpu_count()} cores; torch threads {threads} (absolute "
           f"figures vary with load, the interleaved ratio is the fair comparison)")
-    peaks = {p: measure_matmul_peak(torch.float32 if p == "fp32" else plans[p].dtype, device, seconds=1.0)
+    linears = list(dict.fromkeys(s for _, c in cfgs for s in linear_shapes(c.to_hf())))
+    peaks = {p: measure_matmul_peak(torch.float32 if p == "fp32" else plans[p].dtype, device, seconds=1.0,
+                                    linears=linears)
              for p in dict.fromkeys(["fp32", *plans])}
     print("measured matmul peak: " + ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items())
           + f" ({threads} thread(s))")

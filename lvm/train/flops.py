@@ -26,36 +26,56 @@ def train_flops(hf_config, seq_lens) -> float:
     return 6.0 * matmul_params(hf_config) * n_tok + attn
 
 
-def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds: float = 1.0) -> float:
-    """Best observed FLOP/s of a square matmul in `dtype` on `device` (the MFU denominator).
+def linear_shapes(hf_config) -> list[tuple[int, int]]:
+    """(in, out) features of each distinct matmul of the model (q/o, k/v, gate/up, down, lm_head)."""
+    d, f, V = hf_config.hidden_size, hf_config.intermediate_size, hf_config.vocab_size
+    kv = hf_config.num_key_value_heads * (d // hf_config.num_attention_heads)
+    return list(dict.fromkeys([(d, d), (d, kv), (d, f), (f, d), (d, V)]))
 
-    The size grows from 256 up to `n` while one product takes under a tenth of `seconds`, so a dtype the
-    hardware only emulates (bf16 on an AVX2 CPU, orders of magnitude slower) is still measured, in about
-    `seconds`.
+
+def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds: float = 1.0,
+                        linears: list[tuple[int, int]] = ()) -> float:
+    """Best observed FLOP/s of matmuls in `dtype` on `device` (the MFU denominator).
+
+    A square product's size grows from 256 up to `n` while one product takes under a tenth of `seconds`,
+    so a dtype the hardware only emulates (bf16 on an AVX2 CPU, orders of magnitude slower) is still
+    measured, in about `seconds`. `linears` ((in, out) features, linear_shapes) adds the three products of
+    each layer's training step (forward, grad of the input, grad of the weight) with a growing token count,
+    in about `seconds` more: an emulated dtype's speed depends on the shape (bf16 on an AVX2 CPU runs a
+    thin 512x8192 @ 8192x32 product twice as fast as any square one), and a peak below what the model's own
+    products reach would put MFU over 100%.
     """
     import torch
 
     dtype = dtype or torch.bfloat16
     from tokenizer.common.hardware import synchronize
 
-    sync = lambda: synchronize(device)  # noqa: E731
-
     def timed(a, b) -> float:
         t = time.perf_counter()
         a @ b
-        sync()
+        synchronize(device)
         return time.perf_counter() - t
 
-    size = min(256, n)
-    while True:
-        a = torch.randn(size, size, device=device).to(dtype)
-        b = torch.randn(size, size, device=device).to(dtype)
-        timed(a, b)  # warm-up: kernel selection, packing buffers
-        dt = timed(a, b)
-        if size >= n or dt > seconds / 10:
-            break
-        size *= 2
-    best, t_end = 2 * size ** 3 / dt, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        best = max(best, 2 * size ** 3 / timed(a, b))
-    return best
+    def best(shape_of, limit: int, budget: float) -> float:
+        size = min(256, limit)
+        while True:
+            m, k, nn = shape_of(size)
+            a = torch.randn(m, k, device=device).to(dtype)
+            b = torch.randn(k, nn, device=device).to(dtype)
+            timed(a, b)  # warm-up: kernel selection, packing buffers
+            dt = timed(a, b)
+            if size >= limit or dt > budget / 10:
+                break
+            size *= 2
+        flops, t_end = 2 * m * k * nn, time.perf_counter() + budget
+        top = flops / dt
+        while time.perf_counter() < t_end:
+            top = max(top, flops / timed(a, b))
+        return top
+
+    peak = best(lambda s: (s, s, s), n, seconds)
+    shapes = [f for i, o in linears for f in ((lambda s, i=i, o=o: (s, i, o)), (lambda s, i=i, o=o: (s, o, i)),
+                                               (lambda s, i=i, o=o: (o, s, i)))]
+    for shape_of in shapes:
+        peak = max(peak, best(shape_of, n, seconds / len(shapes)))
+    return peak

@@ -32,7 +32,7 @@ from lvm.model import model_config_from_hf
 from lvm.train.resume import attach, list_checkpoints, load_checkpoint, save_checkpoint
 from lvm.train.config import TrainConfig
 from lvm.train.data import make_loader, seq_lens
-from lvm.train.flops import measure_matmul_peak, train_flops
+from lvm.train.flops import linear_shapes, measure_matmul_peak, train_flops
 from lvm.train.packing import register_packed_attention
 from lvm.train.step import TrainingDiverged, evaluate, param_groups, token_nll, train_step
 from tokenizer.common.config import save_config
@@ -276,8 +276,9 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     ds.set_position(run.consumed, cfg.micro_batch)
     batches = iter(loader)
     # MFU against the peak of the dtype the matmuls actually run in, on this device.
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_matmul_peak(plan.dtype, str(dev), seconds=0.5)
     hf_cfg = acc.unwrap_model(run.model).config
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_matmul_peak(
+        plan.dtype, str(dev), seconds=0.5, linears=linear_shapes(hf_cfg))
     log = RunLog(acc, run.out, run.step)
 
     losses, last_eval = {}, {}
