@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _launched_worker() -> bool:
     """Whether this process is one rank of a multi-process launch (torchrun/accelerate set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "torch.distributed" in sys.modules
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def exit_process(rc: int) -> None:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import time
 
 
-def matmul_params(hf_config) -> int:
+def _linears(hf_config) -> list[tuple[int, int, int]]:
+    """(in, out, how many in the model) of each linear layer kind: q, o, k, v, gate, up, down, lm_head."""
     d, f, L, V = (hf_config.hidden_size, hf_config.intermediate_size, hf_config.num_hidden_layers,
                   hf_config.vocab_size)
     kv = hf_config.num_key_value_heads * (d // hf_config.num_attention_heads)
-    per_layer = d * d * 2 + d * kv * 2 + 3 * d * f  # q, o, k, v, gate/up/down
-    return L * per_layer + d * V  # + lm_head (the embedding lookup is not a matmul)
+    return [(d, d, 2 * L), (d, kv, 2 * L), (d, f, 2 * L), (f, d, L), (d, V, 1)]
+
+
+def matmul_params(hf_config) -> int:
+    return sum(i * o * n for i, o, n in _linears(hf_config))  # the embedding lookup is not a matmul
 
 
 def train_flops(hf_config, seq_lens) -> float:
@@ -27,10 +31,8 @@ def train_flops(hf_config, seq_lens) -> float:
 
 
 def linear_shapes(hf_config) -> list[tuple[int, int]]:
-    """(in, out) features of each distinct matmul of the model (q/o, k/v, gate/up, down, lm_head)."""
-    d, f, V = hf_config.hidden_size, hf_config.intermediate_size, hf_config.vocab_size
-    kv = hf_config.num_key_value_heads * (d // hf_config.num_attention_heads)
-    return list(dict.fromkeys([(d, d), (d, kv), (d, f), (f, d), (d, V)]))
+    """(in, out) features of each distinct linear layer of the model."""
+    return list(dict.fromkeys((i, o) for i, o, _ in _linears(hf_config)))
 
 
 def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds: float = 1.0,
@@ -56,10 +58,11 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
         synchronize(device)
         return time.perf_counter() - t
 
-    def best(shape_of, limit: int, budget: float) -> float:
+    def best(shape, limit: int, budget: float) -> float:
+        """Best FLOP/s of an (m, k, n) product whose None dimensions grow from 256."""
         size = min(256, limit)
         while True:
-            m, k, nn = shape_of(size)
+            m, k, nn = (size if x is None else x for x in shape)
             a = torch.randn(m, k, device=device).to(dtype)
             b = torch.randn(k, nn, device=device).to(dtype)
             timed(a, b)  # warm-up: kernel selection, packing buffers
@@ -73,9 +76,9 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
             top = max(top, flops / timed(a, b))
         return top
 
-    peak = best(lambda s: (s, s, s), n, seconds)
-    shapes = [f for i, o in linears for f in ((lambda s, i=i, o=o: (s, i, o)), (lambda s, i=i, o=o: (s, o, i)),
-                                               (lambda s, i=i, o=o: (o, s, i)))]
-    for shape_of in shapes:
-        peak = max(peak, best(shape_of, n, seconds / len(shapes)))
+    peak = best((None, None, None), n, seconds)
+    # tokens x in @ in x out (forward), tokens x out @ out x in (grad of the input), out x tokens @ tokens x in
+    shapes = [p for i, o in linears for p in ((None, i, o), (None, o, i), (o, None, i))]
+    for shape in shapes:
+        peak = max(peak, best(shape, n, seconds / len(shapes)))
     return peak
