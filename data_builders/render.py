@@ -70,13 +70,22 @@ def data_path() -> Path:
     return Path(pybullet_data.getDataPath())
 
 
-def object_color(name: str) -> tuple:
-    """A stable, saturated color per object name."""
-    h = (zlib.crc32(name.encode()) % 1000) / 1000.0
+def hue_color(h: float) -> tuple:
+    """The renderer's saturated RGBA colour of hue `h` in [0, 1)."""
     import colorsys
 
     r, g, b = colorsys.hsv_to_rgb(h, 0.55, 0.9)
     return (r, g, b, 1.0)
+
+
+def object_color(name: str) -> tuple:
+    """A stable, saturated color per object name."""
+    return hue_color((zlib.crc32(name.encode()) % 1000) / 1000.0)
+
+
+def random_color(rng: np.random.Generator) -> tuple:
+    """A colour drawn per sequence, not per name: colorization examples then carry the only clue to it."""
+    return hue_color(float(rng.random()))
 
 
 def is_heldout(name: str) -> bool:
@@ -327,8 +336,10 @@ def render_orbit(obj: MeshObject | str, size: int = 128, seed: int = 0, views: i
             "elevation": float(elevation), "object": name}
 
 
-def render_object_view(obj: MeshObject | str, seed: int = 0, size: int = 128, ground: bool | None = None) -> View:
-    """One random view of one object (optionally on a ground plane) with depth / segmentation."""
+def render_object_view(obj: MeshObject | str, seed: int = 0, size: int = 128, ground: bool | None = None,
+                       color: tuple | None = None) -> View:
+    """One random view of one object (optionally on a ground plane) with depth / segmentation; `color`
+    (RGBA) replaces the object's own."""
     import pybullet as p
 
     rng = np.random.default_rng(seed)
@@ -341,7 +352,8 @@ def render_object_view(obj: MeshObject | str, seed: int = 0, size: int = 128, gr
         plane = p.loadURDF("plane.urdf", [0, 0, -0.5], physicsClientId=client())
         ignore = (plane,)
         prm["elevation"] = abs(prm["elevation"]) * 0.8 + 10.0
-    body = add_object(obj, orientation=p.getQuaternionFromEuler([0, 0, float(rng.uniform(0, 2 * math.pi))]))
+    body = add_object(obj, orientation=p.getQuaternionFromEuler([0, 0, float(rng.uniform(0, 2 * math.pi))]),
+                      color=color)
     v = render_camera(camera_eye(prm["radius"], prm["start_azimuth"], prm["elevation"]), size=size,
                       ignore_bodies=ignore)
     v.meta = {"object": obj.name, "radius": prm["radius"], "elevation": prm["elevation"],

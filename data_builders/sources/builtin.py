@@ -79,8 +79,12 @@ class BuiltinSource(Source):
         if kind == "pairs":
             task = self.tasks[int(rng.choice(len(self.tasks), p=self.task_p))]
             images, names = [], []
+            # colorization: one object in one colour drawn for the sequence, so its earlier pairs show the
+            # answer's colour (a colour tied to the object's name could not be read from a held-out prompt)
+            same = (pick(), render.random_color(rng)) if task == "colorization" else None
             for j in range(self.cfg.pairs_per_sequence):
-                v = render.render_object_view(pick(), seed=int(rng.integers(2**31)), size=sz)
+                obj, color = same or (pick(), None)
+                v = render.render_object_view(obj, seed=int(rng.integers(2**31)), size=sz, color=color)
                 images += render.task_pair(v, task, rng)
                 names.append(v.meta["object"])
             return [self.seq(images, "pairs", task=task, objects=names, split=split, tuple_size=2)]

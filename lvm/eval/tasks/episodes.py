@@ -5,7 +5,7 @@
     next_frame    frames of a physics video                    -> the next frame
     segmentation  k (rgb, segmentation) pairs + rgb            -> its segmentation
     depth         k (rgb, depth) pairs + rgb                   -> its depth
-    colorization  k (gray, rgb) pairs + gray                   -> rgb
+    colorization  k (gray, rgb) pairs + gray                   -> rgb (one object, one colour per episode)
     inpainting    k (rgb with black boxes, rgb) pairs + query  -> rgb
 """
 
@@ -62,15 +62,18 @@ def _shows_object(*views) -> bool:
 
 
 def _analogy(task: str, objs, size: int, rng) -> Episode:
-    """MAX_SHOTS example pairs and the query pair of `task`, each on a random held-out object."""
+    """MAX_SHOTS example pairs and the query pair of `task`, each on a random held-out object (colorization:
+    all on one, in a colour drawn for the episode)."""
     from data_builders import annotations as ann
     from data_builders import render
 
     images, names, hole = [], [], None
+    # colorization shows one object in one colour drawn for the episode: the examples carry its colour
+    same = (objs[int(rng.integers(len(objs)))], render.random_color(rng)) if task == "colorization" else None
     for j in range(MAX_SHOTS + 1):
         for _ in range(REDRAWS):
-            view = render.render_object_view(objs[int(rng.integers(len(objs)))], seed=int(rng.integers(2**31)),
-                                             size=size)
+            obj, color = same or (objs[int(rng.integers(len(objs)))], None)
+            view = render.render_object_view(obj, seed=int(rng.integers(2**31)), size=size, color=color)
             if _shows_object(view):
                 break
         names.append(view.meta["object"])
