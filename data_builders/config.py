@@ -14,9 +14,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenizer.common.errors import InputError
+from tokenizer.common.validate import (FINITE, NON_NEGATIVE, POSITIVE, SEED, at_least, between, checks, each,
+                                       optional)
+
+WEIGHTS = each(at_least(0.0))  # kind / task -> sampling weight
 
 
+# Ranges (tokenizer.common.validate); what one type needs beyond them its builder checks.
 @dataclass
+@checks(count=NON_NEGATIVE, n_frames=POSITIVE, strides=each(POSITIVE), group_sizes=each(POSITIVE), views=POSITIVE,
+        orbit_views=POSITIVE, step_deg=FINITE, orbits_per_object=POSITIVE, kinds=WEIGHTS, task_weights=WEIGHTS,
+        pairs_per_sequence=POSITIVE, fov_deg=between(0.0, 180.0, open_lo=True, open_hi=True),
+        ignore_color=optional(each(between(0, 255))))
 class SourceConfig:
     """One source of visual sequences. `type` picks the builder; unused keys are ignored by that type."""
 
@@ -86,6 +95,9 @@ class SourceConfig:
 
 
 @dataclass
+# image_size: the largest a renderer or tokenizer here is asked for is 1024; 8192 px squares are already
+# 200 MB per image as raw pixels.
+@checks(seed=SEED, image_size=between(8, 8192), shard_size=POSITIVE, limit=NON_NEGATIVE)
 class DataConfig:
     out: str = "data/out"
     seed: int = 0
@@ -100,8 +112,6 @@ class DataConfig:
     def __post_init__(self):
         if self.image_format not in ("png", "jpg", "jpeg"):
             raise InputError(f"image_format must be png or jpg, got {self.image_format!r}")
-        if self.shard_size < 1 or self.image_size < 8:
-            raise InputError("shard_size must be >= 1 and image_size >= 8")
         names = [source_name(s) for s in self.sources]
         if len(set(names)) != len(names):
             raise InputError(f"source names must be unique, got {names} (set `name:` on each source)")
@@ -133,7 +143,9 @@ class Skip(Exception):
 
 def dist_env() -> tuple[int, int]:
     """(rank, world size) from torchrun / accelerate / SLURM environment variables, else (0, 1)."""
+    from tokenizer.common.hardware import env_int
+
     for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if r in os.environ and w in os.environ:
-            return int(os.environ[r]), int(os.environ[w])
+            return env_int(r, 0), env_int(w, 1, lo=1)
     return 0, 1

@@ -55,6 +55,9 @@ COMMANDS: dict = {
     "train": ("train the LLaMA-style transformer on token shards",
               "lvm train configs/train/tiny.yaml data.shards=data/demo/tokens --resume",
               "lvm.commands.train"),
+    "export": ("write a model directory to ship from a training run: half-precision weights, tokenizer "
+               "record, model card", "lvm export runs/lvm-small --out assets/lvm-small --tasks runs/eval",
+               "lvm.commands.export"),
     "prompt": ("prompt a model with images: interactive REPL, one prompt file, or a batch JSONL",
                "lvm prompt --model runs/lvm --tokenizer runs/tok --prompt prompts/rotation.yaml --out out/",
                "lvm.commands.prompt"),
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _launched_worker() -> bool:
     """Whether this process is one rank of a multi-process launch (torchrun/accelerate set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    raw = os.environ.get("WORLD_SIZE", "1").strip()
+    return raw.isdigit() and int(raw) > 1  # a bad value was the command's one-line error already
 
 
 def exit_process(rc: int) -> None:

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 import torch
 
 from lvm.tokens import DEFAULT_CODEBOOK_SIZE, DEFAULT_LAYOUT, NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
+from tokenizer.common.validate import FINITE, NON_NEGATIVE, POSITIVE, above, at_least, checks, optional
 
 
 @dataclass
+# Checked before __post_init__, whose divisions need positive sizes (tokenizer.common.validate).
+@checks(hidden_size=POSITIVE, intermediate_size=POSITIVE, num_hidden_layers=POSITIVE, num_attention_heads=POSITIVE,
+        num_key_value_heads=optional(POSITIVE), codebook_size=at_least(2), max_position_embeddings=POSITIVE,
+        rms_norm_eps=above(0), rope_theta=above(0), initializer_range=at_least(0.0), grid_heads=NON_NEGATIVE,
+        grid_copy=FINITE)
 class ModelConfig:
     """LLaMA hyper-parameters. Defaults are the official LVM family's shared settings."""
 
@@ -50,6 +56,9 @@ class ModelConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_attention_heads {self.num_attention_heads}")
+        if self.num_key_value_heads and self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.num_key_value_heads}")
         if self.max_position_embeddings % TOKENS_PER_IMAGE:
             raise ValueError(f"max_position_embeddings must be a multiple of {TOKENS_PER_IMAGE}")
         if self.grid_heads and not (self.grid_rope and self.attention_bias):

@@ -28,17 +28,33 @@ from typing import Iterable, Iterator, NamedTuple
 from .common.errors import InputError
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+# Names one spec may expand to: more shards than any dataset here has (LAION-5B is ~230k), and few enough
+# that the list (~100 MB) and a stat of each stay in seconds.
+MAX_EXPANDED = 1_000_000
 
 
 def expand_braces(spec: str) -> list[str]:
-    """`a-{00..02}.tar` -> `a-00.tar a-01.tar a-02.tar` (zero-padded to the first bound's width)."""
+    """`a-{00..02}.tar` -> `a-00.tar a-01.tar a-02.tar` (zero-padded to the first bound's width); an
+    InputError, before anything is expanded, when the ranges name more than MAX_EXPANDED names."""
+    count = 1
+    for a, b in _BRACES.findall(spec):
+        if len(a) > 18 or len(b) > 18:  # past int64: no shard set is numbered so
+            raise InputError(f"{spec}: brace range {{{a}..{b}}} has bounds past 18 digits")
+        count *= max(0, int(b) - int(a) + 1)
+    if count > MAX_EXPANDED:
+        raise InputError(f"{spec}: the brace ranges name {count:,} shards, more than {MAX_EXPANDED:,}; "
+                         "name a folder or a glob instead")
+    return _expand(spec)
+
+
+def _expand(spec: str) -> list[str]:
     m = _BRACES.search(spec)
     if not m:
         return [spec]
     a, b = m.group(1), m.group(2)
     out = []
     for i in range(int(a), int(b) + 1):
-        out.extend(expand_braces(spec[:m.start()] + str(i).zfill(len(a)) + spec[m.end():]))
+        out.extend(_expand(spec[:m.start()] + str(i).zfill(len(a)) + spec[m.end():]))
     return out
 
 
@@ -66,6 +82,26 @@ def list_shards(spec: str | os.PathLike | Iterable) -> list[Path]:
     if missing or not found:
         raise InputError(f"{spec}: no .tar shards found" + (f" (no such shard file: {missing[0]})" if missing else ""))
     return sorted(found, key=str) if len(parts) > 1 else found
+
+
+def read_list_file(path: str | os.PathLike, what: str = "image list") -> list[str]:
+    """The entries of a list file (one path per line; blank lines and `#` comments skipped), stripped; a
+    one-line InputError naming the file, and the line, when it is unreadable or not UTF-8 text."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    out = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8-sig" if n == 1 else "utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: line {n} of the {what} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                             "a list holds one UTF-8 path per line") from None
+        if text and not text.startswith("#"):
+            out.append(text)
+    return out
 
 
 def iter_tar_members(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:

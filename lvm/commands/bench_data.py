@@ -14,15 +14,17 @@ examples:
   lvm bench data --scale 2000,20000 --source annotate                          # ~1 min
 """
 
+from lvm.commands.arg_types import POSITIVE_INT
+
 
 def add_arguments(p):
     p.add_argument("config", nargs="?", default="configs/data/demo.yaml", help="data config to build")
-    p.add_argument("--limit", type=int, default=600, help="units (sequences for builtin) per source per build")
+    p.add_argument("--limit", type=POSITIVE_INT, default=600, help="units (sequences for builtin) per source per build")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare")
-    p.add_argument("--rounds", type=int, default=1, help="alternating rounds per setting")
+    p.add_argument("--rounds", type=POSITIVE_INT, default=1, help="alternating rounds per setting")
     p.add_argument("--scale", default="", help="comma-separated input counts: time plan/make per item instead")
     p.add_argument("--source", default="annotate", choices=["annotate", "pairs"], help="--scale: source type")
-    p.add_argument("--units", type=int, default=200, help="--scale: make() calls timed per input count")
+    p.add_argument("--units", type=POSITIVE_INT, default=200, help="--scale: make() calls timed per input count")
 
 
 def run(args):

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 
+from lvm.commands.arg_types import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT
+
 
 def add_arguments(p):
     from tokenizer.common.hardware import add_arguments as device_arguments
@@ -31,16 +33,16 @@ def add_arguments(p):
     p.add_argument("--model", default="tiny",
                    help="config name in configs/model (tiny, 100m, ...), a model YAML, or an HF model directory")
     p.add_argument("--batch", default="1,4", help="comma-separated candidate counts (default 1,4)")
-    p.add_argument("--prompt-images", type=int, default=7)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--prompt-images", type=POSITIVE_INT, default=7)
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3)
+    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0)
+    p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=50)
     device_arguments(p, device_help="where both sides run: auto (a GPU if there is one), cpu, cuda, cuda:N or mps",
                      precision_help="comma-separated engine precisions, compared side by side (default auto: "
                                     "what the policy picks here; e.g. auto,fp32,bf16)", many=True)
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--seed", type=SEED_INT, default=0)
 
 
 def run(args):

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from lvm.commands.arg_types import POSITIVE_INT, SEED_INT
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 
 
@@ -32,10 +33,10 @@ def add_arguments(p):
     p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="override config values, e.g. model.quantizer=l2 model.color_skip=false")
     p.add_argument("--checkpoint", default=None, help="load real weights instead of random ones")
-    p.add_argument("--batch", type=int, default=4, help="images per batch")
-    p.add_argument("--iters", type=int, default=3, help="timed repetitions (median reported)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=POSITIVE_INT, default=4, help="images per batch")
+    p.add_argument("--iters", type=POSITIVE_INT, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--seed", type=SEED_INT, default=0)
     add_hardware_arguments(p, precision_help="our side's precision(s), a comma list timed side by side (e.g. "
                                              "auto,fp32,bf16); auto = what the hardware policy picks here (see "
                                              "`lvm env`); the reference is always fp32", many=True)

@@ -19,22 +19,23 @@ examples:
   lvm bench train --model tiny,100m --seq-len 1024 --steps 3
 """
 
+from lvm.commands.arg_types import NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
 
 
 def add_arguments(p):
     p.add_argument("--model", default="tiny,100m",
                    help="comma-separated model configs: names in configs/model/ or YAML paths (default tiny,100m)")
-    p.add_argument("--seq-len", type=int, default=None,
+    p.add_argument("--seq-len", type=POSITIVE_INT, default=None,
                    help="row length in tokens (multiple of 256; default: 4096 for tiny, 1024 otherwise)")
-    p.add_argument("--rows", type=int, default=2, help="packed rows of tokens per step (default 2)")
-    p.add_argument("--ref-batch", type=int, default=4, help="sequences per padded reference batch (default 4)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per side (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side first (default 1)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--rows", type=POSITIVE_INT, default=2, help="packed rows of tokens per step (default 2)")
+    p.add_argument("--ref-batch", type=POSITIVE_INT, default=4, help="sequences per padded reference batch (default 4)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=3, help="timed steps per side (default 3)")
+    p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=1, help="untimed steps per side first (default 1)")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
                    help="torch threads (default 0 = auto: 1 when the load average exceeds the cores, since "
                         "multi-threaded kernels then stall on descheduled threads at every op)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED_INT, default=0)
     p.add_argument("--out", default=None, help="also write the results as JSON")
     add_hardware_arguments(p, precision_help="comma-separated precisions of lvm train's side (default auto: what "
                                              "lvm train picks here; e.g. auto,fp32,bf16 compares them)", many=True)

@@ -15,16 +15,18 @@ example:
   lvm eval perplexity eval.jsonl --model runs/lvm-tiny/checkpoints/step-00001000 --tokenizer runs/tok
 """
 
+from lvm.commands.arg_types import NON_NEGATIVE_INT, POSITIVE_INT
+
 
 def add_arguments(p):
     from lvm.commands.pair_args import add_pair_arguments
 
     p.add_argument("file", metavar="FILE.jsonl", help='JSON lines {"input": [paths], "target": [paths]}')
     add_pair_arguments(p)
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per forward pass (default 4)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="sequences per forward pass (default 4)")
     p.add_argument("--input-base-dir", default=None,
                    help="folder that relative image paths are joined to (default: the JSONL file's folder)")
-    p.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N lines (0 = all)")
+    p.add_argument("--max-examples", type=NON_NEGATIVE_INT, default=0, help="evaluate only the first N lines (0 = all)")
     p.add_argument("--json-input-key", default="input", help='key of the input image list (default "input")')
     p.add_argument("--json-target-key", default="target", help='key of the target image list (default "target")')
     p.add_argument("--out", default=None, help="also write per-example results to this JSON file")

@@ -17,6 +17,8 @@ examples:
   lvm eval video-perplexity --list clips.txt --frames --context 1,3,7,11,15 --out out/video --model runs/lvm --tokenizer runs/tok
 """
 
+from lvm.commands.arg_types import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT
+
 
 def _ints(text: str) -> list[int]:
     import argparse
@@ -35,15 +37,16 @@ def add_arguments(p):
     src.add_argument("--list", dest="list_file", help="text file with one video (or frame folder) path per line")
     p.add_argument("--frames", action="store_true", help="inputs are folders of frame images")
     add_pair_arguments(p)
-    p.add_argument("--n-context-frames", type=int, default=15, help="context frames (default 15, as the release)")
-    p.add_argument("--n-target-frames", type=int, default=1, help="target frames scored (default 1)")
-    p.add_argument("--stride", type=int, default=8, help="frames between the frames used (default 8)")
-    p.add_argument("--center-crop", type=float, default=1.0, help="keep this central fraction of each frame")
+    p.add_argument("--n-context-frames", type=POSITIVE_INT, default=15,
+                   help="context frames (default 15, as the release)")
+    p.add_argument("--n-target-frames", type=POSITIVE_INT, default=1, help="target frames scored (default 1)")
+    p.add_argument("--stride", type=POSITIVE_INT, default=8, help="frames between the frames used (default 8)")
+    p.add_argument("--center-crop", type=FRACTION, default=1.0, help="keep this central fraction of each frame")
     p.add_argument("--no-random-start", dest="random_start", action="store_false", help="start at frame 0")
     p.add_argument("--shuffle", action="store_true", help="shuffle the inputs (with --seed) before --max-examples")
-    p.add_argument("--max-examples", type=int, default=0, help="only the first N inputs (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the start frames and the shuffle")
-    p.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass (default 2)")
+    p.add_argument("--max-examples", type=NON_NEGATIVE_INT, default=0, help="only the first N inputs (0 = all)")
+    p.add_argument("--seed", type=SEED_INT, default=0, help="seed of the start frames and the shuffle")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=2, help="sequences per forward pass (default 2)")
     p.add_argument("--context", type=_ints, default=[], metavar="C1,C2,...",
                    help="context lengths to compare on the same clips (max of them replaces --n-context-frames)")
     p.add_argument("--out", default=None, help="folder for video_perplexity.json (and context_curve.png)")

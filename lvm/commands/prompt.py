@@ -26,40 +26,59 @@ from __future__ import annotations
 
 import argparse
 
+from lvm.commands.arg_types import (FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT, int_range,
+                                    resize_spec)
+
+# one input image and the new one at least
+CONTEXT_FRAMES = int_range(2, 2**31 - 1)
+
+
+def prompt_file(text: str) -> str:
+    """--prompt: the file is read and checked while the flags are parsed, so a bad one fails in one line
+    before a model loads (the session reads it again)."""
+    from lvm.prompt.prompts import load_prompt
+    from tokenizer.common.errors import InputError, one_line
+
+    try:
+        load_prompt(text)
+    except (InputError, OSError) as e:
+        raise argparse.ArgumentTypeError(one_line(e)) from None
+    return text
+
 
 def add_arguments(p):
     from lvm.commands.pair_args import add_pair_arguments
 
-    add_pair_arguments(p, demo_default=True)
-    p.add_argument("--prompt", default=None, help="one-shot: a prompt YAML file (see prompts/)")
+    add_pair_arguments(p, default_model=True)
+    p.add_argument("--prompt", default=None, type=prompt_file, help="one-shot: a prompt YAML file (see prompts/)")
     p.add_argument("--batch", default=None, help="batch: a JSONL file in the released format")
     p.add_argument("--out", default="out/prompt",
                    help="output folder (REPL results, one-shot results, the batch's results log)")
-    p.add_argument("--n", "--n-new-frames", dest="n", type=int, default=None,
+    p.add_argument("--n", "--n-new-frames", dest="n", type=POSITIVE_INT, default=None,
                    help="new images to generate (default: the prompt's n; batch: 1)")
-    p.add_argument("--candidates", "--n-candidates", dest="candidates", type=int, default=None,
+    p.add_argument("--candidates", "--n-candidates", dest="candidates", type=POSITIVE_INT, default=None,
                    help="candidates per prompt (default 1; batch: 2, as the release)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0)
+    p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=50)
+    p.add_argument("--top-p", type=FRACTION, default=1.0)
+    p.add_argument("--seed", type=SEED_INT, default=0)
     b = p.add_argument_group("batch (--batch), with the released batch_generation.py's options")
-    b.add_argument("--context-frames", type=int, default=None,
+    b.add_argument("--context-frames", type=CONTEXT_FRAMES, default=None,
                    help="images the model sees: the prompt keeps its last N-1 (default: the model's context)")
     b.add_argument("--evaluate-mse", action="store_true", help='MSE of the generated frames against "target"')
     b.add_argument("--include-input", action="store_true", help="the output grid starts with the input images")
-    b.add_argument("--resize-output", default="",
+    b.add_argument("--resize-output", default="", type=resize_spec,
                    help="resize every grid cell: 'original' (the last input's size) or W,H / WxH")
     b.add_argument("--input-base-dir", default=None,
                    help="folder relative input/target paths are joined to (default: the JSONL file's folder)")
     b.add_argument("--output-base-dir", default=None,
                    help="folder relative output paths are joined to (default: the current folder)")
-    b.add_argument("--max-examples", type=int, default=0, help="only the first N lines (0 = all)")
+    b.add_argument("--max-examples", type=NON_NEGATIVE_INT, default=0, help="only the first N lines (0 = all)")
     b.add_argument("--json-input-key", default="input")
     b.add_argument("--json-output-key", default="output")
     b.add_argument("--json-target-key", default="target")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
                    help="torch threads (0 = torch's default; 1 decodes faster on a busy shared machine)")
     p.add_argument("--no-display", action="store_true", help="no inline image preview in the terminal")
     p.add_argument("--display", default=None, choices=["kitty", "sixel", "ansi", "none"],

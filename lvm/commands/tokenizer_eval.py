@@ -11,14 +11,15 @@ Example:
 
 import argparse
 
+from lvm.commands.arg_types import POSITIVE_INT
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):
     p.add_argument("checkpoint", help="tokenizer checkpoint (dir or .ckpt)")
     p.add_argument("--images", required=True, help="folder, list file or .tar shards")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    p.add_argument("--max-images", type=POSITIVE_INT, default=None)
     p.add_argument("--lpips-vgg", default=None, help="torchvision VGG16 state dict (local file)")
     p.add_argument("--lpips-lin", default=None, help="LPIPS linear-layer weights (local file)")
     add_hardware_arguments(p)

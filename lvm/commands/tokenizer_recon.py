@@ -5,6 +5,7 @@ Example:
   lvm tokenizer recon runs/tok held_out/ --max-images 8 --out recon.png
 """
 
+from lvm.commands.arg_types import POSITIVE_INT
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
 
 
@@ -12,7 +13,7 @@ def add_arguments(p):
     p.add_argument("checkpoint", help="tokenizer checkpoint (dir or .ckpt)")
     p.add_argument("images", nargs="+", help="image files, or folders / .txt lists of images")
     p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--max-images", type=int, default=16)
+    p.add_argument("--max-images", type=POSITIVE_INT, default=16)
     add_hardware_arguments(p)
 
 

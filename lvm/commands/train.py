@@ -22,7 +22,7 @@ examples:
 from lvm.commands.config_args import add_config_arguments, config_from_args
 from tokenizer.common.config import config_to_yaml
 from tokenizer.common.hardware import add_arguments as add_hardware_arguments
-from tokenizer.common.hardware import apply_args
+from tokenizer.common.hardware import apply_args, launch_env
 
 
 def add_arguments(p):
@@ -46,10 +46,9 @@ def run(args):
         return 0
     from lvm.train.loop import train
 
+    rank = launch_env()[0]  # a RANK that is not a number ends here, before the run starts
     summary = train(cfg, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
-    import os
-
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank != 0:
         return 0
     ev = ", ".join(f"{k} {v:.4f}" for k, v in summary["eval"].items())
     last = summary["losses"][max(summary["losses"])] if summary["losses"] else float("nan")

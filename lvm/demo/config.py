@@ -6,12 +6,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvm.checkpoints import DEMO_OUT
+from tokenizer.common.validate import POSITIVE, SEED, above, between, checks, each
 
 SHIPPED_TOKENIZER = "assets/demo-tokenizer"  # relative to the project root (shipped_tokenizer)
 STAGES = ("data", "tokenizer", "tokenize", "train", "prompts", "eval", "report")
 
 
+# Ranges (tokenizer.common.validate): minutes are budgets a stage divides by; counts make at least one of each.
 @dataclass
+@checks(seed=SEED, workers=POSITIVE, budget_minutes=above(0), sequences=POSITIVE, image_size=between(8, 8192),
+        tokenizer_steps=POSITIVE, tokenizer_minutes=above(0), train_steps=POSITIVE, train_minutes=above(0),
+        heldout_every=POSITIVE, prompt_candidates=POSITIVE, eval_episodes=POSITIVE, eval_samples=POSITIVE, shots=each(POSITIVE),
+        context=POSITIVE)
 class DemoConfig:
     out: str = str(DEMO_OUT)
     seed: int = 0
@@ -53,6 +59,12 @@ class DemoConfig:
     # the transformer stage's time budget (saving included); it gives up minutes where the stages around it
     # would pass budget_minutes (a trained tokenizer, a slower machine): Demo.train_minutes
     train_minutes: float = 15.0
+    # The shipped lvm-small (the same recipe trained for hours: its README), prompted and evaluated beside
+    # the fresh model on the same held-out prompts, and its logged held-out perplexity beside the fresh
+    # run's: one recipe at minutes and at hours of compute. null: the fresh model only (also when absent).
+    shipped_model: str | None = "assets/lvm-small"
+    # the fresh run scores the shipped model's held-out tokens (its heldout_tokens/) every this many steps
+    heldout_every: int = 100
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
     eval_episodes: int = 4
@@ -80,7 +92,7 @@ class DemoConfig:
 # `--quick`: a smoke run of every stage in about three minutes; quality is not expected.
 QUICK = ["tokenizer_checkpoint=null", "sequences=16", "tokenizer_steps=20", "tokenizer_minutes=0.5", "train_steps=4", "train_minutes=1",
          "train_overrides=[tokens_per_step=4096,warmup_steps=2,save_every=4,log_every=1]", "eval_episodes=1",
-         "shots=[1,3]", "context=3", "prompt_candidates=1", "budget_minutes=3"]
+         "shots=[1,3]", "context=3", "prompt_candidates=1", "budget_minutes=3", "shipped_model=null"]
 QUICK_OUT = "runs/demo-quick"  # where --quick writes unless out= is given
 
 # Seconds per unit of work on an idle 2-core CPU (bf16), used only to print an estimate before each stage
@@ -129,8 +141,24 @@ def fmt_s(s: float) -> str:
 
 
 def after_at_table_speed(c: DemoConfig) -> float:
-    """Seconds of the stages after training (prompts, eval, report) at EST's speed."""
-    return EST["prompts"] + c.eval_episodes * 6 * EST["eval_per_episode"] + EST["report"]
+    """Seconds of the stages after training (prompts, eval, report) at EST's speed, the shipped model's
+    share included (its decoding costs SHIPPED_COST times the fresh model's)."""
+    models = 1 + (SHIPPED_COST if shipped_model(c) else 0)
+    return models * (EST["prompts"] + c.eval_episodes * 6 * EST["eval_per_episode"]) + EST["report"]
+
+
+SHIPPED_COST = 1.5  # lvm-small's 6 layers against the tiny model's 4: what a decoded token costs
+
+
+def shipped_model(c: DemoConfig) -> Path | None:
+    """The shipped model to show beside the fresh one (c.shipped_model, relative to the project root), or
+    None when it is off or not there."""
+    from tokenizer.common.config import project_path
+
+    if not c.shipped_model:
+        return None
+    p = project_path(c.shipped_model)
+    return p if (p / "config.json").is_file() else None
 
 
 def shipped_tokenizer(path: str) -> Path:

@@ -44,7 +44,7 @@ from lvm.generate.sampling import Generation, ProgressFn, Sampling, sample_next
 from lvm.generate.weights import decode_weight, layer_weights
 from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
 from tokenizer.common.errors import InputError
-from tokenizer.common.hardware import precision_name, synchronize
+from tokenizer.common.hardware import free_memory, precision_name, synchronize
 
 
 class Engine:
@@ -155,12 +155,11 @@ class Engine:
         shape = (len(self.layers), batch, self.n_kv, self.context, self.head_dim)
         self.k_cache = self.v_cache = None  # the old cache goes before the new one comes
         self._graphs = {}  # captured graphs point into the old cache
-        if self.device.type == "cuda":
-            need = 2 * math.prod(shape) * torch.empty(0, dtype=self.cache_dtype).element_size()
-            free = torch.cuda.mem_get_info(self.device)[0]
-            if need > free:
-                raise InputError(f"the KV cache for {batch} candidate(s) needs {need / 2 ** 30:.1f} GiB, "
-                                 f"{free / 2 ** 30:.1f} GiB are free on {self.device}; use fewer candidates")
+        need = 2 * math.prod(shape) * torch.empty(0, dtype=self.cache_dtype).element_size()
+        free = free_memory(self.device)  # checked first: past it the allocator fails with a traceback
+        if free is not None and need > free:
+            raise InputError(f"the KV cache for {batch} candidate(s) needs {need / 2 ** 30:.1f} GiB, "
+                             f"{free / 2 ** 30:.1f} GiB are free for it on {self.device}; use fewer candidates")
         self.k_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.cache_dtype, device=self.device)
         self.max_batch = batch
@@ -307,9 +306,9 @@ class Engine:
         s = sampling or Sampling()
         tpi = self.layout.tokens_per_image
         prompt = self._check_prompt(prompt, n_new, candidates)
-        gens = self._generators(s, candidates, seeds)
         B = candidates
-        self._alloc(B)
+        self._alloc(B)  # the cache's memory check comes before any per-candidate work
+        gens = self._generators(s, candidates, seeds)
         # Preallocated token rows; `n` of them are valid. Positions are indices into this buffer.
         seq = torch.empty(B, self.context, dtype=torch.long, device=self.device)
         notes: list[str] = []

@@ -109,12 +109,29 @@ def expand_paths(specs, base: Path | None = None) -> list[Path]:
     return out
 
 
-def _list(v, key, path):
-    if isinstance(v, (str, os.PathLike)):
-        return [v]
-    if not isinstance(v, list):
-        raise InputError(f"{path}: '{key}' must be a path or a list of paths")
-    return v
+def _paths(v, key: str, path: Path, base: Path, one: bool = False) -> list[Path]:
+    """The files that `v`, entry `key` of the prompt file `path`, names: a path, a glob or a list of them
+    (one file when `one`); every error is one line naming the file and the key."""
+    specs = [v] if isinstance(v, (str, os.PathLike)) else v
+    if one and not isinstance(v, (str, os.PathLike)):
+        raise InputError(f"{path}: '{key}' must be one image path, got {v!r}")
+    if not isinstance(specs, list) or not all(isinstance(x, (str, os.PathLike)) for x in specs):
+        raise InputError(f"{path}: '{key}' must be a path or a list of paths, got {v!r}")
+    try:
+        files = expand_paths(specs, base)
+    except InputError as e:  # the glob's or path's own error, in the prompt file's name
+        raise InputError(f"{path}: '{key}': {e}") from None
+    if one and len(files) != 1:
+        raise InputError(f"{path}: '{key}' must name one image, {v!r} matches {len(files)}")
+    return files
+
+
+def _count(d: dict, path: Path) -> int:
+    """The prompt file's `n`: images to generate, a whole number >= 1 (default 1)."""
+    n = d.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"{path}: 'n' must be a whole number >= 1, got {n!r}")
+    return n
 
 
 def load_prompt(path) -> Prompt:
@@ -125,32 +142,35 @@ def load_prompt(path) -> Prompt:
     d = read_yaml_mapping(path, "prompt file", "a YAML mapping with 'mode' and images")
     known = {"mode", "images", "pairs", "query", "n", "target", "description"}
     if set(d) - known:
-        raise InputError(f"{path}: unknown keys {sorted(set(d) - known)} (known: {sorted(known)})")
+        raise InputError(f"{path}: unknown keys {sorted(set(d) - known, key=str)} (known: {sorted(known)})")
     mode = d.get("mode", "sequential")
     if mode not in MODES:
         raise InputError(f"{path}: mode must be one of {MODES}, got {mode!r}")
     base = path.parent
     p = Prompt(mode=mode, description=str(d.get("description", "")))
+    n = _count(d, path)
     if mode == "sequential":
         if "images" not in d or "pairs" in d or "query" in d:
             raise InputError(f"{path}: a sequential prompt lists 'images' (and no pairs/query)")
-        p.add_frames(expand_paths(_list(d["images"], "images", path), base))
-        p.n_new = int(d.get("n", 1))
+        p.add_frames(_paths(d["images"], "images", path, base))
+        p.n_new = n
     else:
         if "query" not in d:
             raise InputError(f"{path}: an analogy prompt needs 'query'")
-        for pair in d.get("pairs") or []:
+        pairs = d.get("pairs") or []
+        if not isinstance(pairs, list):
+            raise InputError(f"{path}: 'pairs' must be a list of [A, A'] pairs, got {pairs!r}")
+        for i, pair in enumerate(pairs):
             if not isinstance(pair, list) or len(pair) != 2:
-                raise InputError(f"{path}: each entry of 'pairs' is [A, A']")
-            a, b = expand_paths(pair, base)
+                raise InputError(f"{path}: each entry of 'pairs' is [A, A'], entry {i} is {pair!r}")
+            # each side names one file: a glob matching several would shift every later image by one
+            a, b = (_paths(pair[j], f"pairs[{i}][{j}]", path, base, one=True)[0] for j in (0, 1))
             p.add_pair(a, b)
-        p.set_query(expand_paths([d["query"]], base)[0])
-        if int(d.get("n", 1)) != 1:
+        p.set_query(_paths(d["query"], "query", path, base, one=True)[0])
+        if n != 1:
             raise InputError(f"{path}: an analogy prompt generates exactly one image (n: 1)")
     if d.get("target") is not None:
-        p.target = expand_paths(_list(d["target"], "target", path), base)
-    if p.n_new < 1:
-        raise InputError(f"{path}: n must be >= 1")
+        p.target = _paths(d["target"], "target", path, base)
     p.check()
     return p
 

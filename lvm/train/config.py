@@ -7,9 +7,21 @@ from typing import Literal
 
 from data_builders.token_stream import TokenStreamConfig
 from lvm.model import ModelConfig
+from tokenizer.common.errors import InputError
+from tokenizer.common.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
 
 
+# Ranges of the values (tokenizer.common.validate): each one a value outside it crashes, hangs or silently
+# misbehaves with (seq_len -256 packs forever; save_every 0 divides by zero; lr 0 divides min_lr by it).
 @dataclass
+@checks(seed=SEED, seq_len=optional(POSITIVE), micro_batch=POSITIVE, tokens_per_step=NON_NEGATIVE,
+        max_steps=POSITIVE, max_minutes=optional(above(0)), open_rows=POSITIVE, lr=above(0), min_lr=at_least(0.0),
+        warmup_steps=NON_NEGATIVE, weight_decay=at_least(0.0), betas=each(between(0.0, 1.0, open_hi=True)),
+        grad_clip=above(0), cpu_threads=optional(NON_NEGATIVE), peak_tflops=optional(above(0)),
+        log_every=POSITIVE, eval_every=POSITIVE, eval_batches=POSITIVE, save_every=POSITIVE, keep_last=POSITIVE,
+        # the data section's counts are used by this run only (TokenStreamConfig declares no table)
+        **{"data.shuffle_buffer": NON_NEGATIVE, "data.num_workers": NON_NEGATIVE,
+           "data.weights": optional(each(at_least(0.0)))})
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: TokenStreamConfig = field(default_factory=TokenStreamConfig)
@@ -59,3 +71,10 @@ class TrainConfig:
     eval_batches: int = 16
     save_every: int = 200
     keep_last: int = 3
+
+    def __post_init__(self):
+        # packed rows hold whole images and fit the model's positions (lvm.train.loop checks it again)
+        tpi, ctx = self.model.layout.tokens_per_image, self.model.max_position_embeddings
+        if self.seq_len is not None and (self.seq_len % tpi or self.seq_len > ctx):
+            raise InputError(f"seq_len {self.seq_len} must be a multiple of {tpi} and at most "
+                             f"model.max_position_embeddings ({ctx})")

@@ -5,6 +5,9 @@
 - Nested dataclasses are nested YAML mappings; overrides reach into them with dots (`model.n_layer=4`).
 - Override values are parsed as YAML (`true`, `[1, 2]`, `null`) and then checked against the field's type.
 - Unknown keys are rejected with the list of valid keys; wrong types name the key and the expected type.
+- Every integer fits int64 and every float is finite; each dataclass declares its ranges once
+  (tokenizer.common.validate.checks), enforced whenever the dataclass is built, so for files and overrides alike.
+- YAML is read as UTF-8, within a size limit and an alias-expansion limit (tokenizer.common.validate).
 - `save_config` writes the resolved config (YAML) next to a run's outputs.
 
 The dataclasses themselves live with the code they configure (any of the three packages); this loader and
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -24,6 +28,7 @@ import yaml
 
 from .errors import InputError
 from .files import atomic_write_text
+from .validate import ConfigError, FieldError, YAMLSyntaxError, read_yaml_file, safe_yaml
 
 T = TypeVar("T")
 
@@ -42,10 +47,6 @@ def project_path(path: str | Path, exists=Path.exists) -> Path:
     if not exists(path) and not path.is_absolute() and exists(PROJECT_ROOT / path):
         return PROJECT_ROOT / path
     return path
-
-
-class ConfigError(InputError):
-    """A config file or override that does not fit its dataclass."""
 
 
 # Directory of the config file being read: a nested config given as a path (`model: ../model/tiny.yaml`)
@@ -121,26 +122,37 @@ def _coerce(value: Any, tp, where: str):
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
+        out = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            out = value
         # YAML 1.1 reads "1e4" as a string; accept numbers written that way when they are whole.
-        if isinstance(value, (str, float)) and not isinstance(value, bool):
+        elif isinstance(value, (str, float)):
             try:
                 f = float(value)
-                if f.is_integer():
-                    return int(f)
-            except ValueError:
+                out = int(f) if f.is_integer() else None
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if out is None:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if not -2**63 <= out < 2**63:  # every integer ends up in torch or numpy, whose integers are int64
+            raise ConfigError(f"{where}: expected an integer in int64's range, got {value!r}")
+        return out
     if tp is float:
+        out = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)  # "3e-4" is a string to PyYAML
+                out = float(value)
+            except OverflowError:  # an int past float's range
+                pass
+        elif isinstance(value, str):
+            try:
+                out = float(value)  # "3e-4" is a string to PyYAML
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        # nan and inf are never a setting: nan passes every comparison-based range check by failing it.
+        if out is None or not math.isfinite(out):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -172,9 +184,13 @@ def _build(cls: type[T], data: dict, where: str = "") -> T:
         kwargs[key] = _coerce(value, fields[key], f"{where}.{key}" if where else key)
     try:
         return cls(**kwargs)
+    except FieldError as e:  # a declared range: name the key by its full dotted path
+        raise ConfigError(f"{where + '.' if where else ''}{e.key}: {e.problem}") from None
+    except ConfigError:
+        raise
+    except InputError as e:  # a class's own cross-field check, already one line
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     except (TypeError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
         raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
@@ -183,11 +199,7 @@ def read_yaml_mapping(path: Path, what: str = "file", expected: str = "a YAML ma
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    loaded = read_yaml_file(path)
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
@@ -203,8 +215,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = safe_yaml(raw, f"override '{text}'") if raw != "" else ""
+    except YAMLSyntaxError:  # not YAML: the text as it is (a string field takes it)
         value = raw
     return key.split("."), value
 
@@ -228,6 +240,9 @@ def _set_path(data: dict, cls, path: list[str], value, text: str):
             existing = load_config(sub, _resolve_include(str(existing), ".".join(path[: i + 1])))
         if dataclasses.is_dataclass(existing):
             existing = config_to_dict(existing)
+        if existing is not None and not isinstance(existing, dict):  # e.g. `model=-1 model.hidden_size=8`
+            raise ConfigError(f"override '{text}': '{'.'.join(path[: i + 1])}' is {existing!r}, not a mapping "
+                              f"of {sub.__name__} fields")
         node[key] = dict(existing or {})
         node, node_cls = node[key], sub
 

@@ -210,7 +210,7 @@ def _device(device: str | None, hw: Hardware) -> str:
     d = (device or "auto").strip().lower()
     if d == "auto":
         if hw.gpus:
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % len(hw.gpus)}"
+            return f"cuda:{env_int('LOCAL_RANK', 0) % len(hw.gpus)}"
         return "mps" if hw.mps else "cpu"
     if d == "cpu":
         return "cpu"
@@ -222,7 +222,7 @@ def _device(device: str | None, hw: Hardware) -> str:
         if idx and (not idx.isdigit() or int(idx) >= len(hw.gpus)):
             raise InputError(f"--device {device}: this machine has {len(hw.gpus)} CUDA GPU(s) "
                              f"(cuda:0 .. cuda:{len(hw.gpus) - 1})")
-        return f"cuda:{int(idx) if idx else int(os.environ.get('LOCAL_RANK', 0)) % len(hw.gpus)}"
+        return f"cuda:{int(idx) if idx else env_int('LOCAL_RANK', 0) % len(hw.gpus)}"
     if d == "mps":
         if not hw.mps:
             raise InputError(f"--device {device}: Apple MPS is not available here; use --device cpu or auto")
@@ -237,6 +237,7 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
     Raises InputError (one line) for a device that is not there or a precision that is not a choice.
     `purpose` matters only where training and inference differ (fp16 on old GPUs, see the module doc).
     """
+    launch_env()  # a launcher variable that is not a number ends here, before any work
     hw = hw or detect()
     p = precision_name(precision)
     if p not in PRECISIONS:
@@ -271,6 +272,33 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
     return Plan(device=dev, precision=p, requested=(device or "auto", precision or "auto"), notes=tuple(notes))
 
 
+def env_int(name: str, default: int, lo: int = 0) -> int:
+    """A launcher's integer variable (RANK, LOCAL_RANK, WORLD_SIZE, SLURM_PROCID, ...): `default` when unset,
+    else a whole number >= `lo`; anything else is a one-line InputError (a rank cannot be guessed)."""
+    raw = os.environ.get(name, "").strip()
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None  # fits int64
+    if raw and (value is None or value < lo):
+        raise InputError(f"environment variable {name}={raw[:40]!r}: expected a whole number >= {lo}")
+    return value if raw else default
+
+
+def launch_env() -> tuple[int, int, int]:
+    """(RANK, LOCAL_RANK, WORLD_SIZE) of a multi-process launch, checked; (0, 0, 1) outside one."""
+    return env_int("RANK", 0), env_int("LOCAL_RANK", 0), env_int("WORLD_SIZE", 1, lo=1)
+
+
+def free_memory(device) -> int | None:
+    """Bytes a new allocation on `device` may take: CUDA's free memory; on a CPU half the available RAM
+    (the rest is left to everything else); None (unknown) elsewhere."""
+    import psutil  # comes with accelerate
+    import torch
+
+    kind = str(device).split(":")[0]
+    if kind == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return psutil.virtual_memory().available // 2 if kind == "cpu" else None
+
+
 def synchronize(device) -> None:
     """Wait for the device's queued work (timings, probes); nothing to wait for on a CPU."""
     import torch
@@ -300,7 +328,7 @@ def make_accelerator(plan: Plan, **kwargs):
         # process-wide singleton, so drop it between single-process runs.
         AcceleratorState._reset_state()
     cpu = plan.device_type == "cpu"  # also what makes accelerate form a multi-process CPU group (gloo)
-    if plan.device_type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if plan.device_type == "cuda" and env_int("WORLD_SIZE", 1, lo=1) == 1:
         torch.cuda.set_device(plan.device)  # a single process uses the GPU the plan names
     # accelerate's fp16 is GPU-only (on the CPU it would silently run fp32): autocast it here instead.
     cpu_fp16 = cpu and plan.precision == "fp16"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from lvm.tokens import IMAGES_PER_CONTEXT
 from tokenizer.common.errors import InputError
+from tokenizer.common.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
 
 SEQUENTIAL = ("next_view", "next_frame")
 ANALOGY = ("segmentation", "depth", "colorization", "inpainting")
@@ -27,7 +28,12 @@ QUERY = 2 * MAX_SHOTS                      # index of the query in an analogy ep
 MAX_CONTEXT = IMAGES_PER_CONTEXT - 1       # context frames of a sequential task: the target takes the last slot
 
 
+# Ranges (tokenizer.common.validate); which tasks, shots and decodings exist __post_init__ checks.
 @dataclass
+@checks(episodes=POSITIVE, shots=each(POSITIVE), context=POSITIVE, seed=SEED, samples=POSITIVE,
+        temperature=at_least(0.0), task_temperature=each(at_least(0.0)), top_k=NON_NEGATIVE,
+        top_p=between(0.0, 1.0, open_lo=True), gen_threads=NON_NEGATIVE, grid_rows=NON_NEGATIVE,
+        max_minutes=optional(above(0)))
 class SuiteConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     episodes: int = 8                 # held-out episodes per task
@@ -83,18 +89,12 @@ class SuiteConfig:
 
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.episodes < 1:
-            raise InputError("episodes must be >= 1")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise InputError(f"max_minutes must be > 0 (or null for all episodes), got {self.max_minutes}")
         bad = {t: m for t, m in self.decoding.items() if t not in TASKS or m not in DECODINGS}
         if bad:
             raise InputError(f"decoding {bad}: tasks are {', '.join(TASKS)}; modes are {', '.join(DECODINGS)}")
-        if self.samples < 1 or self.temperature < 0:
-            raise InputError(f"samples must be >= 1 and temperature >= 0, got {self.samples}, {self.temperature}")
-        bad = {t: v for t, v in self.task_temperature.items() if t not in TASKS or not float(v) >= 0}
+        bad = {t: v for t, v in self.task_temperature.items() if t not in TASKS}
         if bad:
-            raise InputError(f"task_temperature {bad}: tasks are {', '.join(TASKS)}; temperatures are >= 0")
+            raise InputError(f"task_temperature {bad}: tasks are {', '.join(TASKS)}")
 
     def temperature_of(self, task: str) -> float:
         return float(self.task_temperature.get(task, self.temperature))
