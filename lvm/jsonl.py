@@ -65,13 +65,18 @@ def read_records(path, keys: dict[str, bool], input_base_dir=None, output_keys=(
     in_base = Path(input_base_dir) if input_base_dir else path.parent
     out_base = Path(output_base_dir) if output_base_dir else None
     seen = 0
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
+    # Bytes, split at line ends only: a line that is not UTF-8 is one bad line, skipped and counted like
+    # a line that is not JSON, rather than the end of the whole file.
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
             continue
         if max_examples and seen >= max_examples:
             return
         try:
-            rec = json.loads(line)
+            rec = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
+        except UnicodeDecodeError as e:
+            yield Skipped(n, f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at column {e.start + 1})")
+            continue
         except json.JSONDecodeError as e:
             yield Skipped(n, f"not JSON ({e.msg})")
             continue

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from .common.errors import ImageLoadError, InputError
 from .image_io import IMAGE_EXTENSIONS, list_images, load_image_tensor, pil_to_tensor, resize_square, to_rgb
-from .tar import is_shard_spec, iter_tar_members, list_shards
+from .tar import is_shard_spec, iter_tar_members, list_shards, read_list_file
 
 
 def shard_list(spec: str) -> list[str] | None:
@@ -37,12 +37,7 @@ def image_paths(spec: str | Path) -> list[Path]:
     if p.is_dir():
         files = list_images(p)
     elif p.is_file() and p.suffix.lower() in (".txt", ".lst", ".list"):
-        files = []
-        for line in p.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                q = Path(line)
-                files.append(q if q.is_absolute() else p.parent / q)
+        files = [q if q.is_absolute() else p.parent / q for q in map(Path, read_list_file(p, "image list"))]
     elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
         files = [p]
     else:

@@ -15,10 +15,10 @@ runs with `weights_only=True`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from .common.checkpointing import read_json_object
 from .common.errors import InputError
 from .common.hub import resolve_checkpoint
 from .model import FORMAT, VQGAN, VQGANConfig
@@ -37,10 +37,7 @@ def _torch_load(path: Path) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read JSON ({e})") from None
+    return read_json_object(path, "tokenizer config")
 
 
 def _config(cls_kwargs: dict, source) -> VQGANConfig:
@@ -73,6 +70,8 @@ def muse_config(d: dict, source) -> VQGANConfig:
         )
     except KeyError as e:
         raise InputError(f"{source}: missing key {e} in a VQGANModel config") from None
+    except TypeError as e:
+        raise InputError(f"{source}: invalid VQGANModel config ({e})") from None
     return _config(kw, source)
 
 
@@ -88,18 +87,19 @@ def taming_config(yaml_path: Path) -> VQGANConfig:
     import yaml
 
     try:
-        y = yaml.safe_load(yaml_path.read_text())
+        y = yaml.safe_load(yaml_path.read_bytes().decode("utf-8"))
         p = y["model"]["params"]
         dd = p["ddconfig"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
-        raise InputError(f"{yaml_path}: not a taming VQGAN config (need model.params.ddconfig; {e})") from None
-    if dd.get("double_z", False):
-        raise InputError(f"{yaml_path}: double_z=true is a KL autoencoder, not a VQGAN")
-    kw = dict(resolution=dd["resolution"], in_channels=dd.get("in_channels", 3), hidden_channels=dd["ch"],
-              channel_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
-              attn_resolutions=tuple(dd.get("attn_resolutions", ())), mid_attention=True,
-              z_channels=dd["z_channels"], embed_dim=p["embed_dim"], codebook_size=p["n_embed"], quantizer="l2",
-              dropout=dd.get("dropout", 0.0), value_range=(-1.0, 1.0), resize_mode="crop")
+        if dd.get("double_z", False):
+            raise InputError(f"{yaml_path}: double_z=true is a KL autoencoder, not a VQGAN")
+        kw = dict(resolution=dd["resolution"], in_channels=dd.get("in_channels", 3), hidden_channels=dd["ch"],
+                  channel_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
+                  attn_resolutions=tuple(dd.get("attn_resolutions", ())), mid_attention=True,
+                  z_channels=dd["z_channels"], embed_dim=p["embed_dim"], codebook_size=p["n_embed"],
+                  quantizer="l2", dropout=dd.get("dropout", 0.0), value_range=(-1.0, 1.0), resize_mode="crop")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{yaml_path}: not a taming VQGAN config (need model.params.ddconfig; "
+                         f"{type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     return _config(kw, yaml_path)
 
 

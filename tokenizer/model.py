@@ -30,13 +30,28 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from .common.errors import InputError
+from .common.validate import FINITE, POSITIVE, Rule, at_least, between, checks, each
 from .networks import build_encoder_decoder, decoder_forward, encoder_forward
 from .quantize import build_quantizer
 
 FORMAT = "lvm-vqgan"
 
 
+_BOOL = Rule("true or false", lambda v: isinstance(v, bool))
+_SIZES = Rule("a non-empty list of integers >= 1", lambda v: isinstance(v, (list, tuple)) and v and each(POSITIVE)(v))
+_RANGE = Rule("[low, high] with low < high",
+              lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and each(FINITE)(v) and v[0] < v[1])
+
+
+# Configs come from users' JSON/YAML: a wrong type or a size below 1 is named here rather than surfacing inside
+# torch (a negative tensor dimension, a division by zero); num_res_blocks too (taming's encoder has no path
+# without a block).
 @dataclass
+@checks(**dict.fromkeys(("resolution", "in_channels", "hidden_channels", "num_res_blocks", "z_channels", "embed_dim",
+                         "codebook_size", "code_dim", "norm_groups"), POSITIVE),
+        **dict.fromkeys(("mid_attention", "resamp_with_conv", "color_skip"), _BOOL),
+        channel_mult=_SIZES, attn_resolutions=each(POSITIVE), beta=at_least(0.0),
+        dropout=between(0.0, 1.0, open_hi=True), value_range=_RANGE)
 class VQGANConfig:
     resolution: int = 256
     in_channels: int = 3
@@ -69,25 +84,22 @@ class VQGANConfig:
     color_skip: bool = False
 
     def __post_init__(self):
-        self.channel_mult = tuple(int(c) for c in self.channel_mult)
-        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        # the field table (@checks) has run: the types and ranges below hold
+        self.channel_mult, self.attn_resolutions = tuple(self.channel_mult), tuple(self.attn_resolutions)
         self.value_range = tuple(float(v) for v in self.value_range)
-        if len(self.value_range) != 2 or self.value_range[0] >= self.value_range[1]:
-            raise ValueError(f"value_range must be (low, high) with low < high, got {self.value_range}")
         f = 2 ** (len(self.channel_mult) - 1)
         if self.resolution % f:
             raise ValueError(f"resolution {self.resolution} is not divisible by the downsampling factor {f}")
         if self.hidden_channels % 32:
             raise ValueError("hidden_channels must be a multiple of 32 (taming builds GroupNorms of 32 groups)")
-        if self.num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1 (taming's encoder has no path without a block), "
-                             f"got {self.num_res_blocks}")
-        if self.norm_groups < 1 or self.hidden_channels % self.norm_groups:
+        if self.hidden_channels % self.norm_groups:
             raise ValueError(f"norm_groups {self.norm_groups} must divide hidden_channels {self.hidden_channels}")
         if self.quantizer not in ("l2", "normed"):
             raise ValueError(f"quantizer must be 'l2' or 'normed', got {self.quantizer!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.resize_mode not in ("crop", "squash"):
+            raise ValueError(f"resize_mode must be 'crop' or 'squash', got {self.resize_mode!r}")
 
     @property
     def downsample(self) -> int:
@@ -103,6 +115,8 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQGANConfig":
+        if not isinstance(d, dict):
+            raise InputError(f"a tokenizer config is a JSON object, got a {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -349,41 +363,34 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
     @classmethod
     def load_directory(cls, directory: str | os.PathLike, **overrides) -> "VQGAN":
         """Our format from a local directory; `overrides` set VQGANConfig fields; bad files are one-line
-        InputErrors naming the file."""
+        InputErrors naming the file. The tensors' names and shapes are checked against a model built on
+        the meta device before anything is allocated, so neither an absurd size in the config nor a
+        checkpoint that does not fit it gets as far as an allocation."""
         from safetensors.torch import load_file
 
-        directory = Path(directory)
-        path = directory / "config.json"
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{path}: cannot read JSON ({e})") from None
+        from .common.checkpointing import check_state, read_json_object, safetensors_shapes, shapes
+
+        path, weights = Path(directory) / "config.json", Path(directory) / "model.safetensors"
+        d = read_json_object(path, "tokenizer config")
         d.pop("format", None)
-        d.update(overrides)
         try:
-            cfg = VQGANConfig.from_dict(d)
+            cfg = VQGANConfig.from_dict({**d, **overrides})
         except (TypeError, ValueError) as e:
             raise InputError(f"{path}: invalid tokenizer config ({e})") from None
+        got = safetensors_shapes(weights)
+        with torch.device("meta"):
+            check_state(shapes(cls(cfg).state_dict()), got, weights)
         try:
-            state = load_file(str(directory / "model.safetensors"))
-        except Exception as e:
-            raise InputError(f"{directory / 'model.safetensors'}: cannot read ({str(e).splitlines()[0]})") from None
-        return cls(cfg).load_checked(state, directory / "model.safetensors")
+            state = load_file(str(weights))
+        except Exception as e:  # the file changed since its header was read
+            raise InputError(f"{weights}: cannot read ({str(e).splitlines()[0][:200]})") from None
+        return cls(cfg).load_checked(state, weights)
 
     def load_checked(self, state: dict, source) -> "VQGAN":
         """Load `state` strictly (eval mode), or raise InputError naming the missing, unexpected or
-        mis-shaped keys."""
-        expected = self.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            def show(keys):
-                return ", ".join(keys[:20]) + (f" ... (+{len(keys) - 20} more)" if len(keys) > 20 else "") or "none"
-            raise InputError(f"{source}: checkpoint does not match the model config: "
-                             f"missing keys: {show(missing)}; unexpected keys: {show(unexpected)}")
-        mism = sorted(k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape))
-        if mism:
-            k = mism[0]
-            raise InputError(f"{source}: shape mismatch for {k}: checkpoint {tuple(state[k].shape)} vs model "
-                             f"{tuple(expected[k].shape)} ({len(mism)} mismatched tensors)")
+        mis-shaped keys (tokenizer.loaders.check_state)."""
+        from .common.checkpointing import check_state, shapes
+
+        check_state(shapes(self.state_dict()), shapes(state), source)
         self.load_state_dict(state, strict=True)
         return self.eval()

@@ -16,7 +16,7 @@ from PIL import Image
 
 from tokenizer.common.errors import InputError
 from tokenizer.image_io import resize_square, to_rgb
-from tokenizer.tar import index_tar, list_shards, read_tar_member, split_key
+from tokenizer.tar import index_tar, list_shards, read_list_file, read_tar_member, split_key
 
 from ..config import Skip
 from .base import Source, images_in, input_dir, load_square
@@ -35,7 +35,7 @@ class ImagesSource(Source):
                              "first (--input_format parquet --output_format webdataset) and set `path` to its "
                              "output folder of .tar shards")
         if p.is_file() and p.suffix == ".txt":
-            lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            lines = read_list_file(p, "image list")
             if not lines:
                 raise InputError(f"{p}: empty image list")
             return [("file", str((p.parent / ln) if not Path(ln).is_absolute() else ln)) for ln in lines]

@@ -110,6 +110,9 @@ def read_examples(path, tok, layout, input_key: str = "input", target_key: str =
             inputs, targets = rec.paths.get(input_key, []), rec.paths[target_key]
             if not targets:
                 raise InputError(f'"{target_key}" is empty')
+            if len(targets) > layout.images_per_context:  # checked before encoding: the line is skipped, named
+                raise InputError(f'{len(targets)} "{target_key}" images do not fit the model\'s context of '
+                                 f"{layout.images_per_context} images")
             codes = tok.encode_images(inputs + targets).numpy()
             layout.check_codes(codes, "tokenizer output")
             examples.append((rec.line, codes[:len(inputs)], codes[len(inputs):]))

@@ -32,7 +32,7 @@ from lvm.model import generation_config, quiet_hf_progress
 from lvm.tokens import TokenLayout
 from lvm.train.card import model_card
 from tokenizer.common.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
-                                            prune_step_dirs, save_state_atomic)
+                                            prune_step_dirs, read_json_object, save_state_atomic)
 from tokenizer.common.errors import InputError
 
 MARKER = "trainer_state.json"  # written last inside the directory: its presence marks a complete checkpoint
@@ -93,14 +93,17 @@ def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler, progress) -> 
     The model itself was built from the checkpoint's HF export (and, under FSDP, is overwritten here by
     the sharded state).
     """
-    meta = json.loads((ckpt / MARKER).read_text())
-    saved_world = meta.get("world_size", 1)
+    meta = read_json_object(ckpt / MARKER, "trainer state")
+    saved_world, step = meta.get("world_size", 1), meta.get("step")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= lo for v, lo in ((saved_world, 1), (step, 0))):
+        raise InputError(f"{ckpt / MARKER}: world_size and step must be integers (>= 1, >= 0), got "
+                         f"{saved_world!r}, {step!r}")
     if saved_world != accelerator.num_processes:
         warnings.warn(f"{ckpt} was written by {saved_world} process(es), this run has "
                       f"{accelerator.num_processes}: the data order (and RNG streams) of the resumed run "
                       "differ from an uninterrupted one", stacklevel=2)
     if (ckpt / STATE_DIR).is_dir():
-        load_state_safe(accelerator, ckpt / STATE_DIR)
+        load_state_safe(accelerator, ckpt / STATE_DIR, saved_world)  # every file checked before it is unpickled
         if progress.step != meta["step"]:
             raise InputError(f"{ckpt}: {STATE_DIR}/ is at step {progress.step} but {MARKER} says {meta['step']}")
         return meta
