@@ -9,7 +9,10 @@ How work is cut (so any number of machines and workers build one identical datas
   environment of torchrun/accelerate (RANK/WORLD_SIZE) or SLURM (SLURM_PROCID/SLURM_NTASKS)), then over
   `--workers` local processes, each writing whole shards with its own writer;
 - a shard's stats JSON (`{S}-{j:06d}.stats.json`) is written after its tar is complete and renamed into
-  place: it marks the shard done. A rerun skips shards with stats, and rebuilds the others from scratch.
+  place: it marks the shard done. A rerun skips shards with stats, and rebuilds the others from scratch;
+- `{out}/data_config.yaml` records the config that shaped the finished shards: a rerun with another one
+  (another image_size, seed, source, ...) is an InputError naming what differs, since skipping those shards
+  would mix two datasets in one folder; `start_fresh` removes the build's own outputs for a new config;
 - bad inputs are skipped and counted per reason in the stats (`failures`), with the first few items named.
 
 This module is the local engine; `engines.py` runs the same `build_shard` as Ray tasks (`--engine ray`).
@@ -18,18 +21,24 @@ This module is the local engine; `engines.py` runs the same `build_shard` as Ray
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizer.common.config import save_config
+import yaml
+
+from tokenizer.common.config import config_to_yaml, read_yaml_mapping, save_config
 from tokenizer.common.errors import InputError
 from tokenizer.common.files import atomic_write_text
 
 from .config import DataConfig, Skip, SourceConfig, dist_env, source_name, unit_rng, unit_seed
-from .shards import TarShardWriter
+from .shards import TarShardWriter, differences
 from .sources import make_source
+
+DATA_CONFIG = "data_config.yaml"  # the record of the config that shaped a folder's shards
+_STEM = re.compile(r"[A-Za-z0-9_\-]+-\d{6}")  # `{source}-{j:06d}`: the names of the build's own shards
 
 
 @dataclass
@@ -141,6 +150,7 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
         f"{len(todo)} to build with {workers} worker(s) -> {out}")
     t0 = time.perf_counter()
     seqs = imgs = 0
+    failures = Counter()
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True)
@@ -157,6 +167,8 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
         for st in results:
             seqs += st["sequences"]
             imgs += st["images"]
+            for reason, n in st["failures"].items():  # counts of every shard add up
+                failures[reason] = failures.get(reason, 0) + n
             bar.update(1)
             bar.set_postfix(seq=seqs, img=imgs)
     finally:
@@ -164,7 +176,7 @@ def build(cfg: DataConfig, workers: int = 1, rank: int | None = None, world: int
         if pool is not None:
             pool.terminate()
             pool.join()
-    return summary(len(todo), len(mine) - len(todo), len(tasks), seqs, imgs, time.perf_counter() - t0)
+    return summary(len(todo), len(mine) - len(todo), len(tasks), seqs, imgs, time.perf_counter() - t0, failures)
 
 
 def log_policies(cfg: DataConfig, log=print) -> None:
@@ -179,17 +191,107 @@ def log_policies(cfg: DataConfig, log=print) -> None:
             log(f"[{source_name(scfg)}] videos too short for a stride: policy '{policy}' ({what[policy]})")
 
 
-def summary(built: int, skipped: int, total: int, seqs: int, imgs: int, dt: float) -> dict:
-    """The summary `build` returns (and `lvm data build` prints as JSON), whichever engine ran."""
-    return {"shards_built": built, "shards_skipped": skipped, "shards_total": total,
-            "sequences": seqs, "images": imgs, "seconds": dt,
-            "sequences_per_s": seqs / dt if dt > 0 else 0.0, "images_per_s": imgs / dt if dt > 0 else 0.0}
+def summary(built: int, skipped: int, total: int, seqs: int, imgs: int, dt: float,
+            failures: dict | None = None) -> dict:
+    """The summary `build` returns (and `lvm data build` prints as JSON), whichever engine ran.
+
+    `failures` (reason -> count, summed over the shards built now) adds `items_skipped` and
+    `skipped_by_reason`: the bad inputs are otherwise only in each shard's stats JSON."""
+    res = {"shards_built": built, "shards_skipped": skipped, "shards_total": total,
+           "sequences": seqs, "images": imgs, "seconds": dt,
+           "sequences_per_s": seqs / dt if dt > 0 else 0.0, "images_per_s": imgs / dt if dt > 0 else 0.0}
+    if failures is not None:
+        res["items_skipped"] = int(sum(failures.values()))
+        res["skipped_by_reason"] = dict(sorted(failures.items()))
+    return res
 
 
 def prepare_build(cfg: DataConfig) -> list[ShardTask]:
-    """Check every source's inputs (before anything is written), save the resolved config as
-    `{out}/data_config.yaml`; returns the plan (`plan_shards`)."""
+    """Check every source's inputs (before anything is written) and that the finished shards in `out` were
+    built with this config (`check_fingerprint`), save the resolved config as `{out}/data_config.yaml`;
+    returns the plan (`plan_shards`)."""
     tasks = plan_shards(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.out, "data_config.yaml")
+    check_fingerprint(cfg)
+    save_config(cfg, cfg.out, DATA_CONFIG)
     return tasks
+
+
+def _fingerprint(d: dict) -> dict:
+    # Where the shards go is no part of what they hold (a moved folder, a relative path).
+    return {k: v for k, v in d.items() if k != "out"}
+
+
+def finished_stems(out: Path) -> list[str]:
+    """The shards of `out` that a build finished (tar and stats JSON both there)."""
+    stems = (p.name[:-len(".stats.json")] for p in Path(out).glob("*.stats.json"))
+    return sorted(s for s in stems if _STEM.fullmatch(s) and (Path(out) / f"{s}.tar").is_file())
+
+
+def check_fingerprint(cfg: DataConfig) -> None:
+    """InputError when `out` holds finished shards of another config than `cfg` (see the module docstring).
+
+    A folder without `data_config.yaml` (or without finished shards) has nothing to compare with."""
+    out = Path(cfg.out)
+    record = out / DATA_CONFIG
+    done = finished_stems(out)
+    if not done or not record.is_file():
+        return
+    old = _fingerprint(read_yaml_mapping(record, "data config record"))
+    new = _fingerprint(yaml.safe_load(config_to_yaml(cfg)))
+    diff = differences(old, new)
+    if diff:
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise InputError(f"{out}: its {len(done)} finished shards were built with another config "
+                         f"({'; '.join(diff[:3])}{more}; see {record}): rerun with --fresh to remove them and "
+                         f"rebuild, or choose another out=")
+
+
+def _remove_shard(out: Path, stem: str) -> int:
+    """Remove shard `stem`'s files (stats first: a kill in between leaves a shard that is rebuilt)."""
+    tar, stats = shard_paths(out, stem)
+    n = 0
+    for p in (stats, tar, out / f".{stem}.attempts"):
+        if p.is_file():
+            p.unlink()
+            n += 1
+    remove_stale_temps(out, stem)
+    return n
+
+
+def start_fresh(cfg: DataConfig, rank: int | None = None, world: int | None = None) -> int:
+    """`lvm data build --fresh`: remove the build's own outputs in `out` (shards, their stats and temp
+    files) and record `cfg` as the folder's config; returns the number of files removed.
+
+    Other files are never touched: only `{source}-{j:06d}.tar` with its `.stats.json`, or a tar of that name
+    from a source of the old or the new config. Each rank removes its own shards of the new plan and rank 0
+    the shards outside it, so ranks that start at different times never remove each other's new shards."""
+    tasks = plan_shards(cfg)  # bad inputs end here, before anything is removed
+    env_rank, env_world = dist_env()
+    rank = env_rank if rank is None else rank
+    world = env_world if world is None else world
+    out = Path(cfg.out)
+    if not out.is_dir():
+        return 0
+    removed = sum(_remove_shard(out, t.shard) for t in tasks[rank::world])
+    if rank == 0:
+        planned = {t.shard for t in tasks}
+        names = {source_name(s) for s in cfg.sources}
+        record = out / DATA_CONFIG
+        if record.is_file():
+            try:
+                old = read_yaml_mapping(record, "data config record").get("sources") or []
+                names |= {str(s.get("name") or s.get("type")) for s in old if isinstance(s, dict)}
+            except InputError:
+                pass  # an unreadable record names no sources; stats files still mark the build's shards
+        for p in sorted(out.glob("*.tar")):
+            stem = p.name[:-len(".tar")]
+            own = (out / f"{stem}.stats.json").is_file() or stem.rpartition("-")[0] in names
+            if stem not in planned and _STEM.fullmatch(stem) and own:
+                removed += _remove_shard(out, stem)
+        for p in sorted(out.glob("*.stats.json")):  # a stats file whose tar is gone
+            stem = p.name[:-len(".stats.json")]
+            if stem not in planned and _STEM.fullmatch(stem):
+                removed += _remove_shard(out, stem)
+    save_config(cfg, out, DATA_CONFIG)
+    return removed

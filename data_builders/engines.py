@@ -167,6 +167,7 @@ def _ray_build(ray, cfg: DataConfig, tasks: list, max_retries: int, progress: bo
     refs = {remote.remote(t, os.getcwd(), crash): t.shard for t in todo}
     pending, failed = list(refs), []
     seqs = imgs = retries = 0
+    failures: dict = {}
     bar = tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True)
     try:
         while pending:
@@ -180,6 +181,8 @@ def _ray_build(ray, cfg: DataConfig, tasks: list, max_retries: int, progress: bo
                 seqs += st["sequences"]
                 imgs += st["images"]
                 retries += st.get("attempts", 1) - 1
+                for reason, n in st.get("failures", {}).items():
+                    failures[reason] = failures.get(reason, 0) + n
                 bar.update(1)
                 bar.set_postfix(seq=seqs, img=imgs)
     except BaseException:
@@ -191,7 +194,7 @@ def _ray_build(ray, cfg: DataConfig, tasks: list, max_retries: int, progress: bo
         for t in todo:
             remove_stale_temps(out, t.shard)
     res = build_summary(len(todo) - len(failed), len(tasks) - len(todo), len(tasks), seqs, imgs,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, failures)
     res["retries"] = retries
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed after {max_retries} retries: {'; '.join(failed[:5])}; "
@@ -294,7 +297,7 @@ def _ray_tokenize(ray, pairs, tokenizer_name: str, out: Path, batch_size, device
     for _, o in todo:
         remove_stale_temps(o.parent, o.stem)
     queue, inflight, failed = list(todo), {}, []
-    seqs = imgs = 0
+    seqs = imgs = bad = 0
 
     def submit(actor):
         if queue:
@@ -322,6 +325,7 @@ def _ray_tokenize(ray, pairs, tokenizer_name: str, out: Path, batch_size, device
             else:
                 seqs += st["sequences"]
                 imgs += st["images"]
+                bad += st.get("sequences_skipped", 0)
                 bar.update(1)
                 bar.set_postfix(seq=seqs, img=imgs)
             submit(actor)
@@ -331,7 +335,8 @@ def _ray_tokenize(ray, pairs, tokenizer_name: str, out: Path, batch_size, device
             ray.kill(a)
         for _, o in todo:
             remove_stale_temps(o.parent, o.stem)
-    summary = tokenize_summary(len(todo) - len(failed), len(pairs) - len(todo), seqs, imgs, time.perf_counter() - t0)
+    summary = tokenize_summary(len(todo) - len(failed), len(pairs) - len(todo), seqs, imgs, time.perf_counter() - t0,
+                               bad)
     if failed:
         raise RuntimeError(f"{len(failed)} shard(s) failed: {'; '.join(failed[:5])}; the {summary['shards_done']} "
                            "finished are kept, rerun to tokenize the rest")

@@ -5,6 +5,11 @@ int32 array>"}`, its images' codes back to back (the released rows: 4096 tokens 
 `import_jsonl` writes them as this project's token shards (`shards.py`: one sample per sequence with
 tokens.npy (n_images, codes_per_image) and json), plus the `tokens_info.json` that `lvm data tokenize`
 writes beside its shards.
+
+An import never removes or replaces a file it did not write: each one records itself in
+`{out}/{prefix}.import.json` before its first shard, so a rerun (or a killed run's rerun) may replace its own
+`{prefix}-*.tar`, several JSONL files may be imported into one folder, and any other token shard there makes
+the import an InputError (training would read both).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import numpy as np
 
 from tokenizer.common.errors import InputError
 
-from .encode import TOKENS_INFO as INFO_NAME, write_tokens_info
+from tokenizer.common.files import atomic_write_text
+
+from .encode import FINGERPRINT, TOKENS_INFO as INFO_NAME, write_tokens_info
 from .sequence import MAX_IMAGES
-from .shards import write_token_shard
+from .shards import differences, write_token_shard
 
 RELEASED_CODEBOOK_SIZE = 8192  # the released VQGAN's codebook (= lvm.tokens.DEFAULT_CODEBOOK_SIZE)
 DEFAULT_SHARD_SIZE = 1024  # sequences per shard: ~8 MB of 16-image sequences, many shards for many workers
@@ -121,6 +128,73 @@ class _Warner:
             print(f"warning: {self.src}: more bad lines, not shown (counted in the summary)", file=sys.stderr)
 
 
+def _record_path(out: Path, prefix: str) -> Path:
+    return out / f"{prefix}.import.json"
+
+
+def _records(out: Path) -> dict[str, str]:
+    """prefix -> the JSONL file of every import recorded in `out` (an unreadable record names none)."""
+    recs = {}
+    for p in out.glob("*.import.json"):
+        try:
+            recs[p.name[:-len(".import.json")]] = str(json.loads(p.read_text())["jsonl"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            continue
+    try:  # an import of an earlier version recorded only the last file, in the tokens info
+        last = json.loads((out / INFO_NAME).read_text()).get("imported_from")
+        if isinstance(last, str) and last:
+            recs.setdefault(_key_prefix(Path(last)), str(Path(last).resolve()))
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        pass
+    return recs
+
+
+def _own(out: Path, prefixes) -> list[Path]:
+    pattern = re.compile(rf"(?:{'|'.join(re.escape(p) for p in prefixes)})-\d{{6}}\.tar") if prefixes else None
+    return sorted(p for p in out.glob("*.tar") if pattern and pattern.fullmatch(p.name))
+
+
+def claim_out(src: Path, out: Path, prefix: str, info: dict, fresh: bool = False) -> None:
+    """Check that importing `src` into `out` replaces nothing but earlier imports' own files; InputError
+    (one line naming the folder) otherwise. (`import_jsonl` records the import before its first shard.)
+
+    Refused: a token shard in `out` that no import recorded (`lvm data tokenize` output, another tool's),
+    a `{prefix}-*.tar` of another JSONL file of the same name, imports of another codebook size or codes
+    per image, and `out` = the JSONL's folder when that holds the tokens info the import reads. With
+    `fresh` the earlier imports' shards, records and tokens info are removed first, never other files."""
+    if not out.is_dir():
+        return
+    if out.resolve() == src.parent.resolve() and (out / INFO_NAME).is_file():
+        raise InputError(f"{out / INFO_NAME}: the import reads this tokens info and would replace it; "
+                         f"choose another --out")
+    recs = _records(out)
+    own = _own(out, recs)
+    foreign = [p for p in out.rglob("*.tar") if not p.name.startswith(".") and p not in own]
+    if foreign:
+        raise InputError(f"{out}: holds {len(foreign)} token shard(s) that no import-jsonl wrote (e.g. "
+                         f"{foreign[0].relative_to(out)}), which training would mix with the import; choose "
+                         "another --out (an import never removes other files)")
+    if fresh:
+        for p in own + [out / INFO_NAME] + [_record_path(out, q) for q in recs]:
+            p.unlink(missing_ok=True)
+        return
+    if prefix in recs and recs[prefix] != str(src.resolve()):
+        raise InputError(f"{out}: {prefix}-*.tar are the import of {recs[prefix]}, not of {src}; rename "
+                         f"the file, choose another --out, or pass --fresh to replace the earlier imports")
+    if own and (out / INFO_NAME).is_file():
+        try:
+            old = json.loads((out / INFO_NAME).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise InputError(f"{out / INFO_NAME}: unreadable tokens info beside imported shards; pass --fresh "
+                             "to replace the earlier imports")
+        diff = differences({k: old[k] for k in FINGERPRINT if k in old}, {k: info[k] for k in FINGERPRINT if k in info})
+        if diff:
+            raise InputError(f"{out}: its imported shards have other tokens ({'; '.join(diff)}; see "
+                             f"{out / INFO_NAME}); pass --fresh to replace them, or choose another --out")
+
+
 def _remove_stale(out: Path, prefix: str, n_shards: int) -> None:
     # A rerun on a shorter file must not leave the earlier import's extra shards for training to read.
     pattern = re.compile(rf"{re.escape(prefix)}-(\d{{6}})\.tar")
@@ -155,7 +229,7 @@ def _sequences(f, name: str, prefix: str, info: dict, warn: _Warner, st: Counter
 
 
 def import_jsonl(src, out, codes_per_image: int = 256, codebook_size: int | None = None,
-                 shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True) -> dict:
+                 shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, fresh: bool = False) -> dict:
     """JSON lines `{"tokens": base64 of little-endian int32}` -> token shards in `out`; returns a summary.
 
     Line n of `src` (1-based) is one visual sequence: image i is tokens[i*cpi:(i+1)*cpi]. A row of more
@@ -163,7 +237,8 @@ def import_jsonl(src, out, codes_per_image: int = 256, codebook_size: int | None
     Sequence keys are `{file stem}-{n:09d}-{part:02d}`, shards `{out}/{file stem}-{j:06d}.tar` of
     `shard_size` sequences in line order, each written atomically; the same file always gives
     byte-identical shards, and a rerun replaces an earlier import of the same file (extra shards
-    included). `{out}/tokens_info.json` is written last, once every shard is complete.
+    included). `{out}/tokens_info.json` is written last, once every shard is complete. Other files in
+    `out` are never replaced or removed (`claim_out` says what is refused, and what `fresh` removes).
 
     Codebook size K: `codebook_size` if given; else the `codebook_size` of a `tokens_info.json` in the
     JSONL's folder (what `lvm data tokenize` writes beside its shards); else 8192, the released model's
@@ -184,9 +259,12 @@ def import_jsonl(src, out, codes_per_image: int = 256, codebook_size: int | None
         raise InputError(f"shard size {shard_size} must be >= 1")
     info = resolve_info(src, codes_per_image, codebook_size)
     prefix, warn, st, buf = _key_prefix(src), _Warner(src), Counter(), []
+    claim_out(src, out, prefix, info, fresh)
     t0 = time.perf_counter()
 
     def flush():
+        if not st["shards"]:  # recorded before its first shard: a killed import's rerun may replace them
+            atomic_write_text(_record_path(out, prefix), json.dumps({"jsonl": str(src.resolve())}) + "\n")
         write_token_shard(out / f"{prefix}-{st['shards']:06d}.tar", buf)
         st["shards"] += 1
         buf.clear()
@@ -203,7 +281,7 @@ def import_jsonl(src, out, codes_per_image: int = 256, codebook_size: int | None
     if buf:
         flush()
     _remove_stale(out, prefix, st["shards"])
-    write_tokens_info(out, info)
+    write_tokens_info(out, info, check=False)  # claim_out checked it before the first shard
     return {"lines": st["lines"], "rows": st["rows"], "rows_split": st["rows_split"],
             "sequences": st["sequences"], "images": st["images"], "shards": st["shards"],
             "skipped": skipped, "skipped_by_reason": dict(sorted(warn.counts.items())),

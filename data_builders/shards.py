@@ -29,7 +29,7 @@ from tokenizer.common.files import atomic_path
 from tokenizer.tar import iter_tar_samples, list_shards  # the one shard reader, shared with the tokenizer
 
 __all__ = ["check_key", "TarShardWriter", "encode_tokens", "decode_tokens",
-           "token_sample", "iter_token_shard", "write_token_shard"]
+           "token_sample", "iter_token_shard", "write_token_shard", "differences"]
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-/]+$")
 
@@ -136,3 +136,24 @@ def write_token_shard(path: str | os.PathLike, items: Iterable[tuple[str, np.nda
         for key, codes, meta in items:
             w.write(token_sample(key, codes, meta))
         return w.count
+
+
+# ---- fingerprints: what shaped the finished shards of a folder ----
+
+def differences(old, new, name: str = "") -> list[str]:
+    """`key old -> new` for every value that differs between two plain (JSON/YAML-loaded) records.
+
+    A key that `old` lacks is not a difference: the record was written by an older version that had no such
+    setting, and behaved as its default does."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in new if k in old for d in differences(old[k], new[k], f"{name}.{k}" if name else k)]
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{name or 'value'}: {len(old)} -> {len(new)} entries"]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{name}[{i}]")]
+    return [] if old == new else [f"{name or 'value'} {_short(old)} -> {_short(new)}"]
+
+
+def _short(v) -> str:
+    text = json.dumps(v, sort_keys=True) if not isinstance(v, str) else repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -2,6 +2,12 @@
 
 A code file is one int64 array saved without pickle: (codes_per_image,) for one image, (n, codes_per_image)
 for n images. Output names mirror the input tree; bad inputs are skipped, counted and named.
+
+Two inputs that would write one output (a/cat.png and a/cat.jpg -> a/cat.npy; two files of one name in a
+.txt list) make `encode` an InputError before anything is written: the documented name (the input's, with
+.npy for its extension) is what `decode` turns back into name.png and what a rerun looks for to resume,
+so it is kept rather than made unique. `decode` skips (and names) a file whose image another file of
+this run wrote already.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ def encode_files(checkpoint, images, out, batch_size: int = 16, device: str = "a
     Existing outputs are kept, so a rerun after a kill continues."""
     from tqdm import tqdm
 
-    from .common.errors import ImageLoadError
+    from .common.errors import ImageLoadError, InputError
     from .common.files import atomic_write_bytes
     from .data import image_paths
     from .image_io import load_image
     from .loaders import load_tokenizer
 
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} must be >= 1")
     paths = image_paths(images)
     root = Path(images) if Path(images).is_dir() else None
     out = Path(out)
@@ -42,6 +50,7 @@ def encode_files(checkpoint, images, out, batch_size: int = 16, device: str = "a
         rel = Path(p).relative_to(root) if root else Path(Path(p).name)
         return (out / rel).with_suffix(".npy")
 
+    paths = _one_source_per_target(paths, target)
     todo = [p for p in paths if not target(p).exists()]
     res = Outcome(kept=len(paths) - len(todo))
     tok = load_tokenizer(checkpoint, device=device, precision=precision)
@@ -62,6 +71,22 @@ def encode_files(checkpoint, images, out, batch_size: int = 16, device: str = "a
             atomic_write_bytes(target(p), buf.getvalue())
             res.written += 1
     return res
+
+
+def _one_source_per_target(paths, target) -> list:
+    """`paths` without repeats of one file; InputError when two files would write one output."""
+    from .common.errors import InputError
+
+    by_target, unique = {}, []
+    for p in paths:
+        t, key = target(p), Path(p).resolve()
+        if t not in by_target:
+            by_target[t] = (p, key)
+            unique.append(p)
+        elif by_target[t][1] != key:
+            raise InputError(f"{t}: both {by_target[t][0]} and {p} would be encoded to this file; rename one, "
+                             "or encode them into separate --out folders")
+    return unique
 
 
 def read_codes(path, tok) -> np.ndarray:
@@ -98,6 +123,7 @@ def decode_files(checkpoint, codes, out, device: str = "auto", precision: str = 
         raise InputError(f"{src}: no .npy files")
     tok = load_tokenizer(checkpoint, device=device, precision=precision)
     out, res = Path(out), Outcome()
+    written = {}  # image -> the code file it came from: x.npy of 2 images and x_1.npy both name x_1.png
     for f in tqdm(files, desc="decode", unit="file", disable=not progress):
         try:
             a = read_codes(f, tok)
@@ -105,7 +131,14 @@ def decode_files(checkpoint, codes, out, device: str = "auto", precision: str = 
             res.skipped.append(f"{f}: {e}")
             continue
         rel = f.relative_to(root).with_suffix("")
-        for j, img in enumerate(tok.decode_to_pil(a)):
-            save_png(img, out / (rel.with_suffix(".png") if a.shape[0] == 1 else Path(f"{rel}_{j}.png")))
+        targets = [out / (rel.with_suffix(".png") if a.shape[0] == 1 else Path(f"{rel}_{j}.png"))
+                   for j in range(a.shape[0])]
+        clash = next((t for t in targets if t in written), None)
+        if clash is not None:
+            res.skipped.append(f"{f}: would overwrite {clash}, decoded from {written[clash]}")
+            continue
+        for t, img in zip(targets, tok.decode_to_pil(a)):
+            save_png(img, t)
+            written[t] = f
             res.written += 1
     return res

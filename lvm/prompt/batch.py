@@ -19,12 +19,15 @@ every new frame sees at most the C - 1 images before it, as the release's infere
 Paths resolve as lvm/jsonl.py says (inputs and targets against --input-base-dir, else the JSONL file's folder;
 outputs against --output-base-dir, else the current folder). The run is resumable: OUT/<batch>.results.jsonl
 records each finished line (its output and MSE), and a line whose output exists and is recorded is not
-generated again. Bad lines are skipped with a one-line reason and counted; the run goes on.
+generated again. Bad lines are skipped with a one-line reason and counted; the run goes on. An output
+that is an image the batch reads (the line's own input or target, or another line's, by path, symlink or
+hard link) makes its line bad: it is never written over.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,16 +56,28 @@ class BatchOptions:
 
     def cell_size(self, original: tuple[int, int]) -> tuple[int, int] | None:
         """(W, H) every grid cell is resized to, or None for the tokenizer's resolution."""
-        r = self.resize_output.strip().lower()
-        if not r:
-            return None
-        if r == "original":
-            return original
-        try:
-            w, h = (int(x) for x in r.replace("x", ",").split(","))
-        except ValueError:
-            raise InputError(f"--resize-output must be 'original', 'W,H' or 'WxH', got {self.resize_output!r}") from None
-        return w, h
+        size = parse_resize(self.resize_output)
+        return original if size == "original" else size
+
+
+MAX_SIDE = 16384  # output cells a grid may be resized to: past it one cell alone is a GB of pixels
+
+
+def parse_resize(text: str):
+    """`--resize-output`: None for '' (off), "original", or (W, H) from 'W,H' / 'WxH' with 1 <= W, H <=
+    MAX_SIDE; a one-line InputError otherwise."""
+    r = text.strip().lower()
+    if not r:
+        return None
+    if r == "original":
+        return r
+    try:
+        w, h = (int(x) for x in r.replace("x", ",").split(","))
+    except ValueError:
+        raise InputError(f"--resize-output must be 'original', 'W,H' or 'WxH', got {text!r}") from None
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+        raise InputError(f"--resize-output: expected a width and height in 1..{MAX_SIDE}, got {text!r}")
+    return w, h
 
 
 def generate_frames(s: Session, codes, n_new: int, candidates: int, context_frames: int):
@@ -143,8 +158,33 @@ def _done(results: Path) -> dict[int, dict]:
     return done
 
 
-def _one(s: Session, rec, opts: BatchOptions, context_frames: int) -> tuple[Path, float | None]:
-    """Generate, save and score one line; (output path, MSE or None)."""
+def _file_id(path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: equal for two names of one file (symlinks, hard links, ../)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _read_files(records, opts: BatchOptions) -> dict:
+    """(device, inode) -> path of every existing image that a line of the batch reads."""
+    from lvm.jsonl import Skipped
+
+    ids = {}
+    for rec in records:
+        if not isinstance(rec, Skipped):
+            for key in (opts.json_input_key, opts.json_target_key):
+                for p in rec.paths.get(key) or []:
+                    if (i := _file_id(p)) is not None:
+                        ids.setdefault(i, p)
+    return ids
+
+
+def _one(s: Session, rec, opts: BatchOptions, context_frames: int,
+         read: dict | None = None) -> tuple[Path, float | None]:
+    """Generate, save and score one line; (output path, MSE or None). `read`: `_read_files` of the batch,
+    images its output must not replace."""
     from PIL import Image
 
     inputs = rec.paths[opts.json_input_key]
@@ -153,6 +193,11 @@ def _one(s: Session, rec, opts: BatchOptions, context_frames: int) -> tuple[Path
         raise InputError(f'"{opts.json_input_key}" is empty')
     if len(outs) != 1:
         raise InputError(f'"{opts.json_output_key}" must be one path')
+    read = {**(read or {}), **{i: p for p in [*inputs, *(rec.paths.get(opts.json_target_key) or [])]
+                               if (i := _file_id(p)) is not None}}
+    if (i := _file_id(outs[0])) in read:
+        raise InputError(f"{outs[0]}: the output is the image {read[i]} that the batch reads; choose another "
+                         "output path (it is not written over)")
     targets = rec.paths.get(opts.json_target_key)
     if opts.evaluate_mse and (not targets or len(targets) != opts.n_new_frames):
         raise InputError(f'--evaluate-mse needs {opts.n_new_frames} "{opts.json_target_key}" image(s), '
@@ -191,6 +236,8 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
     s.check_match()  # a model/tokenizer mismatch is one error, not one per line
     if opts.n_new_frames < 1 or opts.n_candidates < 1:
         raise InputError("--n-new-frames and --n-candidates must be >= 1")
+    if opts.max_examples < 0:
+        raise InputError(f"--max-examples must be >= 0 (0 = every line), got {opts.max_examples}")
     opts.cell_size((1, 1))  # a bad --resize-output fails before any work
     native = s.engine.context_images
     context_frames = min(opts.context_frames or native, native)
@@ -200,6 +247,7 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
     keys = {opts.json_input_key: True, opts.json_output_key: True, opts.json_target_key: False}
     records = list(read_records(path, keys, opts.input_base_dir, (opts.json_output_key,), opts.output_base_dir,
                                 opts.max_examples))
+    read = _read_files(records, opts)
     results = s.out_dir / f"{path.stem}.results.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
     done = _done(results)
@@ -214,7 +262,7 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
             try:
                 if isinstance(rec, Skipped):
                     raise InputError(rec.reason)
-                out, mse = _one(s, rec, opts, context_frames)
+                out, mse = _one(s, rec, opts, context_frames, read)
             except (InputError, OSError) as e:
                 bad += 1
                 tqdm.write(f"skipped {path}:{rec.line}: {' '.join(str(e).split())}")
