@@ -13,6 +13,7 @@ Resize modes:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -28,6 +29,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 # Truncated files must fail loudly, never decode into half-gray images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Files from strangers (web uploads) are refused above this many pixels before decoding: a 500 KB PNG can
+# claim 13000 x 13000 px, which costs seconds and over a GB to decode, and PIL's own bomb guard only warns
+# below ~179M px.
+MAX_PIXELS = 4096 * 4096
 
 
 def _flatten_alpha(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
@@ -79,6 +84,27 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageLoadError(path, f"cannot read image ({reason})") from None
+
+
+def check_pixels(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of the image `path`, read from its header without decoding the pixels; an
+    ImageLoadError when it is not an image or claims more than `max_pixels` pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "no such file" if not path.exists() else "is not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+            with Image.open(path) as img:  # reads the header only
+                w, h = img.size
+    except Image.DecompressionBombError:  # PIL refuses sizes far past its own limit at open already
+        raise ImageLoadError(path, f"over the limit of {max_pixels:,} pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageLoadError(path, f"cannot read image ({reason})") from None
+    if w * h > max_pixels:
+        raise ImageLoadError(path, f"{w}x{h} pixels, over the limit of {max_pixels:,} pixels ({w * h:,})")
+    return w, h
 
 
 def resize_square(img: Image.Image, size: int, mode: ResizeMode = "crop",

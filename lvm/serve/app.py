@@ -6,18 +6,58 @@ settings; Generate with live progress and Stop; the candidates next to the promp
 `lvm prompt` writes, and downloads of the grid and of the prompt folder (prompt.yaml, images,
 generation.json). API: `/generate` (images, mode, n, candidates, temperature, top_k, top_p, seed) ->
 (candidate images, grid), through Gradio's own client or its REST routes.
+
+What the server hands back is its own: uploads are re-encoded PNGs (service.py) that are not served at all;
+Gradio's cache (raw uploads, copies of results) lies in a folder of the server's that is not an allowed
+path, so Gradio serves a file there inline only when its type is an image's and as a download otherwise.
+The events that take settings or files skip Gradio's preprocessing, so a bad value ("abc" as the seed)
+reaches the service's checks and comes back as one line naming the field, not a logged traceback.
 """
 
 from __future__ import annotations
 
+import atexit
+import html
+import os
 from pathlib import Path
 
 import gradio as gr
 
-from lvm.serve.service import MAX_CANDIDATES, MAX_IMAGES_PER_PROMPT, MAX_UPLOAD_MB, PromptService, Stopped
+from lvm.serve.service import (MAX_CANDIDATES, MAX_IMAGES_PER_PROMPT, MAX_UPLOAD_MB, PromptService, Stopped,
+                               check_settings, public_message, short)
+from lvm.serve.storage import Storage
 from tokenizer.common.errors import InputError
 
 PRIVATE = {"api_visibility": "private"}  # page plumbing, not part of the API
+RAW = {"preprocess": False}  # values as sent: the service checks them and names what is wrong
+
+
+def web_message(e: BaseException) -> str:
+    """One line for the page or an API client: no server folders, and no markup (Gradio renders an error's
+    text as HTML, and a file's name is the client's)."""
+    return html.escape(public_message(e), quote=False)
+
+
+class UploadCap:
+    """ASGI middleware: a POST to Gradio's upload route is refused (413, one line) unless its bytes fit the
+    server's disk cap once the oldest files are pruned; Gradio itself writes any number of files there."""
+
+    def __init__(self, app, store: Storage):
+        self.app, self.store = app, store
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload"):
+            import anyio
+            from starlette.responses import PlainTextResponse
+
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if not length.isdigit():
+                return await PlainTextResponse("an upload needs a Content-Length header", 411)(scope, receive, send)
+            try:
+                await anyio.to_thread.run_sync(self.store.make_room, int(length))
+            except InputError as e:
+                return await PlainTextResponse(public_message(e), 413)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def labels(mode: str, n: int) -> list[str]:
@@ -53,6 +93,11 @@ def gallery_items(res) -> list:
 
 
 def _view(svc, state, message=""):
+    gone = [p for p in state["images"] if not Path(p).is_file()]
+    if gone:  # removed by the disk cap or the age limit: the prompt goes on without them, saying so
+        state = dict(state, images=[p for p in state["images"] if p not in gone])
+        note = f"{len(gone)} image(s) were removed from the server (disk cap or age limit); add them again"
+        message = f"{message}; {note}" if message else note
     choices = [f"{i + 1}: {lab}" for i, lab in enumerate(labels(state["mode"], len(state["images"])))]
     return state, prompt_picture(svc, state), gr.update(choices=choices, value=choices[-1] if choices else None), message
 
@@ -63,22 +108,23 @@ def _index(which) -> int | None:
 
 def build_app(svc: PromptService) -> gr.Blocks:
     def add(files, state):
+        files, room = files or [], MAX_IMAGES_PER_PROMPT - len(state["images"])
         try:
-            new = svc.accept_uploads(files)
+            new = svc.accept_uploads(files, room=room)
         except (InputError, OSError) as e:
-            gr.Warning(str(e))
-            return (*_view(svc, state, f"**could not add:** {' '.join(str(e).split())}"), None)
-        room = MAX_IMAGES_PER_PROMPT - len(state["images"])
-        state = dict(state, images=state["images"] + [str(p) for p in new[:room]])
-        note = f"added {min(len(new), room)} image(s)" + (f"; {len(new) - room} over the {MAX_IMAGES_PER_PROMPT}-image limit dropped"
-                                                           if len(new) > room else "")
+            gr.Warning(web_message(e))
+            return (*_view(svc, state, f"**could not add:** {web_message(e)}"), None)
+        state = dict(state, images=state["images"] + [str(p) for p in new])
+        over = len(files) - room
+        note = f"added {len(new)} image(s)" + (f"; {over} over the {MAX_IMAGES_PER_PROMPT}-image limit dropped"
+                                               if over > 0 else "")
         return (*_view(svc, state, note), None)
 
     def load(name, state):
         try:
             mode, paths, n_new = svc.load_example(name)
         except InputError as e:
-            return (*_view(svc, state, f"**{e}**"), gr.update(), gr.update())
+            return (*_view(svc, state, f"**{web_message(e)}**"), gr.update(), gr.update())
         state = {"mode": mode, "images": [str(p) for p in paths]}
         return (*_view(svc, state, f"loaded example **{name}**"), mode, n_new)
 
@@ -109,8 +155,8 @@ def build_app(svc: PromptService) -> gr.Blocks:
         except Stopped:
             return [], None, None, None, "stopped"
         except InputError as e:
-            gr.Warning(str(e))
-            return [], None, None, None, f"**cannot generate:** {' '.join(str(e).split())}"
+            gr.Warning(web_message(e))
+            return [], None, None, None, f"**cannot generate:** {web_message(e)}"
         i = res.info
         status = (f"{i['candidates']} candidate(s) x {i['n']} image(s) in {i['seconds']} s "
                   f"({i['tokens_per_s']} tokens/s, {i['device']} {i['precision']}); seeds {i['seeds']}")
@@ -119,9 +165,12 @@ def build_app(svc: PromptService) -> gr.Blocks:
     def api_generate(files, mode, n, candidates, temperature, top_k, top_p, seed):
         """Images in, candidates out: for scripts (gradio_client, REST)."""
         try:
+            if mode not in ("sequential", "analogy"):
+                raise InputError(f"mode must be sequential or analogy, got {short(mode)}")
+            check_settings(n, candidates, temperature, top_k, top_p, seed)  # before storing any upload
             res = svc.generate(svc.accept_uploads(files), mode, n, candidates, temperature, top_k, top_p, seed)
-        except InputError as e:
-            raise gr.Error(" ".join(str(e).split())) from None
+        except InputError as e:  # the client's mistake: one line back, no traceback in the server's log
+            raise gr.Error(web_message(e), print_exception=False) from None
         return gallery_items(res), str(res.grid)
 
     with gr.Blocks(title="lvm: visual prompting") as app:
@@ -145,7 +194,7 @@ def build_app(svc: PromptService) -> gr.Blocks:
                     drop, clear = gr.Button("remove"), gr.Button("clear")
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=2):
-                n = gr.Slider(1, 8, value=1, step=1, label="new images")
+                n = gr.Slider(1, 8, value=1, step=1, label="new images")  # the API takes up to MAX_NEW_IMAGES
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=2, step=1, label="candidates")
                 temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature (0 = greedy)")
                 top_k = gr.Slider(0, 500, value=50, step=1, label="top-k (0 = off)")
@@ -167,7 +216,7 @@ def build_app(svc: PromptService) -> gr.Blocks:
             api_btn = gr.Button()
 
         view = [state, picture, which, message]
-        files.upload(add, [files, state], [*view, files], **PRIVATE)
+        files.upload(add, [files, state], [*view, files], **PRIVATE, **RAW)
         load_btn.click(load, [example, state], [*view, mode, n], **PRIVATE)
         mode.input(set_mode, [mode, state], view, **PRIVATE)
         earlier.click(lambda w, s: move(w, s, -1), [which, state], view, **PRIVATE)
@@ -175,45 +224,77 @@ def build_app(svc: PromptService) -> gr.Blocks:
         drop.click(remove, [which, state], view, **PRIVATE)
         clear.click(lambda s: _view(svc, dict(s, images=[])), [state], view, **PRIVATE)
         event = gen.click(run, [state, n, candidates, temperature, top_k, top_p, seed],
-                          [gallery, grid, grid_file, zip_file, status], **PRIVATE)
+                          [gallery, grid, grid_file, zip_file, status], **PRIVATE, **RAW)
         def halt(request: gr.Request):
             svc.stop(request.session_hash)  # only this tab's own generation
 
         stop.click(halt, None, None, cancels=[event], queue=False, **PRIVATE)
         api_btn.click(api_generate, [api_files, mode, n, candidates, temperature, top_k, top_p, seed],
-                      [gallery, grid], api_name="generate")
+                      [gallery, grid], api_name="generate", **RAW)
     return app
 
 
+def _check_folders(work_dir, examples_dir) -> None:
+    if Path(work_dir).resolve().is_relative_to(Path(examples_dir).resolve()):
+        # every file under the examples is served as it is: the uploads would be too
+        raise InputError(f"--out {work_dir} lies inside --examples {examples_dir}, whose files are all served; "
+                         "pick an --out outside it")
+
+
 def make_service(model=None, tokenizer=None, device: str = "auto", precision: str = "auto",
-                 work_dir: str | Path = "out/serve", examples_dir: str | Path = "prompts") -> PromptService:
+                 work_dir: str | Path = "out/serve", examples_dir: str | Path = "prompts",
+                 max_disk_mb: float = 500, max_age_h: float = 24) -> PromptService:
     """Load the model and tokenizer (the demo's where not given) into the service the page runs on."""
     from lvm.prompt.session import Session
+    from lvm.serve.storage import MB
     from tokenizer.common.hardware import resolve
 
-    resolve(device, precision, "inference")  # a device that is not there is a one-line error first
-    from lvm.checkpoints import or_demo
+    _check_folders(work_dir, examples_dir)  # the folders and caps are one-line errors before a model loads
+    Storage(Path(work_dir), float(max_disk_mb) * MB, float(max_age_h) * 3600)
 
-    model, tokenizer = or_demo("model", model), or_demo("tokenizer", tokenizer)
+    resolve(device, precision, "inference")  # a device that is not there is a one-line error first
+    from lvm.checkpoints import resolve_pair
+
+    model, tokenizer = resolve_pair(model, tokenizer)
     session = Session(model, tokenizer, out_dir=Path(work_dir), display="none", device=device,
                       precision=precision, progress=False)
-    return PromptService(session, Path(work_dir), Path(examples_dir), names=(str(model), str(tokenizer)))
+    return PromptService(session, Path(work_dir), Path(examples_dir), names=(str(model), str(tokenizer)),
+                         max_disk_mb=max_disk_mb, max_age_h=max_age_h)
 
 
 def launch(svc: PromptService, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve the page of `svc` on host:port; returns the app (running in the background unless `block`)."""
+    """Serve the page of `svc` on host:port; returns the app (running in the background unless `block`).
+    The service's temporary files go when the server stops (or the process exits)."""
+    from starlette.middleware import Middleware
+
+    store, examples = svc.store, Path(svc.examples_dir).resolve()
+    _check_folders(svc.work, examples)
+    # Gradio writes raw uploads and the copies of results it serves into its cache folder, read from this
+    # variable when the page's components and the server are made and whenever an upload is checked, so
+    # it is set for the process: a folder of this server's own, which its disk cap counts and prunes.
+    store.cache.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(store.cache)
+    store.prune()  # what an earlier server left past the age limit or the cap
     app = build_app(svc)
     app.queue(default_concurrency_limit=1)  # one generation at a time; the others wait in the queue
-    work_dir, examples_dir = svc.work, Path(svc.examples_dir)
-    app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
-               max_file_size=f"{MAX_UPLOAD_MB}mb",
-               allowed_paths=[str(Path(examples_dir).resolve()), str(Path(work_dir).resolve())],
-               footer_links=["api"])
+    atexit.register(svc.close)
+    # Served inline by their type: the example prompts and the results the service wrote (PNGs, JSON, a
+    # zip). Not uploads/ (never served) nor the cache (Gradio's own rule: images inline, the rest as a
+    # download).
+    allowed = [str(examples), str(store.runs)]
+    try:
+        app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=not block,
+                   max_file_size=f"{MAX_UPLOAD_MB}mb", allowed_paths=allowed, footer_links=["api"],
+                   app_kwargs={"middleware": [Middleware(UploadCap, store=store)]})
+    finally:
+        if block:  # stopped (Ctrl-C, SIGTERM): the page is gone, so are its temporary files
+            svc.close()
     return app
 
 
 def serve(model=None, tokenizer=None, device: str = "auto", precision: str = "auto", host: str = "127.0.0.1",
           port: int = 7860, work_dir: str | Path = "out/serve", examples_dir: str | Path = "prompts",
-          block: bool = True):
+          block: bool = True, max_disk_mb: float = 500, max_age_h: float = 24):
     """`lvm serve`: `make_service` then `launch`."""
-    return launch(make_service(model, tokenizer, device, precision, work_dir, examples_dir), host, port, block)
+    svc = make_service(model, tokenizer, device, precision, work_dir, examples_dir, max_disk_mb, max_age_h)
+    return launch(svc, host, port, block)
