@@ -133,6 +133,7 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    _record_tokenizer(model.config, cfg, out)
     # The saved config records what auto resolved to (device of rank 0 in a multi-process run).
     cfg.device, cfg.precision = str(accelerator.device), plan.precision
     if accelerator.is_main_process:
@@ -155,6 +156,21 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
         run.ckpt = ckpts[-1]
         accelerator.print(f"resuming from {ckpts[-1]} (step {run.step})")
     return run, plan
+
+
+def _record_tokenizer(hf_config, cfg: TrainConfig, out: Path) -> None:
+    """Set the checkpoints' tokenizer record (lvm.checkpoints.TOKENIZER_KEY) from the tokens_info.json of
+    the training shards (lvm data tokenize writes it), relative to out/checkpoints/step-N/."""
+    from lvm.checkpoints import TOKENIZER_KEY, tokenizer_reference
+
+    first = Path(str(cfg.data.source_list()[0]))
+    info = next((d / "tokens_info.json" for d in (first, first.parent) if (d / "tokens_info.json").is_file()), None)
+    try:
+        tok = json.loads(info.read_text()).get("tokenizer") if info else None
+    except (OSError, ValueError, AttributeError):
+        tok = None
+    if isinstance(tok, str) and tok:
+        setattr(hf_config, TOKENIZER_KEY, tokenizer_reference(tok, out / "checkpoints" / "step"))
 
 
 class Throughput:
@@ -196,7 +212,7 @@ def log_step(run: Run, res, padded: float, meter: Throughput, log: RunLog, bar) 
         tps, mfu = meter.take()
         bar.set_postfix(loss=f"{res.loss:.3f}", lr=f"{res.lr:.2e}", tok_s=f"{tps:.0f}", mfu=f"{100 * mfu:.1f}%")
         rec = {"step": step, "loss": res.loss, "lr": res.lr, "grad_norm": res.grad_norm, "tokens_per_s": tps,
-               "mfu": mfu, "padded_fraction": padded, "tokens_seen": run.tokens_seen}
+               "mfu": mfu, "padded_fraction": padded, "tokens_seen": run.tokens_seen, "time": time.time()}
     else:
         rec = {"step": step, "loss": res.loss, "lr": res.lr}
     log_record(log, rec)
@@ -204,7 +220,19 @@ def log_step(run: Run, res, padded: float, meter: Throughput, log: RunLog, bar) 
 
 def log_record(log: RunLog, rec: dict) -> None:
     log.record("metrics.jsonl", rec)
-    log.scalars({k: v for k, v in rec.items() if k != "step"}, rec["step"])
+    log.scalars({k: v for k, v in rec.items() if k not in ("step", "time")}, rec["step"])
+
+
+def log_start(run: Run, plan, log: RunLog) -> None:
+    """One metrics.jsonl line per (re)start of the run: the machine, device and precision of the steps that
+    follow, and the wall clock, so a model card can say where and how long a run that moved trained."""
+    from tokenizer.common.hardware import detect
+
+    hw = detect()
+    where = hw.cpu_summary() if plan.device_type == "cpu" else str(plan.device)
+    log.record("metrics.jsonl", {"step": run.step, "event": "start", "time": time.time(), "machine": where,
+                                 "device": str(run.accelerator.device), "precision": plan.precision,
+                                 "processes": run.accelerator.num_processes, "tokens_seen": run.tokens_seen})
 
 
 def maybe_evaluate(run: Run, log: RunLog, bar, last_eval: dict) -> dict:
@@ -214,7 +242,7 @@ def maybe_evaluate(run: Run, log: RunLog, bar, last_eval: dict) -> dict:
         return last_eval
     ev = evaluate(run.model, cfg, run.layout, run.seq_len, run.accelerator, run.amp)
     if ev:
-        log_record(log, {"step": run.step, **ev})
+        log_record(log, {"step": run.step, **ev, "tokens_seen": run.tokens_seen, "time": time.time()})
         bar.write(f"step {run.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
     return ev
 
@@ -280,6 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, init_from: str | None = None, 
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_matmul_peak(
         plan.dtype, str(dev), seconds=0.5, linears=linear_shapes(hf_cfg))
     log = RunLog(acc, run.out, run.step)
+    log_start(run, plan, log)
 
     losses, last_eval = {}, {}
     bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not (progress and acc.is_main_process),
