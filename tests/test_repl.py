@@ -93,7 +93,8 @@ def test_scripted_session_and_bad_input(dirs, capsys):
     assert len(list(saved.glob("candidate*.png"))) == 2
     info = json.loads((saved / "generation.json").read_text())
     assert info["sampling"]["temperature"] == 0.5 and info["candidates"] == 2 and info["seeds"] == [0, 1]
-    assert all((saved / f).is_file() for f in info["files"])  # names the saved copies
+    assert all((saved / f).is_file() for f in info["files"])  # names the saved copies ...
+    assert info["prompt"] and all((saved / f).is_file() for f in info["prompt"])  # ... the prompt's too
     assert (r / "out" / "gen001" / "grid.png").is_file() and (r / "out" / "gen002" / "grid.png").is_file()
     a = Image.open(r / "out" / "gen002" / "candidate0_seed0_img0.png")
     b = Image.open(r / "out" / "gen002" / "candidate1_seed1_img0.png")

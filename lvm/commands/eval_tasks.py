@@ -26,7 +26,8 @@ examples:
   lvm eval tasks --decoding greedy --tasks next_view,depth
 """
 
-
+from lvm.commands.arg_types import (FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
+                                    SEED_INT)
 from lvm.eval.tasks.config import DECODINGS, MAX_SHOTS, TASKS, SuiteConfig
 from tokenizer.common.errors import InputError
 
@@ -36,37 +37,37 @@ _D = SuiteConfig()  # the flags' defaults are the suite's
 def add_arguments(p):
     from lvm.commands.pair_args import add_pair_arguments
 
-    add_pair_arguments(p, demo_default=True)  # --model, --tokenizer, --device, --precision
+    add_pair_arguments(p, default_model=True)  # --model, --tokenizer, --device, --precision
     p.add_argument("--compare", default=None, metavar="MODEL", help="a second model, evaluated side by side")
     p.add_argument("--compare-tokenizer", default=None, metavar="TOKENIZER",
                    help="tokenizer of --compare (default: --tokenizer)")
     p.add_argument("--names", default="model,compare", help="labels of the two models in tables and plots")
     p.add_argument("--tasks", default=None, help=f"comma-separated subset of: {','.join(TASKS)} (default: all)")
-    p.add_argument("--episodes", type=int, default=_D.episodes,
+    p.add_argument("--episodes", type=POSITIVE_INT, default=_D.episodes,
                    help=f"held-out episodes per task (default {_D.episodes})")
     shots = ",".join(map(str, _D.shots))
     p.add_argument("--shots", default=shots, help=f"analogy shots, 1..{MAX_SHOTS}; metrics at the largest "
                                                   f"(default {shots})")
-    p.add_argument("--context", type=int, default=_D.context,
+    p.add_argument("--context", type=POSITIVE_INT, default=_D.context,
                    help=f"frames shown for next view / next frame (default {_D.context})")
     p.add_argument("--decoding", choices=list(DECODINGS), default=None,
                    help="how every task's prediction is decoded (default: greedy for segmentation, the pixel mean "
                         "of --samples samples for the others)")
-    p.add_argument("--samples", type=int, default=_D.samples,
+    p.add_argument("--samples", type=POSITIVE_INT, default=_D.samples,
                    help=f"samples averaged by the mean decoding (default {_D.samples})")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=None,
                    help=f"sampling temperature of every task (default {_D.temperature:g}, "
                         + ", ".join(f"{t} {v:g}" for t, v in _D.task_temperature.items()) + ")")
-    p.add_argument("--top-k", type=int, default=_D.top_k,
+    p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=_D.top_k,
                    help=f"sample from the k likeliest tokens only (default {_D.top_k}; 0 = off)")
-    p.add_argument("--top-p", type=float, default=_D.top_p,
+    p.add_argument("--top-p", type=FRACTION, default=_D.top_p,
                    help=f"sample from the smallest set of tokens holding this much probability "
                         f"(default {_D.top_p:g}; 1 = off)")
-    p.add_argument("--seed", type=int, default=_D.seed, help="seed of the held-out episodes and of sampling")
+    p.add_argument("--seed", type=SEED_INT, default=_D.seed, help="seed of the held-out episodes and of sampling")
     p.add_argument("--lpips-vgg", default=None, metavar="FILE",
                    help="torchvision VGG16 state dict, for colorization's LPIPS (with --lpips-lin; else n/a)")
     p.add_argument("--lpips-lin", default=None, metavar="FILE", help="LPIPS linear-layer weights (vgg.pth)")
-    p.add_argument("--max-minutes", type=float, default=None, metavar="M",
+    p.add_argument("--max-minutes", type=POSITIVE_FLOAT, default=None, metavar="M",
                    help="wall budget per model: each task draws episodes while its equal share of the minutes "
                         "left lasts (at least one each; the table says how many ran). Default: all --episodes")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
@@ -83,11 +84,11 @@ def _ints(s: str, what: str) -> list[int]:
 def run(args):
     from pathlib import Path
 
-    from lvm.checkpoints import or_demo
+    from lvm.checkpoints import resolve_pair
     from tokenizer.common.hardware import from_args
 
     plan = from_args(args)  # a device that is not there is a one-line error before anything loads
-    model, tok = or_demo("model", args.model), or_demo("tokenizer", args.tokenizer)
+    model, tok = resolve_pair(args.model, args.tokenizer)
     cfg = SuiteConfig(tasks=args.tasks.split(",") if args.tasks else list(TASKS), episodes=args.episodes,
                       shots=_ints(args.shots, "--shots"), context=args.context, seed=args.seed,
                       top_k=args.top_k, top_p=args.top_p, samples=args.samples,

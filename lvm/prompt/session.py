@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from lvm.checkpoints import check_fit, or_demo
+from lvm.checkpoints import check_fit, default_model, tokenizer_for
 from lvm.prompt.prompts import Prompt, load_prompt, save_prompt
 from tokenizer.common.errors import InputError
 
@@ -37,9 +37,14 @@ class Session:
         self.last: dict | None = None
         self._codes: dict = {}
         self._runs = 0
+        if engine is None and model_dir is None:
+            model_dir = default_model()
+            self.print(f"using {model_dir} (--model chooses another)")
         self.engine = engine or self._load_model(model_dir, device, precision)
-        # The tokenizer computes where the model does, under the same precision request.
-        self.tok = tokenizer or self._load_tokenizer(tokenizer_dir, self.engine.plan.device, precision)
+        # The tokenizer computes where the model does, under the same precision request; without one given,
+        # the model's recorded tokenizer.
+        self.tok = tokenizer or self._load_tokenizer(tokenizer_for(model_dir, tokenizer_dir),
+                                                     self.engine.plan.device, precision)
         try:
             self.check_match()
         except InputError as e:
@@ -49,9 +54,6 @@ class Session:
     def _load_model(self, model_dir, device, precision):
         from lvm.generate.engine import Engine
 
-        if model_dir is None:
-            model_dir = or_demo("model")
-            self.print(f"using the demo model {model_dir}")
         t = time.perf_counter()
         engine = Engine.from_pretrained(model_dir, device=device, precision=precision)
         self.print(f"model {model_dir}: vocab {engine.vocab_size} (codebook {engine.layout.codebook_size}), "
@@ -60,7 +62,6 @@ class Session:
         return engine
 
     def _load_tokenizer(self, tokenizer_dir, device, precision):
-        tokenizer_dir = or_demo("tokenizer", tokenizer_dir)
         from tokenizer import load_tokenizer
 
         tok = load_tokenizer(tokenizer_dir, device=device, precision=precision).eval()
@@ -199,13 +200,16 @@ class Session:
             shutil.copyfile(p, dst)
             copy.target.append(dst)
         save_prompt(copy, d / "prompt.yaml")
+        copies = {str(p): str(q.relative_to(d)) for (_, ps), (_, qs) in zip(self.prompt.groups, copy.groups)
+                  for p, q in zip(ps, qs)}
         msg = f"saved {d / 'prompt.yaml'}"
         if self.last:
             for f in self.last["files"]:
                 shutil.copyfile(f, d / Path(f).name)
             save_png(self.last["grid_image"], d / "grid.png")
             # The saved folder stands alone: its generation.json names the copies, not the session's files.
-            info = dict(self.last["info"], files=[Path(f).name for f in self.last["files"]])
+            info = dict(self.last["info"], files=[Path(f).name for f in self.last["files"]],
+                        prompt=[copies.get(p, Path(p).name) for p in self.last["info"]["prompt"]])
             atomic_write_text(d / "generation.json", json.dumps(info, indent=2) + "\n")
             msg += f", {len(self.last['files'])} candidate PNGs and grid.png"
         self.print(msg)

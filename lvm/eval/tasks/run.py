@@ -144,16 +144,21 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
 
 def run_suite(pairs, names, cfg: SuiteConfig, out, progress: bool = True, log=print) -> dict:
     """Evaluate each (model dir, tokenizer dir) on the same episodes; write the report into `out`, with the
-    suite's configuration as suite_config.yaml. Returns write_report's dict (table, checks, files, results)."""
+    suite's configuration as suite_config.yaml. Returns write_report's dict (table, checks, files, results).
+
+    `cfg.max_minutes` is the first model's budget: the models after it run the episodes it ran, so every
+    column of the table scores the same episodes."""
+    from dataclasses import replace
     from pathlib import Path
 
-    from lvm.checkpoints import load_pair
+    from lvm.checkpoints import load_pair, tokenizer_for
     from tokenizer.common.config import save_config
 
+    pairs = [(m, tokenizer_for(m, t)) for m, t in pairs]  # a model's recorded tokenizer where none is given
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "suite_config.yaml")
-    named, episodes, size = [], None, None
+    named, episodes, size, run_cfg = [], None, None, cfg
     for (model_dir, tok_dir), name in zip(pairs, names):
         model, tok, _ = load_pair(model_dir, tok_dir, cfg.device, cfg.precision)
         if episodes is None or size != tok.resolution:
@@ -161,6 +166,9 @@ def run_suite(pairs, names, cfg: SuiteConfig, out, progress: bool = True, log=pr
             log(f"rendering held-out episodes at {size} px ...")
             episodes = make_episodes(cfg, size)
         log(f"[{name}] {model_dir} + {tok_dir}")
-        named.append((name, evaluate_model(model, tok, episodes, cfg, progress=progress, log=log)))
+        named.append((name, evaluate_model(model, tok, episodes, run_cfg, progress=progress, log=log)))
+        if run_cfg.max_minutes is not None:  # the rest score what the first one scored, however long it takes
+            episodes = {t: eps[:named[0][1][t]["episodes"]] for t, eps in episodes.items()}
+            run_cfg = replace(cfg, max_minutes=None)
     meta = {"models": {n: {"model": str(m), "tokenizer": str(t)} for n, (m, t) in zip(names, pairs)}}
     return write_report(named, out, cfg, meta)
