@@ -23,7 +23,7 @@ def tiny_config(out) -> DemoConfig:
                       tokenizer_overrides=TINY_TOKENIZER,
                       tokenizer_steps=2, tokenizer_minutes=1.0, train_overrides=TINY_MODEL, train_steps=2,
                       prompt_candidates=1, eval_episodes=1, shots=[1, 2], context=2, precision="fp32",
-                      budget_minutes=1)
+                      budget_minutes=1, shipped_model=None)
 
 
 def test_demo_stages_tiny(tmp_path):
@@ -102,6 +102,30 @@ def test_demo_stages_tiny(tmp_path):
     assert any(ln.startswith("[6/7] eval: estimated") for ln in logs)
     assert (out / "prompts" / "next_view.png").is_file() and (out / "stages" / "eval.json").is_file()
     assert (out / "stages" / "train.json").read_text() == before  # not asked for: untouched
+
+    # a shipped model beside the fresh one (here a copy of this run's, with its log and held-out tokens):
+    # its rows in the prompt grids, its column in the task table, both runs' held-out curves in one plot
+    import shutil
+
+    from lvm.checkpoints import recorded_tokenizer, write_tokenizer_record
+
+    assert recorded_tokenizer(model) == str(tok.resolve())  # the copied model points at the demo's tokenizer
+    shipped = tmp_path / "shipped-small"
+    shutil.copytree(model, shipped)
+    write_tokenizer_record(shipped, tok)
+    shutil.copytree(out / "work" / "tokens", shipped / "heldout_tokens")
+    shutil.copyfile(out / "work" / "lvm-run" / "metrics.jsonl", shipped / "train_log.jsonl")
+    cfg = tiny_config(out)
+    cfg.shipped_model, cfg.heldout_every = str(shipped), 1
+    Demo(cfg, progress=False, log=logs.append).run(fresh=True, stages=("train", "prompts", "eval", "report"))
+    recs = [json.loads(x) for x in (out / "work" / "lvm-run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/next_image_ppl" in r for r in recs)  # the fresh run scored the shipped held-out tokens
+    tasks = json.loads((out / "eval" / "tasks.json").read_text())
+    assert [m["name"] for m in tasks["models"]] == ["demo", "shipped-small"]
+    assert [m["tasks"]["segmentation"]["episodes"] for m in tasks["models"]] == [1, 1]
+    md = (out / "report.md").read_text()
+    assert "figures/scaling.png" in md and "**shipped-small**" in md
+    assert (out / "figures" / "scaling.png").is_file()
 
 
 def test_demo_cli_print_config_and_quick_overrides(capsys):

@@ -15,13 +15,14 @@ import shutil
 import time
 from pathlib import Path
 
-from lvm.checkpoints import demo_checkpoints
+from lvm.checkpoints import demo_checkpoints, write_tokenizer_record
 from lvm.demo import probes
-from lvm.demo.config import (BUDGET_SHARE, EST, PLANNED_SHARE, STAGES, TRAIN_RESERVE_S, DemoConfig,
-                             after_at_table_speed, demo_config, fmt_s, shipped_tokenizer)
+from lvm.demo.budget import Budget
+from lvm.demo.config import (BUDGET_SHARE, EST, SHIPPED_COST, STAGES, TRAIN_RESERVE_S, DemoConfig, demo_config,
+                             fmt_s, shipped_model, shipped_tokenizer)
 
 
-class Demo:
+class Demo(Budget):
     """One demo run in `cfg.out`: `run()` calls each `stage_<name>` in STAGES order and keeps what it returns
     in the stage's record."""
 
@@ -51,70 +52,6 @@ class Demo:
         plan = resolve(self.cfg.device, self.cfg.precision, "training")
         self.cfg.device, self.cfg.precision = plan.device, plan.precision
         return plan
-
-    def speed_factor(self) -> float:
-        """This machine's speed relative to the one EST was measured on: the tokenizer stage's probe (its
-        plan, made now if not made yet; a bare probe when the tokenizer is shipped) over EST's
-        tokenizer_per_step."""
-        if "factor" not in self._probed:
-            sec = self._plan_seconds("tokenizer")
-            if sec is None:
-                tc = self.tokenizer_config()
-                if self.cfg.tokenizer_checkpoint:
-                    sec = probes.probe_tokenizer(tc)
-                else:
-                    sec = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes,
-                                             lambda: probes.probe_tokenizer(tc))["seconds_per_step"]
-            self._probed["factor"] = max(sec, 1e-6) / EST["tokenizer_per_step"]
-        return self._probed["factor"]
-
-    def estimate(self, stage: str, probe: bool = True) -> float:
-        """Seconds `stage` should take here; `probe=False` skips the timings of a stage's own work."""
-        c = self.cfg
-        if stage == "data":  # rendering (numpy) does not depend on the compute precision
-            return c.sequences * EST["data_per_seq"] / max(1, c.workers)
-        if stage == "tokenizer":
-            if c.tokenizer_checkpoint:
-                return 1.0  # a copy of the shipped one
-            per_step = self._plan_seconds("tokenizer") or EST["tokenizer_per_step"] * self.speed_factor()
-            return min(c.tokenizer_steps * per_step, c.tokenizer_minutes * 60 * PLANNED_SHARE)
-        if stage == "train":
-            tc = self.train_config()
-            rows = max(1, tc.tokens_per_step // (tc.seq_len or tc.model.max_position_embeddings))
-            per_step = rows * EST["train_per_row"] * self.speed_factor()
-            return min(c.train_steps * per_step, c.train_minutes * 60)
-        if stage == "tokenize":
-            per_image = probe and self._probe_tokenize()
-            return self.n_images() * (per_image or EST["tokenize_per_image"] * self.speed_factor())
-        if stage == "eval":
-            n_tasks = 6
-            per_episode = probe and self._probe_eval()
-            return c.eval_episodes * n_tasks * (per_episode or EST["eval_per_episode"] * self.speed_factor())
-        return EST[stage] * (self.speed_factor() if stage == "prompts" else 1.0)
-
-    def _plan_seconds(self, stage: str) -> float | None:
-        path = self.work / f"plan-{stage}.json"
-        return json.loads(path.read_text())["seconds_per_step"] if path.is_file() else None
-
-    def n_images(self) -> int:
-        """Images the data stage wrote (its record), else the usual ~14 per sequence."""
-        m = self.marker("data")
-        if m.is_file():
-            return int(json.loads(m.read_text()).get("info", {}).get("images") or self.cfg.sequences * 14)
-        return self.cfg.sequences * 14
-
-    def _probe_tokenize(self) -> float | None:
-        """Seconds per image of encoding with the trained tokenizer on this machine, in the demo's precision."""
-        if "tokenize" not in self._probed and (self.tok_dir / "model.safetensors").is_file():
-            self._probed["tokenize"] = probes.probe_encode(self.tok_dir, self.cfg)
-        return self._probed.get("tokenize")
-
-    def _probe_eval(self) -> float | None:
-        """Seconds of one evaluation episode: the suite itself on one episode of one task."""
-        if "eval" not in self._probed and (self.model_dir / "config.json").is_file() \
-                and (self.tok_dir / "model.safetensors").is_file():
-            self._probed["eval"] = probes.probe_eval_episode(self.model_dir, self.tok_dir, self.suite_config())
-        return self._probed.get("eval")
 
     def run(self, fresh: bool = False, stages=STAGES) -> dict:
         from tokenizer.common.config import config_to_dict, save_config
@@ -203,8 +140,12 @@ class Demo:
         from lvm.train.config import TrainConfig
 
         c = self.cfg
+        # the shipped model's held-out tokens, scored as its own run scored them: the report's scaling plot
+        held = shipped_model(c) / "heldout_tokens" if shipped_model(c) else None
+        heldout = [f"data.eval_shards={held}", f"eval_every={c.heldout_every}", "eval_batches=16"] \
+            if held and held.is_dir() else []
         return load_config(TrainConfig, c.train, [f"device={c.device}", f"precision={c.precision}"]
-                           + list(c.train_overrides) + [
+                           + list(c.train_overrides) + heldout + [
             f"data.shards={self.work / 'tokens'}", f"out_dir={self.work / 'lvm-run'}",
             f"max_steps={c.train_steps}", f"seed={c.seed}", f"model.codebook_size={self.codebook_size()}"])
 
@@ -214,27 +155,6 @@ class Demo:
             return int(json.loads((shipped_tokenizer(self.cfg.tokenizer_checkpoint) / "config.json")
                                   .read_text())["codebook_size"])
         return self.tokenizer_config().model.codebook_size
-
-    # ---- fitting steps into a stage's time budget ----
-    def planned_steps(self, stage: str, max_steps: int, minutes: float, probe) -> dict:
-        """Steps for the tokenizer stage: `max_steps`, or fewer if `probe()` (seconds per step, measured on
-        this machine now) says they do not fit `minutes`. Decided once per run (kept in work/plan-<stage>.json)
-        so a resumed run keeps its learning-rate schedule."""
-        from tokenizer.common.files import atomic_write_text
-
-        path = self.work / f"plan-{stage}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        sec = probe()
-        fit = int(minutes * 60 * PLANNED_SHARE / max(sec, 1e-9))
-        plan = {"steps": max(2, min(max_steps, fit)), "max_steps": max_steps, "seconds_per_step": round(sec, 3),
-                "minutes": minutes}
-        if plan["steps"] < max_steps:
-            self.log(f"{stage}: {sec:.2f} s/step measured now; {plan['steps']} of {max_steps} steps fit "
-                     f"the {minutes:.1f}-minute budget")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(plan, indent=1))
-        return plan
 
     # ---- stages ----
     def stage_data(self):
@@ -304,36 +224,13 @@ class Demo:
         for f in sorted(last.iterdir()):
             if f.is_file() and f.name.endswith((".json", ".safetensors", ".md")) and not f.name.startswith("trainer_state"):
                 _copy_atomic(f, self.model_dir / f.name)
+        write_tokenizer_record(self.model_dir, self.tok_dir)  # its record was relative to the checkpoint
         losses = summary["losses"]
         pace = summary["seconds_per_step"]
         return {"steps": summary["step"], "final_loss": round(losses[max(losses)], 4) if losses else None,
                 "checkpoint": str(last), "plan": {"steps": summary["max_steps"], "max_steps": self.cfg.train_steps,
                                                   "seconds_per_step": round(pace, 3) if pace else None,
                                                   "minutes": round(minutes, 2)}}
-
-    def spent_before(self, stage: str) -> float:
-        """Seconds the stages before `stage` took (their markers, kept across resumed runs)."""
-        return sum(json.loads(self.marker(st).read_text())["seconds"] for st in STAGES[:STAGES.index(stage)]
-                   if self.marker(st).is_file())
-
-    def train_minutes(self) -> float:
-        """The transformer stage's minutes: its share, or less where the stages before it took longer than
-        planned here and the stages after it would then pass the demo's budget (a slower machine)."""
-        c = self.cfg
-        spent = self.spent_before("train")
-        if self.resolve_plan().device == "cpu":
-            # The tokenizer probe's factor does not predict decoding (0.56-1.04 of the table within an hour on
-            # one 2-core Zen4; 2.07 on a 2-core Xeon whose prompts and eval then ran 1.3x the table): the
-            # stages after training are planned at the table's idle 2-core speed, and the demo's eval fits
-            # the minutes that are left (stage_eval), so a slower CPU evaluates fewer episodes instead.
-            after = after_at_table_speed(c)
-        else:
-            after = sum(self.estimate(st, probe=False) for st in STAGES[STAGES.index("train") + 1:])
-        left = (c.budget_minutes * 60 * BUDGET_SHARE - spent - after) / 60
-        if left < c.train_minutes:
-            self.log(f"train: {fmt_s(spent)} spent and ~{fmt_s(after)} to come leave {max(left, 1.0):.1f} of "
-                     f"its {c.train_minutes:g} minutes within the {c.budget_minutes:g}-minute budget")
-        return max(1.0, min(c.train_minutes, left))
 
     def stage_prompts(self):
         """Held-out prompts: rotation and video continuation, two analogies (greedy + sampled each)."""
@@ -359,10 +256,15 @@ class Demo:
         self.log(f"eval: {suite.max_minutes:.1f} minutes of the {self.cfg.budget_minutes:g}-minute budget left "
                  f"for up to {suite.episodes} episodes per task")
         out = self.out / "eval"
-        rep = run_suite([(self.model_dir, self.tok_dir)], ["demo"], suite, out, progress=self.progress,
-                        log=self.log)
+        pairs, names = [(self.model_dir, self.tok_dir)], ["demo"]
+        shipped = shipped_model(self.cfg)
+        if shipped:  # it runs the episodes the fresh model ran: the budget's share is the fresh model's
+            pairs.append((shipped, None))
+            names.append(shipped.name)
+            suite.max_minutes /= 1 + SHIPPED_COST
+        rep = run_suite(pairs, names, suite, out, progress=self.progress, log=self.log)
         self.log(rep["table"])
-        return {"checks": rep["checks"]["demo"]}
+        return {"checks": rep["checks"]["demo"], "models": names}
 
     def stage_report(self):
         from lvm.demo.report import write_report
