@@ -46,8 +46,11 @@ def _analogy(root, name, task, objects, description, seed, size, shots):
 
     rng = np.random.default_rng(seed)
     imgs, pairs = {}, []
+    # colorization shows one object in one colour, so the examples carry the answer's colour (docs/tasks.md)
+    same = (objects[0], render.random_color(rng)) if task == "colorization" else None
     for k in range(shots + 1):
-        view = render.render_object_view(objects[k % len(objects)], seed=seed + k, size=size)
+        obj, color = same or (objects[k % len(objects)], None)
+        view = render.render_object_view(obj, seed=seed + k, size=size, color=color)
         a, b = render.task_pair(view, task, rng)
         imgs[f"{k}_in.png"], imgs[f"{k}_out.png"] = a, b
         pairs.append([f"{name}/{k}_in.png", f"{name}/{k}_out.png"])
@@ -57,7 +60,7 @@ def _analogy(root, name, task, objects, description, seed, size, shots):
 
 
 ANALOGIES = [("segmentation", "rgb -> segmentation map"), ("depth", "rgb -> depth map"),
-             ("colorization", "grayscale -> color"), ("inpainting", "image with black boxes -> original")]
+             ("colorization", "grayscale -> color of one object"), ("inpainting", "image with black boxes -> original")]
 NAMES = ["rotation", "video"] + [task for task, _ in ANALOGIES]
 
 
