@@ -38,10 +38,11 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     # Visual-sequence priors for small models trained from scratch (all three off = the released recipe).
     # A model that predicts token p+1 from token p gains most from the token at p+1 of the earlier images,
-    # 255 tokens (one image less one) back. Learning that positional look-up from scratch is slow: the
-    # tiny model sits on a ~2,000-step plateau before it copies across 256 tokens (a few hundred steps at
-    # 16 tokens). `grid_rope` + `grid_heads` give the heads that look-up at init; it is then trained as any
-    # weight. The checkpoint stays a plain HF Llama (config fields `rope_parameters`, `attention_bias`).
+    # 255 tokens (one image less one) back. Learning that positional look-up from scratch is slow: a small
+    # model sits on a long plateau before it copies across 256 tokens, far longer than across a few tokens,
+    # and longer than a CPU's minutes afford. `grid_rope` + `grid_heads` give the heads that look-up at
+    # init; it is then trained as any weight. The checkpoint stays a plain HF Llama (config fields
+    # `rope_parameters`, `attention_bias`).
     grid_rope: bool = False  # rope frequencies pi / 2**i: periods 2, 4, ..., 256, ... tokens (binary digits)
     attention_bias: bool = False  # HF Llama's q/k/v/o biases; the grid heads' fixed query/key live there
     grid_heads: int = 0  # heads per layer that start out looking 1, 2, ... images back (needs the two above)

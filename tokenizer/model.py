@@ -78,9 +78,10 @@ class VQGANConfig:
     norm_groups: int = 32
     # Patch-colour shortcut (ours, off for taming/released weights): each f x f patch's mean colour enters
     # the latent through a 1x1 conv, and a 1x1 conv of the latent adds a per-patch colour back to the
-    # output. The deep encoder/decoder of a small tokenizer learns to carry colour very slowly: demo data,
-    # 400 steps, objects come back gray and segmentation answers snap to mIoU 0.31; with the shortcut they
-    # keep their colours and reach 0.63, RGB PSNR unchanged. Adds keys color_in.* and color_out.*.
+    # output. The deep encoder/decoder of a small tokenizer learns to carry colour very slowly: early in
+    # training objects come back gray and segmentation answers lose their label colours; with the shortcut
+    # they keep their colours from the start, at no cost in RGB PSNR (docs/results.md). Adds keys
+    # color_in.* and color_out.*.
     color_skip: bool = False
 
     def __post_init__(self):

@@ -37,7 +37,7 @@ def build_encoder_decoder(cfg) -> tuple[nn.Module, nn.Module]:
         _swap_group_norms(net, cfg.norm_groups)
     for level in decoder.up:
         if hasattr(level, "upsample"):
-            level.upsample.__class__ = TransposedUpsample  # same parameters, same forward, fewer MACs
+            level.upsample.__class__ = transposed_upsample_class()  # same parameters, same forward, fewer MACs
     return encoder, decoder
 
 
@@ -53,13 +53,7 @@ def transposed_upsample_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ak,oikl,bl->ioab", a, w, a)
 
 
-def _taming_upsample():
-    from taming.modules.diffusionmodules.model import Upsample
-
-    return Upsample
-
-
-class TransposedUpsample(_taming_upsample()):
+class _TransposedUpsampleForward:
     """taming's Upsample (nearest 2x, then conv3x3) computed as the equal transposed conv: 2.25x fewer
     multiply-adds on the decoder's largest convolutions, the same output up to fp32 rounding (~1e-5) and,
     since the kernel is a linear function of `conv.weight`, the same gradients. State-dict keys unchanged.
@@ -80,6 +74,28 @@ class TransposedUpsample(_taming_upsample()):
                 self.__dict__["_transposed"] = cached  # a plain attribute: not in state_dict
             wt = cached[1]
         return F.conv_transpose2d(x, wt.to(x.dtype), self.conv.bias.to(x.dtype), stride=2, padding=1)
+
+
+_transposed_upsample = None
+
+
+def transposed_upsample_class():
+    """`TransposedUpsample`: taming's Upsample with the forward above. It subclasses a taming class, so it
+    is made on first use: importing this module (and tokenizer.model) needs no taming, as on a machine that
+    only runs the transformer."""
+    global _transposed_upsample
+    if _transposed_upsample is None:
+        from taming.modules.diffusionmodules.model import Upsample
+
+        _transposed_upsample = type("TransposedUpsample", (_TransposedUpsampleForward, Upsample),
+                                    {"__module__": __name__, "__doc__": _TransposedUpsampleForward.__doc__})
+    return _transposed_upsample
+
+
+def __getattr__(name):  # `from tokenizer.networks import TransposedUpsample` (and pickle) still find it
+    if name == "TransposedUpsample":
+        return transposed_upsample_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TrainingGroupNorm(nn.GroupNorm):

@@ -1,17 +1,19 @@
 """The whole system end to end on this machine: data, tokenizer, transformer, prompts, evaluation, report.
 
 Stages (progress bar and time estimate for each): render a mixed dataset with the built-in renderer
-(multi-view orbits, physics videos, rgb -> segmentation / depth / normals / edges, colorization and
-inpainting pairs; 128 px; training objects only) -> take the tokenizer shipped in assets/demo-tokenizer
-(--train-tokenizer: train the small tokenizer instead) -> tokenize the shards ->
+(multi-view orbits, physics videos, and segmentation / depth / colorization / inpainting pairs, the four
+analogies the task suite evaluates; 128 px; training objects only) -> take the tokenizer shipped in
+assets/demo-tokenizer (--train-tokenizer: train the small tokenizer instead) -> tokenize the shards ->
 train the tiny transformer -> prompt it on held-out objects (rotation and video continuation, two analogies)
 -> run the in-context task suite (`lvm eval tasks`) -> write OUT/report.md with loss curves, prompt |
-prediction | truth grids, the task table and the quality checks. The trained checkpoints are left in
-OUT/model and OUT/tokenizer, which `lvm prompt` and `lvm eval tasks` use by default.
+prediction | truth grids, the task table and the quality checks. Where assets/lvm-small exists, it answers
+the same prompts and episodes beside the fresh model. The trained checkpoints are left in OUT/model and
+OUT/tokenizer, which `lvm prompt` and `lvm eval tasks` use when assets/lvm-small is not there.
 
 Each stage is skipped when it finished before (OUT/stages/<stage>.json); a killed stage resumes where it
-stopped. --fresh redoes everything. Default budget: about 20 minutes on a 2-core CPU; --quick is a ~3 minute
-smoke run of every stage (quality not expected). Any field of the demo config can be overridden as key=value
+stopped. --fresh redoes everything. The stages plan to fill budget_minutes (17 by default, so that a fresh
+install and the demo end within 20 on a 2-core CPU); --quick is a smoke run of every stage with a 3-minute
+budget (quality not expected). docs/demo.md says where the minutes go. Any field of the demo config can be overridden as key=value
 (see --print-config); the resolved config is saved as OUT/demo_config.yaml.
 
 Every stage computes on --device in --precision (default auto: bf16 where the hardware computes it natively,

@@ -16,13 +16,14 @@ truth (the ceiling). Perplexity is also measured against the number of context f
 shots (--shots).
 
 Writes OUT/tasks.md (table + quality checks), tasks.json, tasks.png (bars), ppl.png (perplexity curves),
-grids/<model>-<task>.png (prompt | prediction | truth) and suite_config.yaml. Without --model/--tokenizer it
-evaluates the checkpoints `lvm demo` leaves (runs/demo/model, runs/demo/tokenizer).
+grids/<model>-<task>.png (prompt | prediction | truth) and suite_config.yaml. Without --model it evaluates
+the shipped assets/lvm-small, else the model `lvm demo` leaves (runs/demo/model); without --tokenizer, the
+tokenizer the model records. docs/tasks.md says what each task asks.
 
 examples:
   lvm eval tasks --model runs/demo/model --tokenizer runs/demo/tokenizer --shots 1,3,7 --out runs/eval
   lvm eval tasks --model runs/a --tokenizer runs/tok --compare runs/b --names small,big --episodes 16
-  lvm eval tasks --episodes 16 --lpips-vgg vgg16-397923af.pth --lpips-lin vgg.pth   # 12-21 min, demo model, 2 cores
+  lvm eval tasks --episodes 16 --lpips-vgg vgg16-397923af.pth --lpips-lin vgg.pth   # colorization's LPIPS too
   lvm eval tasks --decoding greedy --tasks next_view,depth
 """
 

@@ -8,7 +8,7 @@ One generation runs at a time; other requests wait in the queue. The page binds 
 says otherwise. Uploads are re-encoded as PNGs (at most 4096 x 4096 pixels, refused before decoding past
 that); uploads, results and the web cache under --out stay under --max-disk-mb (the oldest go first) and
 --max-age-hours, and the temporary ones (uploads, cache) go when the server stops. Scripts use the API
-(`/generate`) with gradio_client; see README "Prompting in the browser".
+(`/generate`) with gradio_client; see docs/serve.md.
 
 Needs the serve extra: pip install -e '.[serve]'.
 

@@ -108,10 +108,10 @@ class Budget:
         c = self.cfg
         spent = self.spent_before("train")
         if self.resolve_plan().device == "cpu":
-            # The tokenizer probe's factor does not predict decoding (0.56-1.04 of the table within an hour on
-            # one 2-core Zen4; 2.07 on a 2-core Xeon whose prompts and eval then ran 1.3x the table): the
-            # stages after training are planned at the table's idle 2-core speed, and the demo's eval fits
-            # the minutes that are left (stage_eval), so a slower CPU evaluates fewer episodes instead.
+            # The tokenizer probe's factor does not predict decoding on a CPU (it swings with the load and
+            # with the CPU's kind, and decoding does not follow it: docs/results.md), so the stages after
+            # training are planned at the table's idle 2-core speed, and the demo's eval fits the minutes
+            # that are left (stage_eval): a slower CPU evaluates fewer episodes instead.
             after = after_at_table_speed(c)
         else:
             after = sum(self.estimate(st, probe=False) for st in STAGES[STAGES.index("train") + 1:])

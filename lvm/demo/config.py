@@ -22,8 +22,8 @@ class DemoConfig:
     out: str = str(DEMO_OUT)
     seed: int = 0
     workers: int = 2                        # data-building processes
-    # the stages' budget, sized to fit on a 2-core CPU: 17 minutes, so that README's first command (a fresh
-    # venv's install, 1.7-2.5 min from pip's cache, then the demo) stays within 20 with the planner's error
+    # the stages' budget: 17 minutes, so that README's first command (a fresh venv's install from pip's
+    # cache, then the demo) stays within 20 on a 2-core CPU, with room for the planner's error
     budget_minutes: float = 17.0
     # data: a data config (built-in source first) + how many sequences to render
     data: str = "configs/data/demo.yaml"
@@ -33,7 +33,7 @@ class DemoConfig:
     # the demo trains on teaches one of them (normals, edges, boxes and keypoints are left out)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "depth", "colorization", "inpainting"])
     # tokenizer: the one shipped in the repository (trained by `lvm tokenizer train configs/tokenizer/demo.yaml`
-    # on the demo's own renders, ~26 CPU minutes; its README has the commands and the log), so the demo's
+    # on the demo's own renders; its README has the commands, the hardware and the log), so the demo's
     # minutes go to the transformer. null (`--train-tokenizer`, and `--quick`) trains one in the tokenizer
     # stage instead, from the config and overrides below.
     tokenizer_checkpoint: str | None = SHIPPED_TOKENIZER
@@ -68,8 +68,8 @@ class DemoConfig:
     # prompting and evaluation on held-out objects
     prompt_candidates: int = 2              # sampled candidates shown next to the greedy answer
     eval_episodes: int = 4
-    # samples the eval stage's mean decoding averages: this 4-episode look keeps 8 (4.4 s per episode here,
-    # 16 take 7.5 s) and leaves the minutes to training; `lvm eval tasks` averages 16
+    # samples the eval stage's mean decoding averages: this 4-episode look keeps 8, which cost about half
+    # of 16 per episode, and leaves the minutes to training; `lvm eval tasks` averages 16
     eval_samples: int = 8
     shots: list[int] = field(default_factory=lambda: [1, 3, 7])
     context: int = 7

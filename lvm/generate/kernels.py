@@ -2,7 +2,7 @@
 
 `load()` returns the compiled module, or None when it cannot be had (no C++ compiler, a failed build, or
 LVM_KERNELS=0), in which case the engine decodes with plain PyTorch ops (slower, same results up to
-rounding). The build takes ~40 s the first time and is cached by torch.utils.cpp_extension under
+rounding). The build, a C++ compile, runs the first time only: torch.utils.cpp_extension caches it under
 $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), keyed by the source, the flags and this CPU's
 instruction set. The code is compiled for the ISA torch itself dispatches to: -march=native where torch
 runs AVX-512 (or on non-x86 CPUs), -march=x86-64-v3 (AVX2+FMA+F16C) where torch runs AVX2, as it does on

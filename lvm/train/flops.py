@@ -43,9 +43,9 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
     so a dtype the hardware only emulates (bf16 on an AVX2 CPU, orders of magnitude slower) is still
     measured, in about `seconds`. `linears` ((in, out) features, linear_shapes) adds the three products of
     each layer's training step (forward, grad of the input, grad of the weight) with a growing token count,
-    in about `seconds` more: an emulated dtype's speed depends on the shape (bf16 on an AVX2 CPU runs a
-    thin 512x8192 @ 8192x32 product twice as fast as any square one), and a peak below what the model's own
-    products reach would put MFU over 100%.
+    in about `seconds` more: an emulated dtype's speed depends on the shape (bf16 on an AVX2 CPU can run a
+    thin product such as 512x8192 @ 8192x32 faster than any square one), and a peak below what the model's
+    own products reach would put MFU over 100%.
     """
     import torch
 

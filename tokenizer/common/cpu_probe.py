@@ -1,21 +1,19 @@
 """Whether bf16 pays on this CPU: a measured answer, kept per machine (used by `hardware.detect`).
 
-A CPU flag says that bf16 is computed natively, not that it is faster. With AMX, the matmuls of a small
-transformer run 4-5x faster in bf16 than in fp32 and its training step in bf16 autocast ~1.7x faster; with
-AVX512-BF16 alone (no AMX, or oneDNN capped below it) the matmuls ran at 0.6-0.9x fp32's speed and the step
-at 0.5-0.8x, since every weight, activation and gradient is also converted on the way. So where the flags
-say native, `auto` times a linear layer's matmuls (forward and both gradients, at the demo transformer's
-shapes) in both precisions and keeps bf16 only where they are clearly faster. (Timing a whole block,
-attention and norms included, read the same machine anywhere from 0.8x to 2.2x from run to run: the big
-matmuls alone separate the two kinds of CPU cleanly.)
+A CPU flag says that bf16 is computed natively, not that it is faster. With AMX, bf16 matmuls and a bf16
+autocast training step beat fp32 clearly; with AVX512-BF16 alone (no AMX, or oneDNN capped below it) every
+weight, activation and gradient is also converted on the way, and bf16 can be slower than fp32. So where the
+flags say native, `auto` times a linear layer's matmuls (forward and both gradients, at the demo
+transformer's shapes) in both precisions and keeps bf16 only where they are clearly faster. It times the
+big matmuls alone because they separate the two kinds of CPU cleanly, while a whole block (attention and
+norms included) varies too much from one timing to the next to decide anything.
 
 The probe takes under a second, once per machine: its verdict is cached as JSON under
 `$XDG_CACHE_HOME/lvm` (default ~/.cache/lvm), keyed by everything that decides the kernels torch runs (CPU
-name and flags, torch's dispatch level, ONEDNN_MAX_CPU_ISA, torch version). It times one thread, which
-reads the same on an idle and on a busy machine (two threads read 0.66x on an AMX CPU while another job ran,
-and 2-6x when it was idle; one thread 3.5-10x busy or idle, and 0.45-0.66x with oneDNN capped at
-AVX512-BF16). A file lock makes the
-ranks of a multi-process job on one machine share one measurement, so they pick the same precision.
+name and flags, torch's dispatch level, ONEDNN_MAX_CPU_ISA, torch version). It times one thread because one
+thread reads the same on an idle and on a busy machine, where several threads' ratio swings with whatever
+else runs. A file lock makes the ranks of a multi-process job on one machine share one measurement, so they
+pick the same precision. The measurements behind these choices: docs/results.md (Hardware and precision).
 """
 
 from __future__ import annotations

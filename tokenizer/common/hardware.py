@@ -12,7 +12,7 @@ What `auto` picks:
 - CPU precision: bf16 only where the CPU computes it natively, i.e. torch dispatches AVX-512 (or better)
   kernels, the CPU has AMX-BF16, AVX512-BF16 or AVX512-FP16, and oneDNN is allowed to use them, *and* where
   a sub-second timing of a transformer's matmuls shows bf16 clearly faster than fp32 on this machine (cached
-  per machine; `cpu_probe` says why: AVX512-BF16 without AMX can train 2x slower in bf16). Everywhere
+  per machine; `cpu_probe` says why: AVX512-BF16 without AMX can train slower in bf16). Everywhere
   else auto picks fp32 (emulated bf16 is two orders of magnitude slower). The check honours
   `ATEN_CPU_CAPABILITY` and `ONEDNN_MAX_CPU_ISA`, so `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`
   makes a newer CPU behave (and be judged) as AVX2.
