@@ -15,8 +15,10 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from PIL import Image
+if TYPE_CHECKING:  # PIL is imported where images are handled: the token contract (lvm.tokens) needs none
+    from PIL import Image
 
 KINDS = ("single", "class_group", "video", "multiview", "pairs", "tuples", "annotated_video")
 MAX_IMAGES = 16
@@ -64,6 +66,8 @@ def frame_names(sample: dict) -> list[str]:
 
 
 def sample_images(sample: dict) -> list[Image.Image]:
+    from PIL import Image
+
     out = []
     for name in frame_names(sample):
         with Image.open(io.BytesIO(sample[name])) as im:

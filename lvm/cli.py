@@ -84,6 +84,8 @@ COMMANDS: dict = {
                   "lvm bench train --model tiny", "lvm.commands.bench_train"),
         "generate": ("image generation tokens/s: this engine vs HF generate()",
                      "lvm bench generate --model tiny --batch 1,4", "lvm.commands.bench_generate"),
+        "suite": ("every GPU check and benchmark in one timed run: one table, suite.json + suite.md",
+                  "lvm bench suite --out out/gpu-suite", "lvm.commands.bench_suite"),
     }),
     "serve": ("visual prompting in the browser (Gradio web page + API) on the same engine as lvm prompt",
               "lvm serve --model runs/lvm --tokenizer runs/tok --port 7860", "lvm.commands.serve"),

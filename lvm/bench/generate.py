@@ -72,6 +72,44 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
                    device: str = "auto", precision: str = "auto", dtype: str | None = None) -> int:
     """`lvm bench generate`: the engine in each precision of the comma list `precision` against HF
     generate() for each candidate count of the comma list `batch`; prints the table and the roofline."""
+    measure_generate(model=model, batch=batch, prompt_images=prompt_images, repeats=repeats,
+                     temperature=temperature, top_k=top_k, threads=threads, seed=seed, device=device,
+                     precision=precision, dtype=dtype, echo=print)
+    return 0
+
+
+def _hf_static_call(model, device):
+    """HF generate() keyword arguments of its static-cache setting, compiled on CUDA: recent transformers
+    compile the decoding forward themselves when the cache is static; older ones get the recipe of HF's
+    docs (the forward compiled with CUDA graphs), swapped in only around these calls."""
+    import contextlib
+
+    import torch
+    from transformers import GenerationConfig
+
+    if hasattr(GenerationConfig(), "compile_config") or device.type != "cuda":
+        return {"cache_implementation": "static"}, contextlib.nullcontext
+    compiled = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+
+    @contextlib.contextmanager
+    def swapped():
+        plain = model.forward
+        model.forward = compiled
+        try:
+            yield
+        finally:
+            model.forward = plain
+
+    return {"cache_implementation": "static"}, swapped
+
+
+def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
+                     temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
+                     device: str = "auto", precision: str = "auto", dtype: str | None = None,
+                     hf_static: bool = False, echo=None) -> dict:
+    """What `bench_generate` measures, as a dict (rows per precision and batch, the batch-1 roofline);
+    `echo` (e.g. print) gets the lines of its table as they come. `hf_static` adds HF generate() in its
+    static-cache + torch.compile setting (the stronger baseline; compiled where HF compiles, on CUDA)."""
     import os
     import statistics
     import time
@@ -82,6 +120,8 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
     from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
     from tokenizer.common.hardware import detect, parse_precisions, precision_name, resolve, synchronize
+
+    echo = echo or (lambda *a, **k: None)
 
     if dtype and precision == "auto":  # the older flag
         precision = precision_name(dtype)
@@ -110,24 +150,24 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
     samp = Sampling(temperature=temperature, top_k=top_k, top_p=1.0, seed=seed)
     hw = detect()
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {prompt_images} images "
-          f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens)")
-    print(f"device {device}{gpu}; CPU {hw.cpu_summary()}; torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"HF generate(): {hf_plan.device} {hf_plan.precision}, its defaults (dynamic cache, "
-          f"{getattr(model.config, '_attn_implementation', None) or 'default'} attention)")
+    echo(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {prompt_images} images "
+         f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens)")
+    echo(f"device {device}{gpu}; CPU {hw.cpu_summary()}; torch threads {torch.get_num_threads()}; "
+         f"load average {os.getloadavg()[0]:.2f}")
+    echo(f"HF generate(): {hf_plan.device} {hf_plan.precision}, its defaults (dynamic cache, "
+         f"{getattr(model.config, '_attn_implementation', None) or 'default'} attention)")
     names, eng = {}, {}
     for p, plan in zip(asked, plans):
         names[p] = f"{p}->{plan.precision}" if p == "auto" else p
         eng[p] = e = engines[plan.precision]
-        print(f"engine {names[p]}: {e.describe()} (setup {setup[plan.precision]:.2f}s)")
+        echo(f"engine {names[p]}: {e.describe()} (setup {setup[plan.precision]:.2f}s)")
 
     def ours(e, b):
         out = e.generate(prompt, n_new=1, candidates=b, sampling=samp)
         assert out.images.shape == (b, 1, tpi) and int(out.images.max()) < K
         return out
 
-    def hf(b):
+    def hf(b, kw=None):
         ids = prompt.reshape(1, -1).expand(b, -1).contiguous().to(device)
         synchronize(device)
         t0 = time.perf_counter()
@@ -135,19 +175,34 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
                                  temperature=temperature, top_k=top_k, top_p=1.0,
                                  max_new_tokens=tpi, min_new_tokens=tpi, pad_token_id=K,
-                                 suppress_tokens=list(range(K, V)))
+                                 suppress_tokens=list(range(K, V)), **(kw or {}))
         out = out.cpu()
         dt = time.perf_counter() - t0
         assert out.shape == (b, ids.shape[1] + tpi) and int(out[:, ids.shape[1]:].max()) < K
         return dt
 
-    print(f"{'precision':>12} {'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}")
+    hf_kw, hf_ctx, hf_static_error = ({}, None, None)
+    if hf_static:
+        hf_kw, hf_ctx = _hf_static_call(model, device)
+    hf_cols = f" {'HF static tok/s':>15} {'ratio':>6}" if hf_static else ""
+    echo(f"{'precision':>12} {'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}"
+         + hf_cols)
     decode = {}  # precision asked -> median decoding seconds per step at batch 1
+    rows = []
     for b in batches:
         hf(b)  # warm-up: allocation, kernel selection, graph capture
         for p in asked:
             ours(eng[p], b)
-        th, to = [], {p: [] for p in asked}
+        th, ts, to = [], [], {p: [] for p in asked}
+        if hf_static and hf_static_error is None:
+            try:  # warm-up: the static cache and the compile; a failing compile is a result, not a crash
+                with hf_ctx():
+                    hf(b, hf_kw)
+            except Exception as e:  # noqa: BLE001 - any compiler error ends only this side
+                from tokenizer.common.errors import one_line
+
+                hf_static_error = f"{type(e).__name__}: {one_line(e)}"[:300]
+                echo(f"HF static cache + compile failed: {hf_static_error}")
         for r in range(repeats):  # alternate the order so drifting load hits all sides alike
             order = list(asked) if r % 2 == 0 else list(reversed(asked))
             if r % 2 == 0:
@@ -156,22 +211,37 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
                 to[p].append(ours(eng[p], b))
             if r % 2:
                 th.append(hf(b))
+            if hf_static and hf_static_error is None:
+                with hf_ctx():
+                    ts.append(hf(b, hf_kw))
         mh = statistics.median(th)
+        ms = statistics.median(ts) if ts else None
         tok = b * tpi
         for p in asked:
             mo = statistics.median(o.seconds for o in to[p])
             if b == 1:
                 decode[p] = statistics.median((o.seconds - o.prefill_seconds) / (tpi - 1) for o in to[p])
-            print(f"{names[p]:>12} {b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} "
-                  f"{mh / mo:>5.2f}x", flush=True)
+            extra = "" if not hf_static else (f" {'failed':>15} {'-':>6}" if ms is None else
+                                              f" {tok / ms:>15.1f} {ms / mo:>5.2f}x")
+            echo(f"{names[p]:>12} {b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} "
+                 f"{mh / mo:>5.2f}x" + extra, flush=True)
+            rows.append({"precision": names[p], "engine_precision": eng[p].plan.precision, "batch": b,
+                         "ours_s": mo, "ours_tok_s": tok / mo, "hf_s": mh, "hf_tok_s": tok / mh,
+                         "hf_static_s": ms, "hf_static_tok_s": tok / ms if ms else None})
+    roofline = {}
     if decode:
         bw = copy_bandwidth(device)
         position = prompt.numel() + (tpi - 1) / 2  # the mean position of the new image's steps
         for p in asked:
             w, kv = step_bytes(eng[p], position)
             ideal = (w + kv) / bw
-            print(f"roofline {names[p]} batch 1: {(w + kv) / 1e6:.1f} MB per step (weights {w / 1e6:.1f} + KV "
-                  f"{kv / 1e6:.1f}) / copy bandwidth {bw / 1e9:.1f} GB/s = {ideal * 1e3:.3f} ms; measured "
-                  f"{decode[p] * 1e3:.3f} ms per step -> {100 * ideal / decode[p]:.0f}% of roofline")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
-    return 0
+            roofline[names[p]] = {"weight_bytes": w, "kv_bytes": kv, "copy_bandwidth": bw, "ideal_s": ideal,
+                                  "step_s": decode[p], "fraction": ideal / decode[p]}
+            echo(f"roofline {names[p]} batch 1: {(w + kv) / 1e6:.1f} MB per step (weights {w / 1e6:.1f} + KV "
+                 f"{kv / 1e6:.1f}) / copy bandwidth {bw / 1e9:.1f} GB/s = {ideal * 1e3:.3f} ms; measured "
+                 f"{decode[p] * 1e3:.3f} ms per step -> {100 * ideal / decode[p]:.0f}% of roofline")
+    echo(f"load average after: {os.getloadavg()[0]:.2f}")
+    return {"model": where, "params": n_params, "device": str(device), "gpu": gpu.strip(" ()"),
+            "hf_precision": hf_plan.precision, "engines": {names[p]: eng[p].describe() for p in asked},
+            "setup_s": setup, "prompt_tokens": prompt.numel(), "rows": rows, "roofline": roofline,
+            "hf_static_error": hf_static_error}

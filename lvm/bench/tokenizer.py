@@ -78,6 +78,17 @@ def bench_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overrid
                     seed: int = 0, device: str = "auto", precision: str = "auto") -> int:
     """`lvm bench tokenizer`: ours in each precision of the comma list `precision` against the taming
     reference; prints the table."""
+    measure_tokenizer(config=config, overrides=overrides, checkpoint=checkpoint, batch=batch, iters=iters,
+                      threads=threads, seed=seed, device=device, precision=precision, echo=print)
+    return 0
+
+
+def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overrides: list[str] = (),
+                      checkpoint: str | None = None, batch: int = 4, iters: int = 3, threads: int | None = None,
+                      seed: int = 0, device: str = "auto", precision: str = "auto", echo=None) -> dict:
+    """What `bench_tokenizer` measures, as a dict (images/s of each side, code agreement, PSNR); `echo`
+    (e.g. print) gets the lines of its table."""
+    echo = echo or (lambda *a, **k: None)
     overrides = list(overrides)
     import torch
 
@@ -122,13 +133,13 @@ def bench_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overrid
         place_codebook(model, images(seed + 2000, max(2, min(8, cfg.codebook_size // model.codes_per_image))))
     ref = reference_network(model)
 
-    print(f"tokenizer: {source}")
-    print(f"  {R}px, f={cfg.downsample}, {model.codes_per_image} codes/image, K={cfg.codebook_size}, "
-          f"norm_groups {cfg.norm_groups}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
+    echo(f"tokenizer: {source}")
+    echo(f"  {R}px, f={cfg.downsample}, {model.codes_per_image} codes/image, K={cfg.codebook_size}, "
+         f"norm_groups {cfg.norm_groups}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
           f"batch {batch}, {torch.get_num_threads()} threads, {iters} timed iters (median)")
-    print(f"  CPU: {detect().cpu_summary()}")
-    print(f"  device {device}; reference: taming fp32 eager; ours: "
-          + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
+    echo(f"  CPU: {detect().cpu_summary()}")
+    echo(f"  device {device}; reference: taming fp32 eager; ours: "
+         + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
 
     from tokenizer.common.hardware import synchronize
 
@@ -165,18 +176,24 @@ def bench_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overrid
 
     ips = {k: batch / statistics.median(v) for k, v in t.items()}
     ref01 = (ref_rec - lo) / (hi - lo)
-    print(f"  {'':18s} {'encode img/s':>12s} {'speed-up':>8s}   {'decode img/s':>12s} {'speed-up':>8s}   "
-          f"{'codes agree':>11s}   PSNR vs reference (decoder alone)")
-    print(f"  {'reference fp32':18s} {ips['ref_enc']:12.3f} {'1.00x':>8s}   {ips['ref_dec']:12.3f} {'1.00x':>8s}")
+    echo(f"  {'':18s} {'encode img/s':>12s} {'speed-up':>8s}   {'decode img/s':>12s} {'speed-up':>8s}   "
+         f"{'codes agree':>11s}   PSNR vs reference (decoder alone)")
+    echo(f"  {'reference fp32':18s} {ips['ref_enc']:12.3f} {'1.00x':>8s}   {ips['ref_dec']:12.3f} {'1.00x':>8s}")
+    rows = {}
     for p in precisions:
         set_precision(p)
         agree = float((ours_codes[p] == ref_codes).float().mean()) * 100
         psnr_ours = psnr(((our_rec[p] - lo) / (hi - lo)).cpu(), ref01.cpu())
         psnr_dec = psnr(((model.decode(ref_codes) - lo) / (hi - lo)).cpu(), ref01.cpu())  # same codes in: decoder only
         name = f"ours {p}" + (f" = {plans[p].precision}" if p == "auto" else "")
-        print(f"  {name:18s} {ips[('enc', p)]:12.3f} {ips[('enc', p)] / ips['ref_enc']:7.2f}x   "
-              f"{ips[('dec', p)]:12.3f} {ips[('dec', p)] / ips['ref_dec']:7.2f}x   {agree:10.2f}%   "
-              f"{psnr_ours:.2f} dB ({psnr_dec:.2f} dB)")
-    print(f"  ({ref_codes.numel()} codes, {ref_codes.unique().numel()} distinct in the reference's output; reference "
-          f"output pixel std {float(ref01.std()):.3f}, range [{float(ref01.min()):.2f}, {float(ref01.max()):.2f}])")
-    return 0
+        echo(f"  {name:18s} {ips[('enc', p)]:12.3f} {ips[('enc', p)] / ips['ref_enc']:7.2f}x   "
+             f"{ips[('dec', p)]:12.3f} {ips[('dec', p)] / ips['ref_dec']:7.2f}x   {agree:10.2f}%   "
+             f"{psnr_ours:.2f} dB ({psnr_dec:.2f} dB)")
+        rows[p] = {"precision": plans[p].precision, "encode_img_s": ips[("enc", p)],
+                   "decode_img_s": ips[("dec", p)], "encode_speedup": ips[("enc", p)] / ips["ref_enc"],
+                   "decode_speedup": ips[("dec", p)] / ips["ref_dec"], "codes_agree": agree / 100,
+                   "psnr_db": psnr_ours, "decoder_psnr_db": psnr_dec}
+    echo(f"  ({ref_codes.numel()} codes, {ref_codes.unique().numel()} distinct in the reference's output; reference "
+         f"output pixel std {float(ref01.std()):.3f}, range [{float(ref01.min()):.2f}, {float(ref01.max()):.2f}])")
+    return {"source": source, "device": str(device), "batch": batch, "codes_per_image": model.codes_per_image,
+            "reference": {"encode_img_s": ips["ref_enc"], "decode_img_s": ips["ref_dec"]}, "ours": rows}

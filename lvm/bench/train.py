@@ -150,6 +150,21 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
     """`lvm bench train`: every model of the comma list `model` against the reference; prints the table
     (and writes JSON to `out`)."""
     import json
+
+    from tokenizer.common.files import atomic_write_text
+
+    res = measure_train(model=model, seq_len=seq_len, rows=rows, ref_batch=ref_batch, steps=steps, warmup=warmup,
+                        threads=threads, seed=seed, device=device, precision=precision, echo=print)
+    if out:
+        atomic_write_text(out, json.dumps(res, indent=1))
+    return 0
+
+
+def measure_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int = 2, ref_batch: int = 4,
+                  steps: int = 3, warmup: int = 1, threads: int = 0, seed: int = 0, device: str = "auto",
+                  precision: str = "auto", peak_seconds: float = 1.0, echo=None) -> dict:
+    """What `bench_train` measures, as the dict its --out writes (peaks and one result per model);
+    `echo` (e.g. print) gets the lines of its table as they come."""
     import os
     from pathlib import Path
 
@@ -158,9 +173,9 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
     from tokenizer.common.config import find_config_file, load_config
     from lvm.train.flops import linear_shapes, measure_matmul_peak
     from lvm.model import ModelConfig
-    from tokenizer.common.files import atomic_write_text
     from tokenizer.common.hardware import detect, resolve
 
+    echo = echo or (lambda *a, **k: None)
     plans, asked = _plans(device, precision)
     auto = resolve(device, "auto", "training")
     names = [n.strip() for n in model.split(",") if n.strip()]
@@ -172,17 +187,17 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
     threads = threads or (1 if load > (os.cpu_count() or 1) else torch.get_num_threads())
     torch.set_num_threads(threads)
     device = next(iter(plans.values())).device
-    print(f"cpu: {detect().cpu_summary()}")
-    print(f"device {device}; precision auto -> {auto.precision} for training here; sides: reference fp32, "
-          + ", ".join(f"ours {p}" + (f" (asked: {'/'.join(asked[p])})" if asked[p] != [p] else "") for p in plans))
-    print(f"load average before: {load:.2f} on {os.cpu_count()} cores; torch threads {threads} (absolute "
-          f"figures vary with load, the interleaved ratio is the fair comparison)")
+    echo(f"cpu: {detect().cpu_summary()}")
+    echo(f"device {device}; precision auto -> {auto.precision} for training here; sides: reference fp32, "
+         + ", ".join(f"ours {p}" + (f" (asked: {'/'.join(asked[p])})" if asked[p] != [p] else "") for p in plans))
+    echo(f"load average before: {load:.2f} on {os.cpu_count()} cores; torch threads {threads} (absolute "
+         f"figures vary with load, the interleaved ratio is the fair comparison)")
     linears = list(dict.fromkeys(s for _, c in cfgs for s in linear_shapes(c.to_hf())))
-    peaks = {p: measure_matmul_peak(torch.float32 if p == "fp32" else plans[p].dtype, device, seconds=1.0,
+    peaks = {p: measure_matmul_peak(torch.float32 if p == "fp32" else plans[p].dtype, device, seconds=peak_seconds,
                                     linears=linears)
              for p in dict.fromkeys(["fp32", *plans])}
-    print("measured matmul peak: " + ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items())
-          + f" ({threads} thread(s))")
+    echo("measured matmul peak: " + ", ".join(f"{p} {v / 1e12:.3f} TFLOP/s" for p, v in peaks.items())
+         + f" ({threads} thread(s))")
     results = []
     for name, cfg in cfgs:
         row = seq_len or (4096 if name == "tiny" else 1024)
@@ -191,15 +206,12 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
         results.append(r)
         ref = r["ref"]
         label = Path(name).stem if name.endswith((".yaml", ".yml")) else name
-        print(f"{label:>6} seq {row}: reference fp32 {ref['tokens_per_s']:8.0f} tok/s (MFU "
-              f"{100 * ref['mfu']:.1f}% of fp32 peak)", flush=True)
+        echo(f"{label:>6} seq {row}: reference fp32 {ref['tokens_per_s']:8.0f} tok/s (MFU "
+             f"{100 * ref['mfu']:.1f}% of fp32 peak)", flush=True)
         for p, o in r["ours"].items():
             side = f"ours {p}" + (" = auto" if "auto" in asked[p] else "")
-            print(f"{'':>6} {side:<20} {o['tokens_per_s']:8.0f} tok/s (MFU {100 * o['mfu']:.1f}% of {p} peak, "
-                  f"padding {100 * r['padded_fraction_ours']:.1f}%) | ours/ref {o['speedup']:.2f}x", flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
-    if out:
-        atomic_write_text(out, json.dumps({"cpu": detect().cpu_summary(), "device": device,
-                                                "auto_precision": auto.precision, "asked": asked,
-                                                "peaks": peaks, "results": results}, indent=1))
-    return 0
+            echo(f"{'':>6} {side:<20} {o['tokens_per_s']:8.0f} tok/s (MFU {100 * o['mfu']:.1f}% of {p} peak, "
+                 f"padding {100 * r['padded_fraction_ours']:.1f}%) | ours/ref {o['speedup']:.2f}x", flush=True)
+    echo(f"load average after: {os.getloadavg()[0]:.2f}")
+    return {"cpu": detect().cpu_summary(), "device": device, "auto_precision": auto.precision, "asked": asked,
+            "peaks": peaks, "results": results}
