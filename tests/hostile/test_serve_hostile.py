@@ -272,14 +272,14 @@ def test_web_errors_name_the_upload_not_server_paths(server, tmp_path):
 
 
 def test_bad_serve_options_are_one_line_errors_before_a_model_loads(tmp_path, capsys):
-    from lvm.cli import main
+    from cli_util import cli
 
     cases = [(["--max-disk-mb", "0"], "--max-disk-mb"), (["--max-disk-mb", "nan"], "--max-disk-mb"),
              (["--max-age-hours", "-1"], "--max-age-hours"),
              (["--out", str(tmp_path / "ex" / "out"), "--examples", str(tmp_path / "ex")], "inside --examples")]
     missing = ["--model", str(tmp_path / "no-model"), "--tokenizer", str(tmp_path / "no-tok")]
     for args, needle in cases:  # the checks come first: the missing model is never reached
-        capsys.readouterr()
-        assert main(["serve", *missing, "--port", str(_free_port()), *args]) == 2, args
-        err = capsys.readouterr().err.strip()
+        rc, _, err = cli(capsys, "serve", *missing, "--port", _free_port(), *args)  # argparse's refusals exit 2
+        assert rc == 2, args
+        err = err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, (args, err)
