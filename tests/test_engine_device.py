@@ -155,6 +155,11 @@ def test_help_mentions_device_and_precision(words, capsys):
                                                        "--tokenizer", "t"), ("bench", "generate")], ids=" ".join)
 def test_device_cuda_without_a_gpu_is_one_line_exit_2(words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    if "p.yaml" in words:  # a readable prompt file: --prompt is checked while the flags are parsed
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+        (tmp_path / "p.yaml").write_text("mode: sequential\nimages: [a.png]\nn: 1\n")
     assert main([*words, "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no CUDA GPU" in err[0]

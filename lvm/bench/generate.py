@@ -69,13 +69,40 @@ def step_bytes(engine, position: float, batch: int = 1) -> tuple[float, float]:
 
 def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
                    temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
-                   device: str = "auto", precision: str = "auto", dtype: str | None = None) -> int:
-    """`lvm bench generate`: the engine in each precision of the comma list `precision` against HF
-    generate() for each candidate count of the comma list `batch`; prints the table and the roofline."""
+                   device: str = "auto", precision: str = "auto", dtype: str | None = None,
+                   prompt: str | None = None, tokenizer: str | None = None) -> int:
+    """`lvm bench generate`: the engine in each precision of the comma list `precision`, plain and
+    speculative, against HF generate() for each candidate count of the comma list `batch`; prints the
+    table and the roofline."""
     measure_generate(model=model, batch=batch, prompt_images=prompt_images, repeats=repeats,
                      temperature=temperature, top_k=top_k, threads=threads, seed=seed, device=device,
-                     precision=precision, dtype=dtype, echo=print)
+                     precision=precision, dtype=dtype, echo=print, prompt=prompt, tokenizer=tokenizer)
     return 0
+
+
+def _auto_storage(model, plan) -> bool:
+    """Whether precision auto keeps this model's weights in another precision than it computes in."""
+    from tokenizer.common.hardware import with_storage
+
+    return bool(with_storage(plan, 4 * sum(p.numel() for p in model.parameters())).storage)
+
+
+def _prompt_codes(prompt: str, model_dir: str, tokenizer: str | None, device, layout):
+    """The codes (n, tokens per image) of a prompt file's images, encoded by the model's tokenizer (or
+    `tokenizer`), and how to name them."""
+    from lvm.checkpoints import check_fit, tokenizer_for
+    from lvm.prompt.prompts import load_prompt
+    from tokenizer import load_tokenizer
+    from tokenizer.common.errors import InputError
+
+    pr = load_prompt(prompt)
+    pr.check()
+    tok = load_tokenizer(tokenizer_for(model_dir, tokenizer), device=str(device)).eval()
+    check_fit(layout, tok)
+    if len(pr.images) + 1 > layout.images_per_context:
+        raise InputError(f"--prompt {prompt}: {len(pr.images)} images leave no room for a new one in the "
+                         f"model's {layout.images_per_context}-image context")
+    return tok.encode_images([str(x) for x in pr.images]).cpu(), f"{prompt} ({pr.mode})"
 
 
 def _hf_static_call(model, device):
@@ -106,10 +133,14 @@ def _hf_static_call(model, device):
 def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
                      temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
                      device: str = "auto", precision: str = "auto", dtype: str | None = None,
-                     hf_static: bool = False, echo=None) -> dict:
+                     hf_static: bool = False, echo=None, prompt: str | None = None, tokenizer: str | None = None,
+                     speculative: bool = True) -> dict:
     """What `bench_generate` measures, as a dict (rows per precision and batch, the batch-1 roofline);
     `echo` (e.g. print) gets the lines of its table as they come. `hf_static` adds HF generate() in its
-    static-cache + torch.compile setting (the stronger baseline; compiled where HF compiles, on CUDA)."""
+    static-cache + torch.compile setting (the stronger baseline; compiled where HF compiles, on CUDA).
+    `prompt` (a prompt file; its images encoded by the model's tokenizer or `tokenizer`) replaces the random
+    prompt of `prompt_images` images. The engine runs plain (one token per pass: the columns "ours" and the
+    roofline) and, with `speculative`, speculative (forward passes per image, tokens kept per pass)."""
     import os
     import statistics
     import time
@@ -134,24 +165,30 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     hf_plan = resolve(plans[0].device, "fp32" if device.type == "cpu" else "auto", "inference")
     spec = model
     model, where = _load(spec, device, hf_plan.dtype)
-    layout = TokenLayout.from_vocab_size(model.config.vocab_size)
+    layout = TokenLayout.from_model_config(model.config)
     K, V, tpi = layout.codebook_size, model.config.vocab_size, layout.tokens_per_image
     n_params = sum(p.numel() for p in model.parameters())
     batches = [int(b) for b in batch.split(",")]
     engines, setup = {}, {}
+    # auto and the precision it picks share one engine, unless auto also picks a storage precision
+    # (hardware.with_storage: bf16 weights for fp32 arithmetic on a CPU), which an explicit precision never does.
+    key = {p: p if p == "auto" and _auto_storage(model, plan) else plan.precision for p, plan in zip(asked, plans)}
     for p, plan in zip(asked, plans):
-        if plan.precision not in engines:  # auto and the precision it picks share one engine
+        if key[p] not in engines:
             t = time.perf_counter()
-            engines[plan.precision] = Engine(model, layout=layout, precision=plan.precision, device=plan.device,
-                                             max_batch=max(batches))
-            setup[plan.precision] = time.perf_counter() - t
+            engines[key[p]] = Engine(model, layout=layout, precision=p if key[p] == "auto" else plan.precision,
+                                     device=plan.device, max_batch=max(batches))
+            setup[key[p]] = time.perf_counter() - t
     g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, K, (prompt_images, tpi), generator=g)
+    if prompt:
+        prompt, prompt_name = _prompt_codes(prompt, spec, tokenizer, device, layout)
+    else:
+        prompt, prompt_name = torch.randint(0, K, (prompt_images, tpi), generator=g), "random"
     samp = Sampling(temperature=temperature, top_k=top_k, top_p=1.0, seed=seed)
     hw = detect()
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    echo(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {prompt_images} images "
-         f"({prompt.numel()} tokens) -> 1 image ({tpi} tokens)")
+    echo(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {prompt.shape[0]} images "
+         f"({prompt.numel()} tokens, {prompt_name}) -> 1 image ({tpi} tokens)")
     echo(f"device {device}{gpu}; CPU {hw.cpu_summary()}; torch threads {torch.get_num_threads()}; "
          f"load average {os.getloadavg()[0]:.2f}")
     echo(f"HF generate(): {hf_plan.device} {hf_plan.precision}, its defaults (dynamic cache, "
@@ -159,11 +196,11 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     names, eng = {}, {}
     for p, plan in zip(asked, plans):
         names[p] = f"{p}->{plan.precision}" if p == "auto" else p
-        eng[p] = e = engines[plan.precision]
-        echo(f"engine {names[p]}: {e.describe()} (setup {setup[plan.precision]:.2f}s)")
+        eng[p] = e = engines[key[p]]
+        echo(f"engine {names[p]}: {e.describe()} (setup {setup[key[p]]:.2f}s)")
 
-    def ours(e, b):
-        out = e.generate(prompt, n_new=1, candidates=b, sampling=samp)
+    def ours(e, b, speculate=False):
+        out = e.generate(prompt, n_new=1, candidates=b, sampling=samp, speculative=None if speculate else 0)
         assert out.images.shape == (b, 1, tpi) and int(out.images.max()) < K
         return out
 
@@ -172,8 +209,9 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
         synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 temperature=temperature, top_k=top_k, top_p=1.0,
+            sample = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if temperature else \
+                dict(do_sample=False)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), **sample,
                                  max_new_tokens=tpi, min_new_tokens=tpi, pad_token_id=K,
                                  suppress_tokens=list(range(K, V)), **(kw or {}))
         out = out.cpu()
@@ -185,15 +223,18 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     if hf_static:
         hf_kw, hf_ctx = _hf_static_call(model, device)
     hf_cols = f" {'HF static tok/s':>15} {'ratio':>6}" if hf_static else ""
+    spec_cols = f" {'spec tok/s':>10} {'passes/img':>10} {'kept/pass':>9} {'spec/ours':>9}" if speculative else ""
     echo(f"{'precision':>12} {'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}"
-         + hf_cols)
+         + hf_cols + spec_cols)
     decode = {}  # precision asked -> median decoding seconds per step at batch 1
     rows = []
     for b in batches:
         hf(b)  # warm-up: allocation, kernel selection, graph capture
         for p in asked:
             ours(eng[p], b)
-        th, ts, to = [], [], {p: [] for p in asked}
+            if speculative:
+                ours(eng[p], b, speculate=True)  # and the graphs of its pass shapes
+        th, ts, to, tsp = [], [], {p: [] for p in asked}, {p: [] for p in asked}
         if hf_static and hf_static_error is None:
             try:  # warm-up: the static cache and the compile; a failing compile is a result, not a crash
                 with hf_ctx():
@@ -209,6 +250,8 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
                 th.append(hf(b))
             for p in order:
                 to[p].append(ours(eng[p], b))
+                if speculative:
+                    tsp[p].append(ours(eng[p], b, speculate=True))
             if r % 2:
                 th.append(hf(b))
             if hf_static and hf_static_error is None:
@@ -223,11 +266,18 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
                 decode[p] = statistics.median((o.seconds - o.prefill_seconds) / (tpi - 1) for o in to[p])
             extra = "" if not hf_static else (f" {'failed':>15} {'-':>6}" if ms is None else
                                               f" {tok / ms:>15.1f} {ms / mo:>5.2f}x")
+            sp = {}
+            if speculative:  # the median run's figures
+                o = sorted(tsp[p], key=lambda o: o.seconds)[len(tsp[p]) // 2]
+                sp = {"spec_s": o.seconds, "spec_tok_s": tok / o.seconds, "spec_draft": o.draft,
+                      "spec_passes_per_image": o.passes_per_image, "spec_acceptance": o.acceptance_length}
+                extra += (f" {tok / o.seconds:>10.1f} {o.passes_per_image:>10.1f} {o.acceptance_length:>9.2f} "
+                          f"{mo / o.seconds:>8.2f}x")
             echo(f"{names[p]:>12} {b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} "
                  f"{mh / mo:>5.2f}x" + extra, flush=True)
             rows.append({"precision": names[p], "engine_precision": eng[p].plan.precision, "batch": b,
                          "ours_s": mo, "ours_tok_s": tok / mo, "hf_s": mh, "hf_tok_s": tok / mh,
-                         "hf_static_s": ms, "hf_static_tok_s": tok / ms if ms else None})
+                         "hf_static_s": ms, "hf_static_tok_s": tok / ms if ms else None, **sp})
     roofline = {}
     if decode:
         bw = copy_bandwidth(device)

@@ -10,6 +10,13 @@ the same prompt; runs alternate HF / engines so background load hits all alike, 
 CPU the engine decodes with the compiled kernels of `lvm.generate.kernels` when it can (setup includes their
 one-time build; LVM_KERNELS=0 shows the plain-PyTorch engine); on CUDA with a captured graph step.
 
+Each engine also runs speculatively (lvm/generate/speculative.py: tokens drafted from the previous image and
+the model's own earlier guesses, verified in one forward pass): its tokens/s, forward passes per image (plain:
+256), tokens kept per pass per candidate, and its speed over the plain engine's ("spec/ours"). How much is
+kept depends on the model and the prompt: on random weights it says little (an untrained model with the
+copy prior copies whatever it is shown); `--prompt FILE` (a prompt YAML, with `--model DIR`: a trained
+model and its recorded tokenizer, or --tokenizer) measures it on real images.
+
 The roofline line (batch 1) sets the bytes one decoding step must read (the weight matrices + the KV cache
 up to the position) against a measured copy bandwidth of the device (a large tensor copy, read + write),
 and the measured decoding time per step (prefill excluded) against that ideal. On a CPU whose caches hold
@@ -18,6 +25,7 @@ the weights it can pass 100%.
     lvm bench generate --model tiny --batch 1,4
     lvm bench generate --model 100m --batch 1 --precision auto,fp32,bf16
     lvm bench generate --model 7b --device cuda --batch 1,4
+    lvm bench generate --model runs/lvm-small --prompt prompts/rotation.yaml --batch 1 --temperature 0
 """
 
 from __future__ import annotations
@@ -33,7 +41,11 @@ def add_arguments(p):
     p.add_argument("--model", default="tiny",
                    help="config name in configs/model (tiny, 100m, ...), a model YAML, or an HF model directory")
     p.add_argument("--batch", default="1,4", help="comma-separated candidate counts (default 1,4)")
-    p.add_argument("--prompt-images", type=POSITIVE_INT, default=7)
+    p.add_argument("--prompt-images", type=POSITIVE_INT, default=7, help="random prompt images (without --prompt)")
+    p.add_argument("--prompt", default=None, metavar="FILE",
+                   help="a prompt YAML whose images (encoded by the model's tokenizer) are the prompt")
+    p.add_argument("--tokenizer", default=None, metavar="DIR", help="with --prompt: the tokenizer (default: the "
+                                                                    "one the model directory records)")
     p.add_argument("--repeats", type=POSITIVE_INT, default=3)
     p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0)
     p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=50)
@@ -51,4 +63,4 @@ def run(args):
     return bench_generate(model=args.model, batch=args.batch, prompt_images=args.prompt_images,
                           repeats=args.repeats, temperature=args.temperature, top_k=args.top_k,
                           threads=args.threads, seed=args.seed, device=args.device, precision=args.precision,
-                          dtype=args.dtype)
+                          dtype=args.dtype, prompt=args.prompt, tokenizer=args.tokenizer)

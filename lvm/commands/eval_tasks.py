@@ -71,6 +71,8 @@ def add_arguments(p):
     p.add_argument("--max-minutes", type=POSITIVE_FLOAT, default=None, metavar="M",
                    help="wall budget per model: each task draws episodes while its equal share of the minutes "
                         "left lasts (at least one each; the table says how many ran). Default: all --episodes")
+    p.add_argument("--no-speculative", action="store_true",
+                   help="decode one token per forward pass (default: speculative decoding where it pays)")
     p.add_argument("--out", default="runs/eval-tasks", help="output folder (default runs/eval-tasks)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -95,6 +97,7 @@ def run(args):
                       top_k=args.top_k, top_p=args.top_p, samples=args.samples,
                       lpips_vgg=args.lpips_vgg, lpips_lin=args.lpips_lin, max_minutes=args.max_minutes,
                       device=plan.device, precision=plan.precision,  # saved as resolved
+                      speculative=not args.no_speculative,
                       **({"decoding": {t: args.decoding for t in TASKS}} if args.decoding else {}),
                       **({"temperature": args.temperature, "task_temperature": {}}
                          if args.temperature is not None else {}))

@@ -80,6 +80,9 @@ def add_arguments(p):
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
                    help="torch threads (0 = torch's default; 1 decodes faster on a busy shared machine)")
+    p.add_argument("--no-speculative", action="store_true",
+                   help="decode one token per forward pass (default: speculative decoding where it pays, drafting "
+                        "from the previous image; same greedy output, same sampling distribution)")
     p.add_argument("--no-display", action="store_true", help="no inline image preview in the terminal")
     p.add_argument("--display", default=None, choices=["kitty", "sixel", "ansi", "none"],
                    help="force a preview method (default: detect)")
@@ -105,4 +108,5 @@ def run(args):
                       out=args.out, n=args.n,
                       candidates=args.candidates or 1, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, seed=args.seed, device=args.device, precision=args.precision,
-                      threads=args.threads, display="none" if args.no_display else args.display)
+                      threads=args.threads, display="none" if args.no_display else args.display,
+                      speculative=not args.no_speculative)

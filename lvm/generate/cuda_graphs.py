@@ -1,4 +1,4 @@
-"""CUDA graph capture of the engine's graph-safe decoding step, once per (batch size, cache span)."""
+"""CUDA graph capture of the engine's graph-safe forward pass, once per (rows, tokens per row, cache span)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sys
 import torch
 
 
-def capture_step(engine, tokens: torch.Tensor, pos: int, span: int):
-    """Capture the static step for this batch size and span (warm-up on a side stream, then capture);
-    None, and eager steps from now on, if capture fails. The warm-up runs the real step at `pos`, which
-    the replay repeats exactly (same inputs, same cache writes)."""
-    tok, p = tokens.clone(), torch.full((1,), pos, dtype=torch.long, device=engine.device)
+def capture_step(engine, tokens: torch.Tensor, pos: torch.Tensor, span: int):
+    """Capture the static pass for tokens (B, Q) at positions `pos` (B, Q) with this span (warm-up on a side
+    stream, then capture); None, and eager passes from now on, if capture fails. The warm-up runs the real
+    pass, which the replay repeats exactly (same inputs, same cache writes)."""
+    tok, p = tokens.clone(), pos.clone(memory_format=torch.contiguous_format)
     try:
         if engine._pool is None:
             engine._pool = torch.cuda.graph_pool_handle()
@@ -31,5 +31,5 @@ def capture_step(engine, tokens: torch.Tensor, pos: int, span: int):
         engine.notes.append(note)
         print(f"note: {note}", file=sys.stderr, flush=True)
         return None
-    engine._graphs[(tokens.shape[0], span)] = entry = (graph, tok, p, out)
+    engine._graphs[(*tokens.shape, span)] = entry = (graph, tok, p, out)
     return entry

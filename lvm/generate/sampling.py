@@ -39,21 +39,33 @@ class Generation:
     new_tokens: int = 0
     notes: list[str] = field(default_factory=list)
     prefill_seconds: float = 0.0  # the first token of the first image, which includes the prompt's prefill
+    passes: int = 0  # forward passes that made new tokens (each serves every candidate at once)
+    row_passes: int = 0  # passes counted once per candidate still decoding in them
+    draft: int = 0  # the most tokens a pass drafted per candidate (0 = plain decoding, one token per pass)
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
+    @property
+    def passes_per_image(self) -> float:
+        """Forward passes per generated image (plain decoding: its tokens per image)."""
+        n_images = self.images.shape[1] if self.images.ndim == 3 else 1
+        return self.passes / max(n_images, 1)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens a candidate gains per forward pass on average (1 for plain decoding)."""
+        return self.new_tokens / self.row_passes if self.row_passes else float("nan")
+
 
 ProgressFn = Callable[[int, int, float], None]  # (image index, tokens done in this image, tokens/s so far)
 
 
-def sample_next(logits: torch.Tensor, s: Sampling, generators: list[torch.Generator], codebook_size: int) -> torch.Tensor:
-    """Next token per row from float logits (B, vocab); ids >= `codebook_size` (PAD, reserved) are never drawn."""
-    logits = logits[:, :codebook_size]  # masking the reserved ids = not offering them
-    if s.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / s.temperature
+def _filtered(logits: torch.Tensor, s: Sampling, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates of each row after temperature, top-k and top-p: (scaled logits, ids), largest first;
+    dropped candidates have -inf. Ids >= `codebook_size` (PAD, reserved) are never candidates."""
+    logits = logits[..., :codebook_size] / s.temperature  # masking the reserved ids = not offering them
     if s.top_k and s.top_k < logits.shape[-1]:
         vals, idx = logits.topk(s.top_k, dim=-1)  # sorted, largest first
     else:
@@ -63,6 +75,24 @@ def sample_next(logits: torch.Tensor, s: Sampling, generators: list[torch.Genera
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         drop = probs.cumsum(-1) - probs >= s.top_p
         vals = vals.masked_fill(drop, float("-inf"))
+    return vals, idx
+
+
+def sample_next(logits: torch.Tensor, s: Sampling, generators: list[torch.Generator], codebook_size: int) -> torch.Tensor:
+    """Next token per row from float logits (B, vocab); ids >= `codebook_size` (PAD, reserved) are never drawn."""
+    if s.temperature == 0:
+        return logits[:, :codebook_size].argmax(dim=-1)
+    vals, idx = _filtered(logits, s, codebook_size)
     probs = vals.softmax(-1)
     pick = torch.cat([torch.multinomial(probs[r], 1, generator=generators[r]) for r in range(len(probs))])
     return idx.gather(-1, pick[:, None])[:, 0]
+
+
+def next_probs(logits: torch.Tensor, s: Sampling, codebook_size: int) -> torch.Tensor:
+    """The distribution `sample_next` draws from, dense over the codebook: (..., vocab) -> (..., K) float32.
+    Greedy (temperature 0) is the point mass on the argmax."""
+    if s.temperature == 0:
+        top = logits[..., :codebook_size].argmax(dim=-1, keepdim=True)
+        return torch.zeros(*logits.shape[:-1], codebook_size, device=logits.device).scatter_(-1, top, 1.0)
+    vals, idx = _filtered(logits, s, codebook_size)
+    return torch.zeros(*logits.shape[:-1], codebook_size, device=logits.device).scatter_(-1, idx, vals.softmax(-1))

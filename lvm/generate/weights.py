@@ -19,15 +19,19 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return F.linear(x, w) if w.dtype == x.dtype else F.linear(x.to(w.dtype), w).to(x.dtype)
 
 
-def add_bias(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return y if b is None else y + b
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, T: int, scale: float) -> torch.Tensor:
-    """PyTorch twin of the `attend` kernel: one query per head (B, H, hd) over the first T cached positions."""
-    H, Hkv = q.shape[1], k.shape[1]
-    return F.scaled_dot_product_attention(q[:, :, None], k[:, :, :T], v[:, :, :T], scale=scale,
-                                          enable_gqa=Hkv != H)[:, :, 0]
+def attend_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """PyTorch twin of the `attend_rows` kernel: q (B, Q, H, hd), query j of row b over the first
+    lengths[b] + j cached positions -> (B, Q, H, hd)."""
+    B, Q, H, _ = q.shape
+    ls = lengths.tolist()
+    T = max(ls) + Q - 1
+    mask = None
+    if Q > 1 or min(ls) != max(ls):
+        pos = lengths[:, None] - 1 + torch.arange(Q)  # each query's own position
+        mask = (torch.arange(T) <= pos[..., None]).unsqueeze(1).to(q.device)  # (B, 1, Q, T)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k[:, :, :T], v[:, :, :T], attn_mask=mask, scale=scale,
+                                       enable_gqa=k.shape[1] != H)
+    return y.transpose(1, 2)
 
 
 def hand_over(lins, fused: torch.Tensor) -> None:

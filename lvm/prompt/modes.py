@@ -10,10 +10,10 @@ from tokenizer.common.errors import InputError
 
 def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, batch_options=None, out="out/prompt",
                n=None, candidates=1, temperature=1.0, top_k=50, top_p=1.0, seed=0, device="auto",
-               precision="auto", threads=0, display=None) -> int:
+               precision="auto", threads=0, display=None, speculative=True) -> int:
     """Load the model and tokenizer (the demo's where not given) into a session and run one mode on it:
     `batch` (a JSONL file, run with `batch_options`, a lvm.prompt.batch.BatchOptions), `prompt` (a prompt
-    YAML file, results in `out`) or else the REPL."""
+    YAML file, results in `out`) or else the REPL. `speculative=False` decodes one token per pass."""
     from lvm.generate.sampling import Sampling
     from lvm.prompt.session import Session
     from tokenizer.common.hardware import resolve
@@ -25,7 +25,8 @@ def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, batch_option
         torch.set_num_threads(threads)
     if prompt and batch:
         raise InputError("give --prompt or --batch, not both")
-    s = Session(model, tokenizer, out_dir=out, display=display, device=device, precision=precision)
+    s = Session(model, tokenizer, out_dir=out, display=display, device=device, precision=precision,
+                speculative=speculative)
     s.sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     s.candidates = candidates
     if batch:

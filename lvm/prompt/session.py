@@ -20,7 +20,7 @@ from tokenizer.common.errors import InputError
 class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
-                 dtype: str | None = None, print_fn=print, progress: bool = True):
+                 dtype: str | None = None, print_fn=print, progress: bool = True, speculative: bool = True):
         from lvm.generate.sampling import Sampling
         from tokenizer.common.hardware import precision_name
 
@@ -40,7 +40,9 @@ class Session:
         if engine is None and model_dir is None:
             model_dir = default_model()
             self.print(f"using {model_dir} (--model chooses another)")
-        self.engine = engine or self._load_model(model_dir, device, precision)
+        self.engine = engine or self._load_model(model_dir, device, precision, speculative)
+        if not speculative:  # plain decoding, one token per pass (an engine handed in included)
+            self.engine.draft = 0
         # The tokenizer computes where the model does, under the same precision request; without one given,
         # the model's recorded tokenizer.
         self.tok = tokenizer or self._load_tokenizer(tokenizer_for(model_dir, tokenizer_dir),
@@ -51,11 +53,12 @@ class Session:
             self.print(f"warning: {e}; /gen will refuse until they match")
 
     # ---- loading ----
-    def _load_model(self, model_dir, device, precision):
+    def _load_model(self, model_dir, device, precision, speculative: bool = True):
         from lvm.generate.engine import Engine
 
         t = time.perf_counter()
-        engine = Engine.from_pretrained(model_dir, device=device, precision=precision)
+        engine = Engine.from_pretrained(model_dir, device=device, precision=precision,
+                                        speculative=None if speculative else False)
         self.print(f"model {model_dir}: vocab {engine.vocab_size} (codebook {engine.layout.codebook_size}), "
                    f"{len(engine.layers)} layers, context {engine.context_images} images, "
                    f"{engine.describe()} [{time.perf_counter() - t:.1f}s]")
@@ -139,6 +142,9 @@ class Session:
                 "candidates": self.candidates, "sampling": vars(self.sampling), "seeds": seeds,
                 "tokens_per_s": round(out.tokens_per_s, 2), "seconds": round(out.seconds, 2),
                 "device": self.engine.plan.device, "precision": self.engine.plan.precision,
+                "storage": self.engine.plan.storage or self.engine.plan.precision,
+                "speculative": {"draft": out.draft, "passes_per_image": round(out.passes_per_image, 1),
+                                "acceptance_length": round(out.acceptance_length, 2)},
                 "dropped_images": out.dropped_images, "files": [str(f) for f in files]}
         atomic_write_text(out_dir / "generation.json", json.dumps(info, indent=2) + "\n")
         self.print(f"  {out.new_tokens} tokens in {out.seconds:.1f}s ({out.tokens_per_s:.1f} tokens/s)")

@@ -21,6 +21,8 @@ What `auto` picks:
 - MPS precision: fp32 (its half-precision kernels cover too little of what training needs).
 
 An explicit precision is obeyed; bf16 or fp16 on a CPU that lacks it natively prints one warning line.
+Storage apart from compute (`with_storage`): CPU inference computing in fp32 under auto keeps big weights
+and the KV cache in bf16 where the code reading them widens bf16 to fp32 itself (lvm's decode kernels).
 """
 
 from __future__ import annotations
@@ -85,12 +87,9 @@ class Hardware:
     def _native(self, flags, isa_from: int) -> bool:
         if self.cpu_capability.upper() not in ("AVX512", "AMX", "AVX512_BF16", "AVX512_VNNI"):
             return False  # torch's own kernels (norms, softmax, elementwise) would run the emulated path
-        if not any(f in self.cpu_flags for f in flags):
-            return False
         isa = self.onednn_max_isa
-        if isa and isa in _ONEDNN_ISAS and _ONEDNN_ISAS.index(isa) < isa_from:
-            return False
-        return True
+        return any(f in self.cpu_flags for f in flags) and not (
+            isa and isa in _ONEDNN_ISAS and _ONEDNN_ISAS.index(isa) < isa_from)
 
     def cpu_summary(self) -> str:
         have = [f for f in ("avx2", "avx512_f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
@@ -145,12 +144,9 @@ def _measured_bf16_speedup(hw: Hardware) -> float:
 def _cpu_model_name() -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
     except OSError:
-        pass
-    return None
+        return None
 
 
 @dataclass(frozen=True)
@@ -161,6 +157,7 @@ class Plan:
     precision: str                    # "fp32", "bf16" or "fp16": what auto resolved to, or what was asked
     requested: tuple[str, str] = ("auto", "auto")
     notes: tuple[str, ...] = field(default=())
+    storage: str = ""                 # inference: what weights and KV cache are kept in, where not `precision`
 
     @property
     def device_type(self) -> str:
@@ -188,7 +185,8 @@ class Plan:
     def describe(self) -> str:
         asked = "" if self.requested == ("auto", "auto") else f" (asked: device={self.requested[0]}, " \
                                                               f"precision={self.requested[1]})"
-        return f"{self.device} {self.precision}{asked}"
+        store = f" ({self.storage} storage)" if self.storage else ""
+        return f"{self.device} {self.precision}{store}{asked}"
 
 
 _warned: set = set()
@@ -233,10 +231,8 @@ def _device(device: str | None, hw: Hardware) -> str:
 def resolve(device: str | None = "auto", precision: str | None = "auto", purpose: Purpose = "inference",
             hw: Hardware | None = None) -> Plan:
     """The device and precision for a job, from the user's choice (each "auto" by default) and the hardware.
-
     Raises InputError (one line) for a device that is not there or a precision that is not a choice.
-    `purpose` matters only where training and inference differ (fp16 on old GPUs, see the module doc).
-    """
+    `purpose` matters only where training and inference differ (fp16 on old GPUs, see the module doc)."""
     launch_env()  # a launcher variable that is not a number ends here, before any work
     hw = hw or detect()
     p = precision_name(precision)
@@ -272,6 +268,21 @@ def resolve(device: str | None = "auto", precision: str | None = "auto", purpose
     return Plan(device=dev, precision=p, requested=(device or "auto", precision or "auto"), notes=tuple(notes))
 
 
+STORAGE_MIN_BYTES = 64 * 2 ** 20  # fp32 weights past the caches: decoding streams them from memory per token
+
+
+def with_storage(plan: Plan, fp32_bytes: int, storage: str = "auto") -> Plan:
+    """`plan` with the storage precision (module doc) of an inference whose fp32 weights take `fp32_bytes`. auto:
+    bf16 on a CPU computing fp32 under auto once the weights pass the caches (decoding then is bound by bytes)."""
+    s = precision_name(storage)
+    if s == "auto":
+        big = plan.device_type == "cpu" and plan.precision == "fp32" and fp32_bytes >= STORAGE_MIN_BYTES
+        s = "bf16" if big and precision_name(plan.requested[1]) == "auto" else plan.precision
+    if s not in PRECISIONS[1:]:
+        raise InputError(f"storage precision {storage}: expected fp32, bf16 or fp16")
+    return replace(plan, storage="" if s == plan.precision else s)
+
+
 def env_int(name: str, default: int, lo: int = 0) -> int:
     """A launcher's integer variable (RANK, LOCAL_RANK, WORLD_SIZE, SLURM_PROCID, ...): `default` when unset,
     else a whole number >= `lo`; anything else is a one-line InputError (a rank cannot be guessed)."""
@@ -288,8 +299,8 @@ def launch_env() -> tuple[int, int, int]:
 
 
 def free_memory(device) -> int | None:
-    """Bytes a new allocation on `device` may take: CUDA's free memory; on a CPU half the available RAM
-    (the rest is left to everything else); None (unknown) elsewhere."""
+    """Bytes a new allocation on `device` may take: CUDA's free memory; on a CPU half the available RAM (the
+    rest is left to everything else); None (unknown) elsewhere."""
     import psutil  # comes with accelerate
     import torch
 
@@ -304,21 +315,16 @@ def synchronize(device) -> None:
     import torch
 
     kind = str(device).split(":")[0]
-    if kind == "cuda":
-        torch.cuda.synchronize(device)
-    elif kind == "mps":
-        torch.mps.synchronize()
+    if kind in ("cuda", "mps"):
+        torch.cuda.synchronize(device) if kind == "cuda" else torch.mps.synchronize()
 
 
 # ---- training ----
 
 def make_accelerator(plan: Plan, **kwargs):
     """An accelerate Accelerator computing on `plan.device` in `plan.precision`, and the autocast context
-    the caller wraps forward passes in where accelerate does not autocast itself (fp16 on the CPU).
-
-    bf16/fp16 are accelerate's mixed precision (fp16 with its gradient scaler on GPUs), whatever an
-    accelerate config file says.
-    """
+    the caller wraps forward passes in where accelerate does not autocast itself (fp16 on the CPU). bf16/fp16
+    are accelerate's mixed precision (fp16 with its gradient scaler on GPUs), whatever accelerate's config says."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -348,8 +354,7 @@ def add_arguments(parser, device_help: str = "", precision_help: str = "", many:
                         metavar=choices + "[,...]" if many else None,
                         help=precision_help or "compute precision; auto = bf16 where the hardware computes it "
                                                "natively and, on a CPU, measures faster (AMX/AVX512-BF16 CPUs, GPUs "
-                                               "from Ampere), fp16 on older "
-                                               "GPUs, else fp32 (see `lvm env`)")
+                                               "from Ampere), fp16 on older GPUs, else fp32 (see `lvm env`)")
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -374,11 +379,8 @@ def from_args(args, purpose: Purpose = "inference") -> Plan:
 
 class cpu_threads:
     """Temporarily run torch on `n` CPU threads (0 = unchanged). Reusable: each `with` sets and restores.
-
-    Decoding a small model token by token is a long chain of tiny ops: with several OpenMP threads every op
-    ends in a barrier, and on a shared machine one descheduled thread stalls each of them, so one thread
-    decodes far faster there.
-    """
+    Decoding a small model token by token is a long chain of tiny ops: with several OpenMP threads every op ends
+    in a barrier, and on a shared machine one descheduled thread stalls each of them; one thread is far faster."""
 
     def __init__(self, n: int):
         self.n, self.old = n, None

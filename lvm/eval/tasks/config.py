@@ -63,6 +63,7 @@ class SuiteConfig:
     device: str = "auto"              # where the model computes (tokenizer.common.hardware.resolve); saved resolved
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
     gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
+    speculative: bool = True          # speculative decoding where it pays (same greedy output and distribution)
     grid_rows: int = 3                # episodes drawn per task grid
     # A wall budget for one model's suite: each task gets an equal share of the minutes left when it starts
     # and draws episodes while the next one still fits its share (at least one each); a result's "episodes"

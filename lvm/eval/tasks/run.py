@@ -119,7 +119,7 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     plan = resolve(str(w.device), cfg.precision, "inference")
     # Same dtype and device: the engine shares the model's weights (the model still scores perplexity).
     engine = Engine(model, layout=layout, precision=plan.precision, device=plan.device, max_batch=cfg.samples,
-                    consume=w.dtype == plan.dtype)
+                    consume=w.dtype == plan.dtype, speculative=None if cfg.speculative else False)
     sampling = Sampling(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed)
     from tokenizer.lpips import maybe_lpips
 
