@@ -13,6 +13,8 @@ from lvm.generate.sampling import Sampling, next_probs
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
 
+from tiny import tiny_decoder
+
 K, TPI = 64, 16
 LAYOUT = TokenLayout(codebook_size=K, tokens_per_image=TPI, images_per_context=4)
 GREEDY = Sampling(temperature=0)
@@ -29,16 +31,7 @@ def _engine(m, layout=LAYOUT, **kw):
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, codebook_size=K, max_position_embeddings=256, attention_bias=True)
-    m = cfg.build().eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.ndim == 1 and p.abs().sum() == 0:
-                p.normal_(0, 0.5)  # biases that matter
-        m.lm_head.weight.mul_(8)  # peaked next-token distributions: guesses are sometimes right, often not
-    return m
+    return tiny_decoder(K, peaked=True)
 
 
 @pytest.fixture(scope="module")
