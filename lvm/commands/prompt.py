@@ -31,6 +31,9 @@ from lvm.commands.arg_types import (FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_I
 
 # one input image and the new one at least
 CONTEXT_FRAMES = int_range(2, 2**31 - 1)
+# new images of one prompt: four contexts' worth is a long continuation already, and each costs a full
+# image of decoding per candidate
+MAX_NEW_IMAGES = 64
 
 
 def prompt_file(text: str) -> str:
@@ -54,8 +57,9 @@ def add_arguments(p):
     p.add_argument("--batch", default=None, help="batch: a JSONL file in the released format")
     p.add_argument("--out", default="out/prompt",
                    help="output folder (REPL results, one-shot results, the batch's results log)")
-    p.add_argument("--n", "--n-new-frames", dest="n", type=POSITIVE_INT, default=None,
-                   help="new images to generate (default: the prompt's n; batch: 1)")
+    p.add_argument("--n", "--n-new-frames", dest="n", type=int_range(1, MAX_NEW_IMAGES), default=None,
+                   help=f"new images to generate, 1..{MAX_NEW_IMAGES} (past 15 the context slides; default: "
+                        "the prompt's n; batch: 1)")
     p.add_argument("--candidates", "--n-candidates", dest="candidates", type=POSITIVE_INT, default=None,
                    help="candidates per prompt (default 1; batch: 2, as the release)")
     p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0)

@@ -184,6 +184,7 @@ FLAG_CASES = {
     "prompt-threads-negative": (["prompt", "--prompt", "{d}/ok.yaml", "--threads", "-1", *NOPE], "--threads"),
     "prompt-top-p-zero": (["prompt", "--prompt", "{d}/ok.yaml", "--top-p", "0", *NOPE], "--top-p"),
     "prompt-candidates-zero": (["prompt", "--prompt", "{d}/ok.yaml", "--candidates", "0", *NOPE], "--candidates"),
+    "prompt-n-1000": (["prompt", "--prompt", "{d}/ok.yaml", "--n", "1000", *NOPE], "--n"),
     "prompt-resize-output-0": (["prompt", "--batch", "{d}/eval.jsonl", "--resize-output", "0,0", *NOPE],
                                "--resize-output"),
     "prompt-max-examples-negative": (["prompt", "--batch", "{d}/eval.jsonl", "--max-examples", "-1", *NOPE],
