@@ -110,8 +110,8 @@ class Budget:
         if self.resolve_plan().device == "cpu":
             # The tokenizer probe's factor does not predict decoding on a CPU (it swings with the load and
             # with the CPU's kind, and decoding does not follow it: docs/results.md), so the stages after
-            # training are planned at the table's idle 2-core speed, and the demo's eval fits the minutes
-            # that are left (stage_eval): a slower CPU evaluates fewer episodes instead.
+            # training are planned at EST's speed, and the demo's eval fits the minutes that are left
+            # (stage_eval): a slower CPU evaluates fewer episodes instead.
             after = after_at_table_speed(c)
         else:
             after = sum(self.estimate(st, probe=False) for st in STAGES[STAGES.index("train") + 1:])
