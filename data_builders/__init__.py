@@ -18,7 +18,7 @@ Modules (import what you need; nothing heavy is imported here):
   `run_build`, `run_tokenize`.
 - `encode`: stage 2, image shards -> token shards (`tokenize`), and `export_jsonl`; `import_jsonl`: the
   release's token JSONL -> token shards.
-- `shards`: the tar shard writer and the fixed token-shard format (reading: `tokenizer/tar.py`).
+- `shards`: the tar shard writer and the fixed token-shard format (reading: `lvm_base/tar.py`).
 - `token_stream`: token shards streamed for training (`TokenStream`).
 - `preview`: PNG grid of sample sequences.
 """

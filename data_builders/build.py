@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
-from tokenizer.common.config import config_to_yaml, read_yaml_mapping, save_config
-from tokenizer.common.errors import InputError
-from tokenizer.common.files import atomic_write_text
+from lvm_base.config import config_to_yaml, read_yaml_mapping, save_config
+from lvm_base.errors import InputError
+from lvm_base.files import atomic_write_text
 
 from .config import DataConfig, Skip, SourceConfig, dist_env, source_name, unit_rng, unit_seed
 from .shards import TarShardWriter, differences

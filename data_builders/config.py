@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.validate import (FINITE, NON_NEGATIVE, POSITIVE, SEED, at_least, between, checks, each,
+from lvm_base.errors import InputError
+from lvm_base.validate import (FINITE, NON_NEGATIVE, POSITIVE, SEED, at_least, between, checks, each,
                                        optional)
 
 WEIGHTS = each(at_least(0.0))  # kind / task -> sampling weight
 
 
-# Ranges (tokenizer.common.validate); what one type needs beyond them its builder checks.
+# Ranges (lvm_base.validate); what one type needs beyond them its builder checks.
 @dataclass
 @checks(count=NON_NEGATIVE, n_frames=POSITIVE, strides=each(POSITIVE), group_sizes=each(POSITIVE), views=POSITIVE,
         orbit_views=POSITIVE, step_deg=FINITE, orbits_per_object=POSITIVE, kinds=WEIGHTS, task_weights=WEIGHTS,
@@ -143,7 +143,7 @@ class Skip(Exception):
 
 def dist_env() -> tuple[int, int]:
     """(rank, world size) from torchrun / accelerate / SLURM environment variables, else (0, 1)."""
-    from tokenizer.common.hardware import env_int
+    from lvm_base.hardware import env_int
 
     for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if r in os.environ and w in os.environ:

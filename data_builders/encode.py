@@ -4,7 +4,7 @@ Each input shard becomes one token shard of the same name under the output folde
 only once complete (atomic write), so a rerun skips finished ones. Shards are split by rank
 (`shards[rank::world]`, rank/world from `accelerate launch` / torchrun / SLURM environment), and images of
 many sequences are batched together through the tokenizer, on the device and in the precision that the
-hardware policy (`tokenizer.common.hardware.resolve`) gives for `device`/`precision` (auto: this rank's GPU if
+hardware policy (`lvm_base.hardware.resolve`) gives for `device`/`precision` (auto: this rank's GPU if
 any; bf16 only where the hardware computes it natively, else fp32). This is the local engine; `engines.py`
 runs the same `tokenize_shard` on a pool of Ray actors, one tokenizer each (`--engine ray`).
 
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.files import atomic_path, atomic_write_text
+from lvm_base.errors import InputError
+from lvm_base.files import atomic_path, atomic_write_text
 
 from .config import dist_env
 from .preview import decode_sample
 from .shards import differences, token_sample, TarShardWriter
-from tokenizer.tar import iter_tar_samples, list_shards
+from lvm_base.tar import iter_tar_samples, list_shards
 
 
 TOKENS_INFO = "tokens_info.json"  # what the tokenizer was, beside every token shard folder
@@ -92,7 +92,7 @@ def plan_tokenize(shards, out) -> tuple[list[Path], list[tuple[Path, Path]]]:
 def tokenizer_digest(tokenizer_path) -> str:
     """sha256 of the tokenizer's weight file(s), the ones `load_tokenizer` reads: a tokenizer retrained at
     the same path is another tokenizer. "" when there is no such file to read."""
-    from tokenizer.common.hub import resolve_checkpoint
+    from lvm_base.hub import resolve_checkpoint
 
     p = resolve_checkpoint(tokenizer_path, "tokenizer")
     if p.is_file():
@@ -208,7 +208,7 @@ def tokenize(shards, tokenizer_path, out, batch_size: int = 64, device: str | No
     from tqdm import tqdm
 
     from tokenizer import load_tokenizer
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     resolve(device, precision, "inference")  # a device that is not there ends here, before any output
     if batch_size < 1:

@@ -33,8 +33,8 @@ import os
 import time
 from pathlib import Path
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.hardware import PRECISIONS, precision_name
+from lvm_base.errors import InputError
+from lvm_base.hardware import PRECISIONS, precision_name
 
 from .build import (build_shard, is_done, log_policies, prepare_build, remove_stale_temps, build,
                     shard_paths, summary as build_summary)

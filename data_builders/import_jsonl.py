@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
-from tokenizer.common.files import atomic_write_text
+from lvm_base.files import atomic_write_text
 
 from .encode import FINGERPRINT, TOKENS_INFO as INFO_NAME, write_tokens_info
 from .sequence import MAX_IMAGES

@@ -8,11 +8,11 @@ from collections import Counter
 
 from PIL import Image
 
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import make_grid, save_png
+from lvm_base.errors import InputError
+from lvm_base.image_io import make_grid, save_png
 
 from .sequence import frame_names, sample_images, sample_meta
-from tokenizer.tar import iter_tar_samples, list_shards
+from lvm_base.tar import iter_tar_samples, list_shards
 
 
 def decode_sample(sample: dict, shard) -> tuple[dict, list]:

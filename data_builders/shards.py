@@ -5,7 +5,7 @@ dots (webdataset splits the member name at the first dot). Members are written i
 fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples always give byte-identical shards;
 the file appears under its final name only when complete (temp + rename), so a killed build never
 leaves a truncated shard that looks finished. Shards are read (and shard specs resolved) by
-`tokenizer/tar.py`, the one reader for every package.
+`lvm_base/tar.py`, the one reader for every package.
 
 Token shards (the output of `lvm data tokenize`, the input of `lvm train`): one sample per visual sequence
 with ``tokens.npy`` (integer array, shape (n_images, codes_per_image), saved without pickle) and ``json``
@@ -24,9 +24,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.files import atomic_path
-from tokenizer.tar import iter_tar_samples, list_shards  # the one shard reader, shared with the tokenizer
+from lvm_base.errors import InputError
+from lvm_base.files import atomic_path
+from lvm_base.tar import iter_tar_samples, list_shards  # the one shard reader, shared with the tokenizer
 
 __all__ = ["check_key", "TarShardWriter", "encode_tokens", "decode_tokens",
            "token_sample", "iter_token_shard", "write_token_shard", "differences"]

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def collect_stats(root: str | os.PathLike) -> dict:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from data_builders.shards import iter_token_shard
-from tokenizer.tar import list_shards
-from tokenizer.common.errors import InputError
+from lvm_base.tar import list_shards
+from lvm_base.errors import InputError
 
 
 @dataclass

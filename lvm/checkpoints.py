@@ -13,7 +13,7 @@ import contextlib
 from pathlib import Path
 
 from lvm.tokens import TokenLayout
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 DEMO_OUT = Path("runs/demo")
 
@@ -29,7 +29,7 @@ SHIPPED_MODEL = "assets/lvm-small"  # the project's own model (assets/lvm-small/
 def default_model() -> Path:
     """The model of `lvm prompt`, `serve` and `eval tasks` without --model: the shipped lvm-small, else
     the demo's model; a one-line error when neither exists."""
-    from tokenizer.common.config import project_path
+    from lvm_base.config import project_path
 
     for path in (project_path(SHIPPED_MODEL), demo_checkpoints()[0]):
         if (path / "config.json").is_file():
@@ -49,7 +49,7 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
     """(HF LlamaForCausalLM in eval mode, its Plan) on the policy's device.
 
     `path` is a local directory or a Hugging Face hub id `owner/name[@revision][/sub/folder]`, read from the
-    HF cache (`tokenizer.common.hub.resolve_checkpoint`).
+    HF cache (`lvm_base.hub.resolve_checkpoint`).
 
     Off the CPU the weights load straight onto the device in the plan's dtype, so a half-precision 7B never
     has an fp32 copy in RAM. On a CPU they stay fp32 (autocast computes in the plan's precision) unless
@@ -64,8 +64,8 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
     from transformers import LlamaForCausalLM
 
     from lvm.model import quiet_hf_progress
-    from tokenizer.common.hardware import resolve
-    from tokenizer.common.hub import resolve_checkpoint
+    from lvm_base.hardware import resolve
+    from lvm_base.hub import resolve_checkpoint
 
     plan = resolve(device, precision, "inference")
     path = resolve_checkpoint(path, "model")  # a hub id becomes its snapshot in the HF cache
@@ -94,7 +94,7 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
 def _llama_rules() -> dict:
     """The values of a Llama config.json that are checked before transformers sees them: it checks types
     but builds a model with no layers, or fails deep in torch, from a size of 0 or below."""
-    from tokenizer.common.validate import POSITIVE, between, optional
+    from lvm_base.validate import POSITIVE, between, optional
 
     sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
              "max_position_embeddings")
@@ -107,7 +107,7 @@ def llama_config(path: Path):
     object, not a Llama (transformers would build a default 7B from a tokenizer's config), or a bad size."""
     from transformers import LlamaConfig
 
-    from tokenizer.common.checkpointing import read_json_object
+    from lvm_base.checkpointing import read_json_object
 
     file = path / "config.json"
     d = read_json_object(file, "model config")
@@ -131,7 +131,7 @@ def llama_config(path: Path):
 def _weight_files(path: Path) -> list[Path]:
     """The safetensors file(s) of an HF model directory (one file, or the shards its index names); [] when
     it has none (pytorch_model.bin: transformers reads it with weights_only, and its report is checked)."""
-    from tokenizer.common.checkpointing import read_json_object
+    from lvm_base.checkpointing import read_json_object
 
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
@@ -156,7 +156,7 @@ def check_llama_weights(path: Path, config) -> None:
     import torch
     from transformers import LlamaForCausalLM
 
-    from tokenizer.common.checkpointing import check_state, safetensors_shapes, shapes
+    from lvm_base.checkpointing import check_state, safetensors_shapes, shapes
 
     files = _weight_files(path)
     if not files:
@@ -218,7 +218,7 @@ def write_tokenizer_record(model_dir, tokenizer) -> None:
     """Record `tokenizer` in `model_dir`/config.json (after the directory was copied or moved)."""
     import json
 
-    from tokenizer.common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
 
     path = Path(model_dir) / "config.json"
     cfg = json.loads(path.read_text())
@@ -230,7 +230,7 @@ def tokenizer_reference(tokenizer, model_dir) -> str:
     """What a model saved under `model_dir` records for `tokenizer` (a local folder or a hub id)."""
     import os
 
-    from tokenizer.common.config import project_path
+    from lvm_base.config import project_path
 
     local = project_path(tokenizer)
     if not local.exists():
@@ -258,7 +258,7 @@ def tokenizer_for(model_dir, tokenizer=None):
     model the demo's tokenizer; a one-line error when there is none."""
     if tokenizer is not None:
         return tokenizer
-    from tokenizer.common.hub import resolve_checkpoint
+    from lvm_base.hub import resolve_checkpoint
 
     ref = recorded_tokenizer(resolve_checkpoint(model_dir, "model"))
     demo_model, demo_tok = demo_checkpoints()

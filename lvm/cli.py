@@ -5,7 +5,7 @@ a docstring (shown by --help, with an example), `add_arguments(parser)` and `run
 Only the module of the leaf being run is imported, so `lvm --help` is instant and heavy libraries load
 only for the command that needs them.
 
-Errors: a user mistake (`tokenizer.common.errors.InputError` and its subclasses, missing files) ends with one
+Errors: a user mistake (`lvm_base.errors.InputError` and its subclasses, missing files) ends with one
 line `error: ...` and exit code 2; `--debug` (anywhere on the command line, or LVM_DEBUG=1) shows the
 traceback instead. Anything else is a bug and keeps its traceback.
 """
@@ -17,7 +17,7 @@ import importlib
 import os
 import sys
 
-from tokenizer.common.errors import InputError, one_line
+from lvm_base.errors import InputError, one_line
 
 # name -> (one-line help, example, module) for a leaf; (help, {sub: leaf}) for a group.
 COMMANDS: dict = {

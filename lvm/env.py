@@ -21,7 +21,7 @@ def report() -> str:
     import transformers
 
     import lvm
-    from tokenizer.common.hardware import detect, resolve
+    from lvm_base.hardware import detect, resolve
 
     hw = detect()
     lines = [

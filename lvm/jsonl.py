@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 @dataclass

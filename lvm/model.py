@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from lvm.tokens import DEFAULT_CODEBOOK_SIZE, DEFAULT_LAYOUT, NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
-from tokenizer.common.validate import FINITE, NON_NEGATIVE, POSITIVE, above, at_least, checks, optional
+from lvm_base.validate import FINITE, NON_NEGATIVE, POSITIVE, above, at_least, checks, optional
 
 
 @dataclass
-# Checked before __post_init__, whose divisions need positive sizes (tokenizer.common.validate).
+# Checked before __post_init__, whose divisions need positive sizes (lvm_base.validate).
 @checks(hidden_size=POSITIVE, intermediate_size=POSITIVE, num_hidden_layers=POSITIVE, num_attention_heads=POSITIVE,
         num_key_value_heads=optional(POSITIVE), codebook_size=at_least(2), max_position_embeddings=POSITIVE,
         rms_norm_eps=above(0), rope_theta=above(0), initializer_range=at_least(0.0), grid_heads=NON_NEGATIVE,

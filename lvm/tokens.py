@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data_builders.sequence import MAX_IMAGES
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 TOKENS_PER_IMAGE = 256
 IMAGES_PER_CONTEXT = MAX_IMAGES  # the data builders' limit on a visual sequence

@@ -169,7 +169,7 @@ def _local_optimizer_state(optimizer) -> dict:
 def hang_before_publish(name: str) -> None:
     """Make this process's save of checkpoint directory `name` stop just before the rename that publishes it
     (touching `<name>.hanging` beside the temporary directory), so a test can kill the run mid-save."""
-    import tokenizer.common.checkpointing as ck
+    import lvm_base.checkpointing as ck
 
     publish = ck._publish
 

@@ -15,9 +15,9 @@ from data_builders.build import build, plan_shards
 from data_builders.config import DataConfig, SourceConfig
 from data_builders.sequence import sample_images, sample_meta
 from data_builders.stats import collect_stats
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import resize_square
-from tokenizer.tar import iter_tar_samples, list_shards
+from lvm_base.errors import InputError
+from lvm_base.image_io import resize_square
+from lvm_base.tar import iter_tar_samples, list_shards
 
 W, H, SIZE, CROP = 64, 48, 48, 8
 PERSON, DOG = 1, 18  # listed unsorted below: colours follow the sorted ids (person 0, dog 1)

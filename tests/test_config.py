@@ -4,7 +4,7 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from tokenizer.common.config import ConfigError, config_to_dict, load_config, save_config
+from lvm_base.config import ConfigError, config_to_dict, load_config, save_config
 from lvm.model import ModelConfig
 from lvm.train.config import TrainConfig
 

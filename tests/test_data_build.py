@@ -16,7 +16,7 @@ from data_builders.build import build
 from data_builders.config import DataConfig, SourceConfig
 from data_builders.sequence import sample_images, sample_meta
 from data_builders.shards import iter_token_shard
-from tokenizer.tar import iter_tar_samples, list_shards
+from lvm_base.tar import iter_tar_samples, list_shards
 from data_builders.stats import collect_stats
 from test_data_builders import ROOT, make_pairs, metas, run_build, solid, write_video
 

@@ -14,9 +14,9 @@ from PIL import Image
 from data_builders.build import build
 from data_builders.config import DataConfig, SourceConfig
 from data_builders.sequence import sample_images, sample_meta
-from tokenizer.tar import iter_tar_samples, list_shards
+from lvm_base.tar import iter_tar_samples, list_shards
 from data_builders.stats import collect_stats
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -18,7 +18,7 @@ import pytest
 from data_builders.build import build, plan_shards, shard_paths
 from data_builders.config import DataConfig, SourceConfig, dist_env
 from data_builders.engines import CRASH_MARKER_ENV, CRASH_SHARD_ENV, build_shard_attempt, run_build, run_tokenize
-from tokenizer.common.config import save_config
+from lvm_base.config import save_config
 from test_data_builders import ROOT
 
 QUIET = dict(progress=False, log=lambda *a: None)

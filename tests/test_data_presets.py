@@ -12,8 +12,8 @@ from data_builders.build import build
 from data_builders.config import DataConfig
 from data_builders.sequence import sample_meta
 from data_builders.stats import collect_stats
-from tokenizer.common.config import load_config
-from tokenizer.tar import iter_tar_samples, list_shards
+from lvm_base.config import load_config
+from lvm_base.tar import iter_tar_samples, list_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from data_builders.sequence import sample_images, sample_meta
 from data_builders.sources import make_source
 from data_builders.stats import collect_stats
 from test_data_builders import SIZE, metas, run_build, solid
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def save(img, path):

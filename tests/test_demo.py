@@ -47,7 +47,7 @@ def test_demo_stages_tiny(tmp_path):
     assert m.config.vocab_size == t.codebook_size + 100 == 164
     # the data are training objects only
     from data_builders import render
-    from tokenizer.tar import iter_tar_samples
+    from lvm_base.tar import iter_tar_samples
     from data_builders.sequence import sample_meta
 
     held = {o.name for o in render.list_objects("heldout")}
@@ -161,7 +161,7 @@ def test_demo_with_a_shipped_tokenizer_copies_it_and_trains_on_its_codes(tmp_pat
     import dataclasses
 
     from tiny import save_tiny_tokenizer
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     shipped = save_tiny_tokenizer(tmp_path / "shipped", codebook_size=48)
     out = tmp_path / "demo"

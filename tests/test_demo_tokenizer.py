@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenizer.common.config import PROJECT_ROOT
+from lvm_base.config import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "assets" / "demo-tokenizer"
 

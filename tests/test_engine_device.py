@@ -92,10 +92,10 @@ def test_policy_and_the_older_dtype_keyword(model):
     e = Engine(model, layout=LAYOUT, max_context=64, dtype=torch.float32)
     assert e.plan.precision == "fp32" and e.dtype == torch.float32 and e.plan.device == "cpu"
     e = Engine(model, layout=LAYOUT, max_context=64, precision="auto")
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     assert e.plan.precision == resolve("cpu", "auto").precision
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):
@@ -166,7 +166,7 @@ def test_bench_generate_compares_precisions(tmp_path, capsys):
                "--precision", "auto,fp32,bf16", "--device", "cpu", "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     auto = resolve("cpu", "auto").precision
     assert "torch capability" in out and "device cpu" in out

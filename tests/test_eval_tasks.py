@@ -12,7 +12,7 @@ from lvm.checkpoints import load_pair
 from lvm.eval.tasks.checks import verdicts
 from lvm.eval.tasks.report import does_summary
 from lvm.eval import tasks as te
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 from data_builders.annotations import PALETTE
 
 

@@ -13,8 +13,8 @@ from lvm.train.config import TrainConfig
 from lvm.train.export import export_model
 from lvm.train.loop import list_checkpoints, train
 from tests.tiny import save_tiny_tokenizer
-from tokenizer.common.config import load_config
-from tokenizer.common.errors import InputError
+from lvm_base.config import load_config
+from lvm_base.errors import InputError
 
 K = 64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,7 +7,7 @@ from lvm.generate.engine import Engine
 from lvm.generate.sampling import Sampling
 from lvm.model import ModelConfig
 from lvm.tokens import TokenLayout
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 # A tiny codebook (vocabulary 164) and, to keep the tests fast, 16-token "images" with a 4-image context;
 # the engine takes the layout as given, the real one only changes the numbers.

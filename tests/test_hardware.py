@@ -1,12 +1,12 @@
-"""The device and precision policy (tokenizer.common.hardware) on mocked hardware, and `lvm env`."""
+"""The device and precision policy (lvm_base.hardware) on mocked hardware, and `lvm env`."""
 
 import json
 
 import pytest
 
-from tokenizer.common import hardware
-from tokenizer.common.errors import InputError
-from tokenizer.common.hardware import GPU, Hardware, resolve
+from lvm_base import hardware
+from lvm_base.errors import InputError
+from lvm_base.hardware import GPU, Hardware, resolve
 
 AVX2 = Hardware("AMD EPYC (AVX2)", "AVX2", frozenset({"avx2", "fma3"}))
 AVX512 = Hardware("Intel Skylake-SP", "AVX512", frozenset({"avx2", "avx512_f"}))
@@ -93,7 +93,7 @@ def test_detect_honours_the_avx2_simulation(tmp_path):
     import subprocess
     import sys
 
-    code = ("from tokenizer.common.hardware import detect, resolve; h = detect(); "
+    code = ("from lvm_base.hardware import detect, resolve; h = detect(); "
             "print(h.cpu_capability, h.onednn_max_isa, resolve(hw=h).precision)")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -126,7 +126,7 @@ def test_cpu_auto_keeps_bf16_only_where_it_measures_faster(speedup, expected, ca
 
 
 def test_bf16_speedup_is_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
-    from tokenizer.common import cpu_probe
+    from lvm_base import cpu_probe
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
@@ -146,7 +146,7 @@ def test_bf16_speedup_is_measured_once_per_machine_and_cached(tmp_path, monkeypa
 
 
 def test_the_probe_times_real_matmuls_in_both_precisions():
-    from tokenizer.common.cpu_probe import measure_speedup
+    from lvm_base.cpu_probe import measure_speedup
 
     assert 0 < measure_speedup(tokens=128, width=64, hidden=96, reps=1) < 1000
 
@@ -157,7 +157,7 @@ def test_detect_measures_bf16_only_where_the_flags_say_native(tmp_path):
     import subprocess
     import sys
 
-    code = ("from tokenizer.common.hardware import detect; h = detect(); "
+    code = ("from lvm_base.hardware import detect; h = detect(); "
             "print(h.cpu_bf16_native, h.cpu_bf16_speedup is not None)")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

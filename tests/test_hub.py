@@ -22,9 +22,9 @@ from lvm.cli import main
 from lvm.model import ModelConfig
 from lvm.tokens import TOKENS_PER_IMAGE
 from tokenizer import load_tokenizer
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 from tiny import save_tiny_tokenizer
-from tokenizer.common.hub import resolve_checkpoint
+from lvm_base.hub import resolve_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tokenizer.common.errors import ImageLoadError, InputError
-from tokenizer.image_io import (load_image, load_image_tensor, make_grid, pil_to_tensor, resize_square,
+from lvm_base.errors import ImageLoadError, InputError
+from lvm_base.image_io import (load_image, load_image_tensor, make_grid, pil_to_tensor, resize_square,
                                 save_png, tensor_to_pil)
 
 

@@ -10,8 +10,8 @@ import pytest
 from data_builders.encode import export_jsonl, write_tokens_info
 from data_builders.import_jsonl import import_jsonl
 from data_builders.shards import iter_token_shard, write_token_shard
-from tokenizer.common.errors import InputError
-from tokenizer.tar import list_shards
+from lvm_base.errors import InputError
+from lvm_base.tar import list_shards
 
 CPI, K = 16, 64
 INFO = {"tokenizer": "runs/tok", "codebook_size": K, "codes_per_image": CPI, "resolution": 64,

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tokenizer.tar as tar_mod
+import lvm_base.tar as tar_mod
 from data_builders.config import DataConfig, SourceConfig
 from data_builders.sequence import sample_images, sample_meta
 from data_builders.sources import make_source
 from data_builders.sources.images import image_members
-from tokenizer.common.errors import InputError
-from tokenizer.tar import index_tar, iter_tar_samples, list_shards
+from lvm_base.errors import InputError
+from lvm_base.tar import index_tar, iter_tar_samples, list_shards
 
 from test_data_builders import SIZE, run_build
 

@@ -108,7 +108,7 @@ def test_build_targets_the_isa_torch_dispatches_to(monkeypatch):
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("x86 only")
-    from tokenizer.common import hardware
+    from lvm_base import hardware
 
     def torch_runs(cap):  # what detect() reads from torch, which honours ATEN_CPU_CAPABILITY at start-up
         monkeypatch.setattr(hardware, "detect", lambda: hardware.Hardware(cpu_capability=cap))

@@ -17,7 +17,7 @@ from PIL import Image
 from data_builders import meshes
 from data_builders.config import SourceConfig
 from data_builders.sequence import sample_images
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 from test_data_builders import metas, run_build
 

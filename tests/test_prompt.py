@@ -8,7 +8,7 @@ from PIL import Image
 
 from lvm.prompt import display
 from lvm.prompt.prompts import Prompt, load_prompt, save_prompt
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["rotation", "video", "segmentation", "depth", "colorization", "inpainting"]

@@ -123,7 +123,7 @@ def test_tokenizer_model_mismatch_is_one_line(dirs):
 def test_prompt_errors(dirs):
     s, _ = _session(dirs)
     from lvm.prompt.repl import command
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     with pytest.raises(InputError, match="no images"):
         s.generate(1)
@@ -188,7 +188,7 @@ def test_released_layout_prompt_is_raw_squashed_tokens(dirs, tmp_path):
     from lvm.prompt.repl import command
     from lvm.prompt.session import Session
     from tokenizer import VQGAN, VQGANConfig
-    from tokenizer.image_io import load_image, pil_to_tensor
+    from lvm_base.image_io import load_image, pil_to_tensor
 
     cfg = VQGANConfig(resolution=32, hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                       attn_resolutions=(), mid_attention=False, z_channels=8, embed_dim=8, codebook_size=K)

@@ -103,7 +103,7 @@ def test_two_clients_at_once_both_served_one_after_the_other(server, monkeypatch
 
 def test_bad_input_is_a_message_and_the_service_goes_on(server, tmp_path):
     from lvm.serve.service import prompt_from
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     _, svc = server
     (tmp_path / "notes.txt").write_text("not an image")

@@ -5,8 +5,8 @@ import pytest
 import webdataset as wds
 
 from data_builders.shards import TarShardWriter, check_key, decode_tokens, iter_token_shard, write_token_shard
-from tokenizer.tar import list_shards
-from tokenizer.common.errors import InputError
+from lvm_base.tar import list_shards
+from lvm_base.errors import InputError
 
 
 def _items(n=3):
@@ -56,7 +56,7 @@ def test_bad_keys_and_bad_shards(tmp_path):
 def test_one_reader_for_every_shard_spec(tmp_path):
     """Directories, files, globs, brace ranges and lists name shards alike, for data builders and tokenizer."""
     from tokenizer.data import shard_list
-    from tokenizer.tar import iter_tar_members, list_shards as tar_list_shards
+    from lvm_base.tar import iter_tar_members, list_shards as tar_list_shards
 
     assert list_shards is tar_list_shards
     (tmp_path / "sub").mkdir()

@@ -301,7 +301,7 @@ def test_draft_schedule_follows_acceptance():
 
 
 def test_storage_apart_from_compute(model):
-    from tokenizer.common.hardware import STORAGE_MIN_BYTES, Plan, with_storage
+    from lvm_base.hardware import STORAGE_MIN_BYTES, Plan, with_storage
 
     auto = Plan("cpu", "fp32", requested=("cpu", "auto"))
     assert with_storage(auto, STORAGE_MIN_BYTES).storage == "bf16"  # big weights: bytes bound decoding

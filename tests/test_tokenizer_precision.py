@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tokenizer import VQGAN, VQGANConfig, load_tokenizer
-from tokenizer.common import hardware
-from tokenizer.common.hardware import Hardware
+from lvm_base import hardware
+from lvm_base.hardware import Hardware
 
 AVX2 = Hardware(cpu_name="test AVX2", cpu_capability="AVX2", cpu_flags=frozenset({"avx2"}))
 BF16_CPU = Hardware(cpu_name="test AVX512-BF16", cpu_capability="AVX512",
@@ -184,7 +184,7 @@ def test_data_tokenize_precision_fp32(tmp_path):
     from data_builders.build import build
     from data_builders.config import DataConfig, SourceConfig
     from data_builders.shards import iter_token_shard
-    from tokenizer.tar import list_shards
+    from lvm_base.tar import list_shards
     from lvm.cli import main
 
     torch.manual_seed(0)
@@ -201,7 +201,7 @@ def test_tokenizer_train_records_the_resolved_plan_and_reads_mixed_precision(tmp
     import yaml
 
     from lvm.cli import main
-    from tokenizer.common.config import load_config
+    from lvm_base.config import load_config
     from tokenizer.synthetic import scene
     from tokenizer.train import training_plan
     from tokenizer.train_config import TokenizerTrainConfig

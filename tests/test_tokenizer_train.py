@@ -175,7 +175,7 @@ def test_cli_eval_recon_encode_decode(tmp_path):
 
 
 def test_random_crops_and_crop_config(tmp_path):
-    from tokenizer.common.config import load_config
+    from lvm_base.config import load_config
     from tokenizer.train import Trainer, random_crops
     from tokenizer.train_config import TokenizerTrainConfig
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lvm.tokens import DEFAULT_LAYOUT, TokenLayout
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def test_default_layout_matches_reference():

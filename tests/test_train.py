@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_builders.shards import write_token_shard
-from tokenizer.common.config import load_config
+from lvm_base.config import load_config
 from lvm.model import ModelConfig
 from lvm.train.config import TrainConfig
 from lvm.train.loop import TrainingDiverged, list_checkpoints, train

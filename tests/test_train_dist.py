@@ -22,7 +22,7 @@ from data_builders.shards import write_token_shard
 from lvm.train.config import TrainConfig
 from lvm.train.loop import list_checkpoints, train
 from tests import dist_util
-from tokenizer.common.config import load_config
+from lvm_base.config import load_config
 
 K = 64
 CONFIG = "configs/train/tiny.yaml"
@@ -189,7 +189,7 @@ def test_a_checkpoint_of_the_earlier_layout_still_resumes(shards, one_proc_losse
 
     from accelerate.utils import load
 
-    from tokenizer.common.rng import rng_state
+    from lvm_base.rng import rng_state
 
     out = tmp_path / "legacy"
     train(_one_proc_cfg(shards, out), progress=False, stop_at_step=3)

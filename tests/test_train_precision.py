@@ -1,4 +1,4 @@
-"""lvm train / lvm bench train / lvm demo under the device and precision policy (tokenizer.common.hardware)."""
+"""lvm train / lvm bench train / lvm demo under the device and precision policy (lvm_base.hardware)."""
 
 import json
 import math
@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-import tokenizer.common.hardware as hardware
+import lvm_base.hardware as hardware
 from data_builders.shards import write_token_shard
 from lvm.cli import main
-from tokenizer.common.config import load_config
+from lvm_base.config import load_config
 from lvm.train.config import TrainConfig
 from lvm.train.loop import train
 

@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
     from lvm.train.config import TrainConfig
     from lvm.train.loop import list_checkpoints, train
     from tokenizer import load_tokenizer
-    from tokenizer.common.config import load_config
+    from lvm_base.config import load_config
 
     root = tmp_path_factory.mktemp("video")
     tok_dir = save_tiny_tokenizer(root / "tok", K)

@@ -19,7 +19,7 @@ from data_builders.sources import videos
 from data_builders.sources.videos import VideoReader
 from data_builders.stats import collect_stats
 from test_data_builders import metas, run_build
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 QUADS = [(0, 0), (0, 16), (16, 0), (16, 16)]
 

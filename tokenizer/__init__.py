@@ -1,5 +1,4 @@
-"""tokenizer: images <-> discrete codes (VQGAN), plus the image I/O and the project-wide base (`common/`)
-every other package uses.
+"""tokenizer: images <-> discrete codes (VQGAN): the model, its loaders, training and evaluation.
 
     from tokenizer import load_tokenizer
     tok = load_tokenizer("runs/tok")              # ours, released LVM (MUSE) dir, or taming .ckpt + yaml
@@ -10,7 +9,7 @@ Kept light on import: heavy modules (torch models) load only when their names ar
 `lvm` CLI starts fast and `import tokenizer` never pulls in pytorch_lightning.
 """
 
-from .common.errors import ImageLoadError, InputError
+from lvm_base.errors import ImageLoadError, InputError
 
 # name -> submodule that defines it; imported on first attribute access (PEP 562).
 _LAZY = {

@@ -34,10 +34,10 @@ def encode_files(checkpoint, images, out, batch_size: int = 16, device: str = "a
     Existing outputs are kept, so a rerun after a kill continues."""
     from tqdm import tqdm
 
-    from .common.errors import ImageLoadError, InputError
-    from .common.files import atomic_write_bytes
+    from lvm_base.errors import ImageLoadError, InputError
+    from lvm_base.files import atomic_write_bytes
     from .data import image_paths
-    from .image_io import load_image
+    from lvm_base.image_io import load_image
     from .loaders import load_tokenizer
 
     if batch_size < 1:
@@ -75,7 +75,7 @@ def encode_files(checkpoint, images, out, batch_size: int = 16, device: str = "a
 
 def _one_source_per_target(paths, target) -> list:
     """`paths` without repeats of one file; InputError when two files would write one output."""
-    from .common.errors import InputError
+    from lvm_base.errors import InputError
 
     by_target, unique = {}, []
     for p in paths:
@@ -108,8 +108,8 @@ def decode_files(checkpoint, codes, out, device: str = "auto", precision: str = 
     """A .npy file or every one under a folder -> PNGs (name.png, or name_0.png ... for several images)."""
     from tqdm import tqdm
 
-    from .common.errors import InputError
-    from .image_io import save_png
+    from lvm_base.errors import InputError
+    from lvm_base.image_io import save_png
     from .loaders import load_tokenizer
 
     src = Path(codes)

@@ -4,7 +4,7 @@
 - a folder: every image under it, recursively;
 - a list file (.txt/.lst): one image path per line (relative paths resolve against the file's folder);
 - webdataset image shards: a .tar file, a glob (`shards/*.tar`) or a brace range (`train-{000..009}.tar`)
-  (read by `tokenizer/tar.py`).
+  (read by `lvm_base/tar.py`).
   Every member with an image extension is one image (a visual-sequence sample may hold several).
 
 Unreadable images are skipped and counted, never fatal: a dataset item is `None` then, and `collate`
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from .common.errors import ImageLoadError, InputError
-from .image_io import IMAGE_EXTENSIONS, list_images, load_image_tensor, pil_to_tensor, resize_square, to_rgb
-from .tar import is_shard_spec, iter_tar_members, list_shards, read_list_file
+from lvm_base.errors import ImageLoadError, InputError
+from lvm_base.image_io import IMAGE_EXTENSIONS, list_images, load_image_tensor, pil_to_tensor, resize_square, to_rgb
+from lvm_base.tar import is_shard_spec, iter_tar_members, list_shards, read_list_file
 
 
 def shard_list(spec: str) -> list[str] | None:

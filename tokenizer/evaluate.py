@@ -133,7 +133,7 @@ def evaluate_checkpoint(checkpoint, images, batch_size: int = 16, max_images: in
 
     from torch.utils.data import DataLoader
 
-    from .common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
     from .data import build_dataset, collate
     from .loaders import load_tokenizer
     from .lpips import maybe_lpips
@@ -159,7 +159,7 @@ def reconstruction_grid(checkpoint, images, out, max_images: int = 16, device: s
     from pathlib import Path
 
     from .data import image_paths
-    from .image_io import load_image, make_grid, pil_to_tensor, resize_square, save_png
+    from lvm_base.image_io import load_image, make_grid, pil_to_tensor, resize_square, save_png
     from .loaders import load_tokenizer
 
     paths = [q for p in images for q in image_paths(p)][:max_images]

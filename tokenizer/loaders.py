@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .common.checkpointing import read_json_object
-from .common.errors import InputError
-from .common.hub import resolve_checkpoint
+from lvm_base.checkpointing import read_json_object
+from lvm_base.errors import InputError
+from lvm_base.hub import resolve_checkpoint
 from .model import FORMAT, VQGAN, VQGANConfig
 
 
@@ -136,16 +136,16 @@ def load_tokenizer(path: str | os.PathLike, yaml_path: str | os.PathLike | None 
     """Detect the checkpoint format at `path`, build the model and load its weights (eval mode).
 
     `path` is a local file/directory or a Hugging Face hub id `owner/name[@revision][/sub/folder]`, read
-    from the HF cache (`tokenizer.common.hub.resolve_checkpoint`).
+    from the HF cache (`lvm_base.hub.resolve_checkpoint`).
 
     `device` and `precision` (each "auto" by default) go through the hardware policy
-    (`tokenizer.common.hardware.resolve`, purpose "inference"): the model moves to that device and its
+    (`lvm_base.hardware.resolve`, purpose "inference"): the model moves to that device and its
     `config.precision` becomes `precision`, whatever the checkpoint's config records (a "bf16" saved on
     one machine must not force bf16 on a CPU that emulates it). "auto" stays "auto" in the config, so the
     model resolves it for the device it is on (`VQGAN.inference_plan()` says what it picked).
     `overrides` set other VQGANConfig fields after loading the config.
     """
-    from .common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     plan = resolve(device, precision, "inference")  # a device that is not there fails before any reading
     overrides["precision"] = "auto" if (precision or "auto").strip().lower() == "auto" else plan.precision

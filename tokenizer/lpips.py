@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .common.errors import InputError
+from lvm_base.errors import InputError
 
 _SLICES = (4, 9, 16, 23, 30)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in VGG16.features
 _CHANNELS = (64, 128, 256, 512, 512)

@@ -10,7 +10,7 @@ layout) weights load without renaming. With `mid_attention=False` the middle att
 replaced by identities, which is how the released LVM tokenizer is built (it has no `mid.attn_1` keys).
 
 Inference (`encode`/`decode`) is the fast path: inference mode, channels-last memory, and the precision
-that `config.precision` resolves to through `tokenizer.common.hardware.resolve` on the model's device ("auto":
+that `config.precision` resolves to through `lvm_base.hardware.resolve` on the model's device ("auto":
 bf16 where the hardware computes it natively, fp32 elsewhere, e.g. on AVX2-only CPUs). The nearest-code
 search always runs in fp32 so half-precision rounding cannot flip codes on near-ties.
 """
@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-from .common.errors import InputError
-from .common.validate import FINITE, POSITIVE, Rule, at_least, between, checks, each
+from lvm_base.errors import InputError
+from lvm_base.validate import FINITE, POSITIVE, Rule, at_least, between, checks, each
 from .networks import build_encoder_decoder, decoder_forward, encoder_forward
 from .quantize import build_quantizer
 
@@ -70,7 +70,7 @@ class VQGANConfig:
     resamp_with_conv: bool = True
     value_range: tuple[float, float] = (-1.0, 1.0)   # pixels the network eats and emits
     resize_mode: Literal["crop", "squash"] = "crop"  # how encode_images makes squares ("squash" = released LVM)
-    # Inference precision: auto (the hardware policy, tokenizer.common.hardware.resolve), fp32, bf16 or fp16.
+    # Inference precision: auto (the hardware policy, lvm_base.hardware.resolve), fp32, bf16 or fp16.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # GroupNorm groups (taming: 32). Each group loses its own mean and scale per image, so with few channels
     # per group (32 groups over 32-128 channels is near instance norm) absolute colors are normalised away
@@ -219,7 +219,7 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
     # ---- inference: the fast path ----
     def inference_plan(self):
         """What `encode`/`decode` compute in: config.precision resolved by the policy on the model's device."""
-        from .common.hardware import resolve
+        from lvm_base.hardware import resolve
 
         dev = self.device
         name = dev.type if dev.index is None else f"{dev.type}:{dev.index}"
@@ -302,7 +302,7 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
     # ---- images in and out ----
     def encode_images(self, images: Sequence, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
         """Paths or PIL images -> codes long (N, codes_per_image) on the CPU."""
-        from .image_io import load_image, pil_to_tensor, resize_square
+        from lvm_base.image_io import load_image, pil_to_tensor, resize_square
 
         def load(item):
             img = item if hasattr(item, "convert") else load_image(item)
@@ -320,7 +320,7 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
         return torch.cat(out) if out else torch.zeros(0, self.codes_per_image, dtype=torch.long)
 
     def decode_to_pil(self, codes, batch_size: int = 16) -> list:
-        from .image_io import tensor_to_pil
+        from lvm_base.image_io import tensor_to_pil
 
         codes = torch.as_tensor(codes).long()
         if codes.ndim == 1:
@@ -340,7 +340,7 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
         weights stored in it (`load_tokenizer` casts them to the precision it computes in)."""
         from safetensors.torch import save_file
 
-        from .common.files import atomic_path, atomic_write_text
+        from lvm_base.files import atomic_path, atomic_write_text
 
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
                  for k, v in self.state_dict().items()}
@@ -369,7 +369,7 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
         checkpoint that does not fit it gets as far as an allocation."""
         from safetensors.torch import load_file
 
-        from .common.checkpointing import check_state, read_json_object, safetensors_shapes, shapes
+        from lvm_base.checkpointing import check_state, read_json_object, safetensors_shapes, shapes
 
         path, weights = Path(directory) / "config.json", Path(directory) / "model.safetensors"
         d = read_json_object(path, "tokenizer config")
@@ -390,7 +390,7 @@ class VQGAN(nn.Module, PyTorchModelHubMixin, library_name="lvm", tags=["vqgan", 
     def load_checked(self, state: dict, source) -> "VQGAN":
         """Load `state` strictly (eval mode), or raise InputError naming the missing, unexpected or
         mis-shaped keys (tokenizer.loaders.check_state)."""
-        from .common.checkpointing import check_state, shapes
+        from lvm_base.checkpointing import check_state, shapes
 
         check_state(shapes(self.state_dict()), shapes(state), source)
         self.load_state_dict(state, strict=True)

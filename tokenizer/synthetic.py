@@ -101,7 +101,7 @@ def main(argv=None):
 
     from tqdm import tqdm
 
-    from .image_io import save_png
+    from lvm_base.image_io import save_png
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")

@@ -14,7 +14,7 @@ micro-steps and ranks. What stays per rank: the discriminator's BatchNorm statis
 micro-batch, as in taming), random flips and crops (each rank's RNG), and the "normed" quantizer's
 dead-code restarts, which rank 0 decides from its last micro-batch and broadcasts.
 
-Checkpoints, on accelerate's `save_state` / `load_state` (tokenizer.common.checkpointing):
+Checkpoints, on accelerate's `save_state` / `load_state` (lvm_base.checkpointing):
 
     ckpt/step-0000200/
         config.json, model.safetensors   the generator in our tokenizer format (load_tokenizer reads it)
@@ -50,18 +50,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common.errors import InputError
-from .common.config import save_config
-from .common.hardware import make_accelerator
-from .common.schedule import warmup_cosine
-from .common.tracking import RunLog, tracker_kwargs
+from lvm_base.errors import InputError
+from lvm_base.config import save_config
+from lvm_base.hardware import make_accelerator
+from lvm_base.schedule import warmup_cosine
+from lvm_base.tracking import RunLog, tracker_kwargs
 from .train_config import TokenizerTrainConfig
 from .train_state import TrainerCheckpoints
 
 
 def training_plan(cfg: TokenizerTrainConfig):
     """The device/precision Plan a training run of `cfg` uses (the legacy `mixed_precision` wins when set)."""
-    from .common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     return resolve(cfg.device, cfg.mixed_precision or cfg.precision, "training")
 

@@ -1,7 +1,7 @@
 """Config of `lvm tokenizer train` (and of configs/tokenizer/*.yaml): model + data + loss + schedule.
 
 The `model:` section is a `VQGANConfig`; tools that only need the architecture (the benchmark, tests)
-read that section. Loaded by the CLI with `tokenizer.common.config.load_config(TokenizerTrainConfig, path, overrides)`.
+read that section. Loaded by the CLI with `lvm_base.config.load_config(TokenizerTrainConfig, path, overrides)`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class TokenizerTrainConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    # Where and in what precision to train; "auto" = tokenizer.common.hardware.resolve(purpose="training"): bf16
+    # Where and in what precision to train; "auto" = lvm_base.hardware.resolve(purpose="training"): bf16
     # where the CPU/GPU computes it natively, fp16 (with a grad scaler) on pre-Ampere GPUs, else fp32.
     # The saved config.yaml records what auto resolved to.
     device: str = "auto"

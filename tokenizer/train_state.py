@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .common.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state, prune_step_dirs,
+from lvm_base.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state, prune_step_dirs,
                                    save_state_atomic)
-from .common.errors import InputError
-from .common.files import atomic_write_text
+from lvm_base.errors import InputError
+from lvm_base.files import atomic_write_text
 
 MARKER = "state.json"  # written last inside a checkpoint directory: it is complete when this is there
 LEGACY_MARKER = "train_state.pt"  # the marker (and whole train state) of the older single-file layout

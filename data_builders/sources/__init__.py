@@ -21,7 +21,7 @@ Types (config `sources[i].type`; every source follows the `Source` contract in `
 
 from __future__ import annotations
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 from ..config import DataConfig, SourceConfig
 from .annotate import AnnotateSource

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import resize_square
+from lvm_base.errors import InputError
+from lvm_base.image_io import resize_square
 
 from .. import annotations as ann
 from ..config import DataConfig, Skip, SourceConfig

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import resize_square
+from lvm_base.errors import InputError
+from lvm_base.image_io import resize_square
 
 from .. import annotations as ann
 from ..config import Skip

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tokenizer.common.errors import ImageLoadError, InputError
-from tokenizer.image_io import IMAGE_EXTENSIONS, list_images, load_image, resize_square
+from lvm_base.errors import ImageLoadError, InputError
+from lvm_base.image_io import IMAGE_EXTENSIONS, list_images, load_image, resize_square
 
 from ..config import DataConfig, Skip, SourceConfig, source_name, unit_rng
 from ..sequence import Sequence

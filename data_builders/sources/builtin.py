@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 from ..sequence import MAX_IMAGES
 from .base import Source, sequence_layout

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 from ..config import Skip, unit_rng
 from ..sequence import MAX_IMAGES

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import resize_square, to_rgb
-from tokenizer.tar import index_tar, list_shards, read_list_file, read_tar_member, split_key
+from lvm_base.errors import InputError
+from lvm_base.image_io import resize_square, to_rgb
+from lvm_base.tar import index_tar, list_shards, read_list_file, read_tar_member, split_key
 
 from ..config import Skip
 from .base import Source, images_in, input_dir, load_square

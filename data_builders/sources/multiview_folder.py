@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import list_images
+from lvm_base.errors import InputError
+from lvm_base.image_io import list_images
 
 from ..config import Skip
 from .base import Source, input_dir, is_frame_dir, load_square

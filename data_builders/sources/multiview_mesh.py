@@ -10,7 +10,7 @@ one colour per object; URDF files are loaded by pybullet.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 from ..config import Skip
 from .base import MESH_EXTENSIONS, Source, input_dir

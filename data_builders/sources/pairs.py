@@ -10,7 +10,7 @@ GT_SRGB_010.PNG in each scene folder, told apart by their templates).
 
 from __future__ import annotations
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 from ..config import Skip
 from ..sequence import MAX_IMAGES

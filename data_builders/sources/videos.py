@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from tokenizer.common.errors import InputError
-from tokenizer.image_io import IMAGE_EXTENSIONS, resize_square
+from lvm_base.errors import InputError
+from lvm_base.image_io import IMAGE_EXTENSIONS, resize_square
 
 from ..config import Skip
 from ..sequence import MAX_IMAGES

@@ -10,14 +10,14 @@ def _load(spec: str, device, dtype):
 
     import torch
 
-    from tokenizer.common.config import find_config_file, load_config
+    from lvm_base.config import find_config_file, load_config
     from lvm.model import ModelConfig
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     p = Path(spec)
     if p.is_dir():
         from lvm.checkpoints import load_causal_lm
-        from tokenizer.common.hardware import precision_name
+        from lvm_base.hardware import precision_name
 
         return load_causal_lm(p, str(device), precision_name(dtype), fp32_on_cpu=False)[0], str(p)
     yaml = p if p.suffix in (".yaml", ".yml") else Path("configs/model") / f"{spec}.yaml"
@@ -45,7 +45,7 @@ def copy_bandwidth(device, mib: int = 0) -> float:
     n = (mib or (1024 if device.type == "cuda" else 256)) * 2 ** 20
     src = torch.ones(n // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    from tokenizer.common.hardware import synchronize
+    from lvm_base.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
     dst.copy_(src)
@@ -82,7 +82,7 @@ def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int =
 
 def _auto_storage(model, plan) -> bool:
     """Whether precision auto keeps this model's weights in another precision than it computes in."""
-    from tokenizer.common.hardware import with_storage
+    from lvm_base.hardware import with_storage
 
     return bool(with_storage(plan, 4 * sum(p.numel() for p in model.parameters())).storage)
 
@@ -93,7 +93,7 @@ def _prompt_codes(prompt: str, model_dir: str, tokenizer: str | None, device, la
     from lvm.checkpoints import check_fit, tokenizer_for
     from lvm.prompt.prompts import load_prompt
     from tokenizer import load_tokenizer
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     pr = load_prompt(prompt)
     pr.check()
@@ -150,7 +150,7 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     from lvm.generate.engine import Engine
     from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
-    from tokenizer.common.hardware import detect, parse_precisions, precision_name, resolve, synchronize
+    from lvm_base.hardware import detect, parse_precisions, precision_name, resolve, synchronize
 
     echo = echo or (lambda *a, **k: None)
 
@@ -240,7 +240,7 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
                 with hf_ctx():
                     hf(b, hf_kw)
             except Exception as e:  # noqa: BLE001 - any compiler error ends only this side
-                from tokenizer.common.errors import one_line
+                from lvm_base.errors import one_line
 
                 hf_static_error = f"{type(e).__name__}: {one_line(e)}"[:300]
                 echo(f"HF static cache + compile failed: {hf_static_error}")

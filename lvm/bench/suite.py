@@ -64,7 +64,7 @@ def _run_part(name: str, ctx: P.Ctx) -> list[dict]:
 
 def select(parts: str | None) -> list[str]:
     """The part names of a comma list of names or prefixes ("generate" = both sizes); None = all."""
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     if not parts:
         return list(PARTS)
@@ -127,7 +127,7 @@ def _say(*args, **kw) -> None:
 def _write(out_dir: Path, meta: dict, rows: list[dict], timings: dict, elapsed: float) -> tuple[str, list[str]]:
     """Write suite.md and suite.json as they stand (after every part, so a run cut short by the machine's
     time limit leaves what it measured); returns the header line and the table."""
-    from tokenizer.common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
 
     failed = sum(r["status"] in ("FAIL", "error") for r in rows)
     v = meta["versions"]
@@ -158,8 +158,8 @@ def run_suite(quick: bool = False, out: str = "out/suite", budget_minutes: float
     import transformers
 
     import lvm
-    from tokenizer.common.errors import one_line
-    from tokenizer.common.hardware import resolve
+    from lvm_base.errors import one_line
+    from lvm_base.hardware import resolve
 
     names = select(parts)
     dev = torch.device(resolve(device, "auto", "inference").device)  # a missing GPU is a one-line error

@@ -59,7 +59,7 @@ def _need_cuda(ctx: Ctx, what: str) -> None:
 
 def _model_config(spec: str):
     from lvm.model import ModelConfig
-    from tokenizer.common.config import find_config_file, load_config
+    from lvm_base.config import find_config_file, load_config
 
     path = spec if spec.endswith((".yaml", ".yml")) else f"configs/model/{spec}.yaml"
     return load_config(ModelConfig, find_config_file(path))
@@ -73,7 +73,7 @@ def _params(spec: str) -> int:
 
 
 def _need_memory(ctx: Ctx, name: str, need: float) -> None:
-    from tokenizer.common.hardware import free_memory
+    from lvm_base.hardware import free_memory
 
     free = free_memory(ctx.device)
     if free is not None and free < need:
@@ -318,7 +318,7 @@ def resume(ctx: Ctx) -> list[dict]:
 
     from lvm.train.config import TrainConfig
     from lvm.train.loop import list_checkpoints, train as train_loop
-    from tokenizer.common.config import load_config
+    from lvm_base.config import load_config
 
     K, steps, stop = 64, 4, 2
     shards = _token_shards(ctx.work / "tokens", K)

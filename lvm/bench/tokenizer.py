@@ -92,12 +92,12 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
     overrides = list(overrides)
     import torch
 
-    from tokenizer.common.config import load_config
+    from lvm_base.config import load_config
     from tokenizer import VQGAN, load_tokenizer
-    from tokenizer.common.errors import InputError
-    from tokenizer.common.hardware import detect, parse_precisions, resolve
+    from lvm_base.errors import InputError
+    from lvm_base.hardware import detect, parse_precisions, resolve
     from tokenizer.evaluate import psnr
-    from tokenizer.image_io import pil_to_tensor
+    from lvm_base.image_io import pil_to_tensor
     from tokenizer.synthetic import scene
     from tokenizer.train_config import TokenizerTrainConfig
 
@@ -141,7 +141,7 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
     echo(f"  device {device}; reference: taming fp32 eager; ours: "
          + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
 
-    from tokenizer.common.hardware import synchronize
+    from lvm_base.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
 

@@ -20,7 +20,7 @@ def _ours_side(model_cfg, state_dict, plan, rows: int, seq_len: int):
 
     from lvm.train.packing import IGNORE, collate_rows, pack_sequences, register_packed_attention
     from lvm.train.step import param_groups, token_nll
-    from tokenizer.common.hardware import make_accelerator
+    from lvm_base.hardware import make_accelerator
 
     layout = model_cfg.layout
     model = model_cfg.build()
@@ -97,7 +97,7 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
     ref.train()
     sides = {f"ours_{p}": _ours_side(model_cfg, ref.state_dict(), plan, rows, seq_len) for p, plan in plans.items()}
     sides["ref"] = _ref_side(ref, device, ref_batch, layout.pad_id)
-    from tokenizer.common.hardware import synchronize
+    from lvm_base.hardware import synchronize
 
     sync = lambda: synchronize(device)  # noqa: E731
     rng = np.random.default_rng(seed)
@@ -134,7 +134,7 @@ def bench_one(model_cfg, name, seq_len, rows, ref_batch, steps, warmup, seed, pl
 
 def _plans(device: str, precisions: str) -> tuple[dict, dict]:
     """({resolved precision: Plan}, {resolved precision: [the names asked for it]}) for a comma list."""
-    from tokenizer.common.hardware import parse_precisions, resolve
+    from lvm_base.hardware import parse_precisions, resolve
 
     plans, asked = {}, {}
     for p in parse_precisions(precisions):
@@ -151,7 +151,7 @@ def bench_train(model: str = "tiny,100m", seq_len: int | None = None, rows: int 
     (and writes JSON to `out`)."""
     import json
 
-    from tokenizer.common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
 
     res = measure_train(model=model, seq_len=seq_len, rows=rows, ref_batch=ref_batch, steps=steps, warmup=warmup,
                         threads=threads, seed=seed, device=device, precision=precision, echo=print)
@@ -170,10 +170,10 @@ def measure_train(model: str = "tiny,100m", seq_len: int | None = None, rows: in
 
     import torch
 
-    from tokenizer.common.config import find_config_file, load_config
+    from lvm_base.config import find_config_file, load_config
     from lvm.train.flops import linear_shapes, measure_matmul_peak
     from lvm.model import ModelConfig
-    from tokenizer.common.hardware import detect, resolve
+    from lvm_base.hardware import detect, resolve
 
     echo = echo or (lambda *a, **k: None)
     plans, asked = _plans(device, precision)

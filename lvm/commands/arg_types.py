@@ -1,5 +1,5 @@
 """argparse `type=` helpers for the numeric flags of every command, on the same rules as config values
-(tokenizer.common.validate): a flag out of range ends in argparse's one-line error (exit 2) while parsing,
+(lvm_base.validate): a flag out of range ends in argparse's one-line error (exit 2) while parsing,
 before any model or data loads.
 
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokenizer.common.validate import NON_NEGATIVE, POSITIVE, SEED, Rule, above, at_least, between
+from lvm_base.validate import NON_NEGATIVE, POSITIVE, SEED, Rule, above, at_least, between
 
 
 def number(rule: Rule, kind=int):
@@ -45,7 +45,7 @@ def int_range(lo: int, hi: int):
 def resize_spec(text: str) -> str:
     """`--resize-output`: '' (off), 'original', or W,H / WxH (lvm.prompt.batch.parse_resize); returned as given."""
     from lvm.prompt.batch import parse_resize
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     try:
         parse_resize(text)

@@ -36,7 +36,7 @@ from lvm.commands.arg_types import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIV
 
 
 def add_arguments(p):
-    from tokenizer.common.hardware import add_arguments as device_arguments
+    from lvm_base.hardware import add_arguments as device_arguments
 
     p.add_argument("--model", default="tiny",
                    help="config name in configs/model (tiny, 100m, ...), a model YAML, or an HF model directory")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TypeVar
 
-from tokenizer.common.config import config_to_yaml, load_config
+from lvm_base.config import config_to_yaml, load_config
 
 T = TypeVar("T")
 

@@ -34,7 +34,7 @@ def add_arguments(p):
 
 def run(args):
     from lvm.eval.perplexity import evaluate_file
-    from tokenizer.common.hardware import from_args
+    from lvm_base.hardware import from_args
 
     from_args(args)  # a device that is not there is a one-line error before anything loads
     evaluate_file(args.file, args.model, args.tokenizer, args.device, args.precision,

@@ -30,7 +30,7 @@ examples:
 from lvm.commands.arg_types import (FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
                                     SEED_INT)
 from lvm.eval.tasks.config import DECODINGS, MAX_SHOTS, TASKS, SuiteConfig
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 _D = SuiteConfig()  # the flags' defaults are the suite's
 
@@ -88,7 +88,7 @@ def run(args):
     from pathlib import Path
 
     from lvm.checkpoints import resolve_pair
-    from tokenizer.common.hardware import from_args
+    from lvm_base.hardware import from_args
 
     plan = from_args(args)  # a device that is not there is a one-line error before anything loads
     model, tok = resolve_pair(args.model, args.tokenizer)

@@ -55,7 +55,7 @@ def add_arguments(p):
 
 def run(args):
     from lvm.eval.video import VideoEvalConfig, evaluate_videos
-    from tokenizer.common.hardware import from_args
+    from lvm_base.hardware import from_args
 
     from_args(args)  # a device that is not there is a one-line error before anything loads
     cfg = VideoEvalConfig(videos=args.videos, list_file=args.list_file, frames=args.frames,

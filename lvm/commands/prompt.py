@@ -40,7 +40,7 @@ def prompt_file(text: str) -> str:
     """--prompt: the file is read and checked while the flags are parsed, so a bad one fails in one line
     before a model loads (the session reads it again)."""
     from lvm.prompt.prompts import load_prompt
-    from tokenizer.common.errors import InputError, one_line
+    from lvm_base.errors import InputError, one_line
 
     try:
         load_prompt(text)
@@ -94,7 +94,7 @@ def add_arguments(p):
 
 def run(args):
     from lvm.prompt.modes import run_prompt
-    from tokenizer.common.hardware import precision_name
+    from lvm_base.hardware import precision_name
 
     if args.dtype and args.precision == "auto":  # the older flag
         args.precision = precision_name(args.dtype)

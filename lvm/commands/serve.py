@@ -36,7 +36,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from tokenizer.common.errors import InputError
+    from lvm_base.errors import InputError
 
     try:
         import gradio  # noqa: F401

@@ -5,7 +5,7 @@ Example:
   lvm tokenizer decode runs/tok codes/ --out decoded/
 """
 
-from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
+from lvm_base.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):

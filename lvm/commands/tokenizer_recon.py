@@ -6,7 +6,7 @@ Example:
 """
 
 from lvm.commands.arg_types import POSITIVE_INT
-from tokenizer.common.hardware import add_arguments as add_hardware_arguments, from_args
+from lvm_base.hardware import add_arguments as add_hardware_arguments, from_args
 
 
 def add_arguments(p):

@@ -19,8 +19,8 @@ Example:
 """
 
 from lvm.commands.config_args import add_config_arguments, resolve_config
-from tokenizer.common.hardware import add_arguments as add_hardware_arguments
-from tokenizer.common.hardware import apply_args
+from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm_base.hardware import apply_args
 
 
 def add_arguments(p):

@@ -20,9 +20,9 @@ examples:
 """
 
 from lvm.commands.config_args import add_config_arguments, config_from_args
-from tokenizer.common.config import config_to_yaml
-from tokenizer.common.hardware import add_arguments as add_hardware_arguments
-from tokenizer.common.hardware import apply_args, launch_env
+from lvm_base.config import config_to_yaml
+from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm_base.hardware import apply_args, launch_env
 
 
 def add_arguments(p):

@@ -81,7 +81,7 @@ class Budget:
         """Steps for the tokenizer stage: `max_steps`, or fewer if `probe()` (seconds per step, measured on
         this machine now) says they do not fit `minutes`. Decided once per run (kept in work/plan-<stage>.json)
         so a resumed run keeps its learning-rate schedule."""
-        from tokenizer.common.files import atomic_write_text
+        from lvm_base.files import atomic_write_text
 
         path = self.work / f"plan-{stage}.json"
         if path.is_file():

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvm.checkpoints import DEMO_OUT
-from tokenizer.common.validate import POSITIVE, SEED, above, between, checks, each
+from lvm_base.validate import POSITIVE, SEED, above, between, checks, each
 
 SHIPPED_TOKENIZER = "assets/demo-tokenizer"  # relative to the project root (shipped_tokenizer)
 STAGES = ("data", "tokenizer", "tokenize", "train", "prompts", "eval", "report")
 
 
-# Ranges (tokenizer.common.validate): minutes are budgets a stage divides by; counts make at least one of each.
+# Ranges (lvm_base.validate): minutes are budgets a stage divides by; counts make at least one of each.
 @dataclass
 @checks(seed=SEED, workers=POSITIVE, budget_minutes=above(0), sequences=POSITIVE, image_size=between(8, 8192),
         tokenizer_steps=POSITIVE, tokenizer_minutes=above(0), train_steps=POSITIVE, train_minutes=above(0),
@@ -73,7 +73,7 @@ class DemoConfig:
     eval_samples: int = 8
     shots: list[int] = field(default_factory=lambda: [1, 3, 7])
     context: int = 7
-    # Where and in what precision every stage computes (tokenizer.common.hardware.resolve): auto = this rank's GPU,
+    # Where and in what precision every stage computes (lvm_base.hardware.resolve): auto = this rank's GPU,
     # else MPS, else CPU; bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs, else fp32.
     # Each stage's own overrides (tokenizer_overrides, train_overrides) still win. demo_config.yaml records
     # what auto resolved to.
@@ -113,8 +113,8 @@ def demo_config(path=None, overrides=(), quick: bool = False, device: str = "aut
     than auto replaces the config's."""
     from types import SimpleNamespace
 
-    from tokenizer.common.config import load_config
-    from tokenizer.common.hardware import apply_args
+    from lvm_base.config import load_config
+    from lvm_base.hardware import apply_args
 
     overrides = list(overrides)
     if quick:
@@ -129,8 +129,8 @@ def demo_config(path=None, overrides=(), quick: bool = False, device: str = "aut
 
 
 def _on_cuda(cfg: DemoConfig) -> bool:
-    """Whether the demo's device resolves to a CUDA GPU (tokenizer.common.hardware.resolve)."""
-    from tokenizer.common.hardware import resolve
+    """Whether the demo's device resolves to a CUDA GPU (lvm_base.hardware.resolve)."""
+    from lvm_base.hardware import resolve
 
     return resolve(cfg.device, cfg.precision, "training").device.startswith("cuda")
 
@@ -153,7 +153,7 @@ SHIPPED_COST = 1.5  # lvm-small's 6 layers against the tiny model's 4: what a de
 def shipped_model(c: DemoConfig) -> Path | None:
     """The shipped model to show beside the fresh one (c.shipped_model, relative to the project root), or
     None when it is off or not there."""
-    from tokenizer.common.config import project_path
+    from lvm_base.config import project_path
 
     if not c.shipped_model:
         return None
@@ -164,8 +164,8 @@ def shipped_model(c: DemoConfig) -> Path | None:
 def shipped_tokenizer(path: str) -> Path:
     """A tokenizer folder named in the demo config: as given, else relative to the project root (where the
     shipped one lives); a one-line InputError when it is not a tokenizer checkpoint."""
-    from tokenizer.common.config import project_path
-    from tokenizer.common.errors import InputError
+    from lvm_base.config import project_path
+    from lvm_base.errors import InputError
 
     p = project_path(path)
     if not ((p / "config.json").is_file() and (p / "model.safetensors").is_file()):

@@ -29,7 +29,7 @@ def probe_tokenizer(tc) -> float:
     on the device and in the precision its training run resolves to."""
     import torch
 
-    from tokenizer.common.hardware import synchronize
+    from lvm_base.hardware import synchronize
     from tokenizer.train import training_model, training_plan
 
     plan = training_plan(tc)
@@ -56,7 +56,7 @@ def probe_encode(tok_dir: Path, cfg, n: int = 16) -> float:
     from PIL import Image
 
     from tokenizer import load_tokenizer
-    from tokenizer.common.hardware import synchronize
+    from lvm_base.hardware import synchronize
 
     tok = load_tokenizer(tok_dir, device=cfg.device, precision=cfg.precision)
     rng = np.random.default_rng(0)

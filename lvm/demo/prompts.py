@@ -18,8 +18,8 @@ def run_prompts(demo) -> dict:
     from lvm.generate.engine import Engine
     from lvm.prompt.examples import make_example_prompts
     from lvm.prompt.session import Session
-    from tokenizer.common.hardware import cpu_threads
-    from tokenizer.image_io import save_png
+    from lvm_base.hardware import cpu_threads
+    from lvm_base.image_io import save_png
 
     c = demo.cfg
     out = demo.out / "prompts"

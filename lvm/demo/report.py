@@ -11,7 +11,7 @@ from lvm.train.plots import plot_log, plot_runs
 
 def write_report(demo) -> dict:
     """Write `demo.out`/report.md from what the other stages of the `Demo` left in its folders."""
-    from tokenizer.common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
 
     out = demo.out
     figs = out / "figures"

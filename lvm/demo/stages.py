@@ -47,14 +47,14 @@ class Demo(Budget):
     def resolve_plan(self):
         """Resolve the demo's device/precision once (one warning for an emulated precision) and write the
         result into the config, so every stage gets the same explicit choice and demo_config.yaml records it."""
-        from tokenizer.common.hardware import resolve
+        from lvm_base.hardware import resolve
 
         plan = resolve(self.cfg.device, self.cfg.precision, "training")
         self.cfg.device, self.cfg.precision = plan.device, plan.precision
         return plan
 
     def run(self, fresh: bool = False, stages=STAGES) -> dict:
-        from tokenizer.common.config import config_to_dict, save_config
+        from lvm_base.config import config_to_dict, save_config
 
         self.out.mkdir(parents=True, exist_ok=True)
         if fresh:
@@ -65,7 +65,7 @@ class Demo(Budget):
                         shutil.rmtree(p)
                     elif p.exists():
                         p.unlink()
-        from tokenizer.common.hardware import detect
+        from lvm_base.hardware import detect
 
         plan = self.resolve_plan()
         self.log(f"plan: device {plan.device}, precision {plan.precision}"
@@ -98,7 +98,7 @@ class Demo(Budget):
             times[st] = rec
             if st == "report":
                 continue
-            from tokenizer.common.files import atomic_write_text
+            from lvm_base.files import atomic_write_text
 
             m.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(m, json.dumps(rec, indent=1))
@@ -108,13 +108,13 @@ class Demo(Budget):
     # ---- configs of the underlying tools ----
     def data_config(self):
         from data_builders.config import DataConfig
-        from tokenizer.common.config import load_config
+        from lvm_base.config import load_config
 
         c = self.cfg
         dc = load_config(DataConfig, c.data, [f"out={self.work / 'images'}", f"seed={c.seed}",
                                               f"image_size={c.image_size}"])
         if not dc.sources or dc.sources[0].type != "builtin":
-            from tokenizer.common.errors import InputError
+            from lvm_base.errors import InputError
 
             raise InputError(f"{c.data}: the demo needs a data config whose first source is the built-in renderer")
         dc.sources[0].count = c.sequences
@@ -125,7 +125,7 @@ class Demo(Budget):
         return dc
 
     def tokenizer_config(self):
-        from tokenizer.common.config import load_config
+        from lvm_base.config import load_config
         from tokenizer.train_config import TokenizerTrainConfig
 
         c = self.cfg
@@ -136,7 +136,7 @@ class Demo(Budget):
             f"max_steps={c.tokenizer_steps}", f"max_minutes={c.tokenizer_minutes}", f"seed={c.seed}"])
 
     def train_config(self):
-        from tokenizer.common.config import load_config
+        from lvm_base.config import load_config
         from lvm.train.config import TrainConfig
 
         c = self.cfg
@@ -171,7 +171,7 @@ class Demo(Budget):
 
         tc = self.tokenizer_config()
         if tc.model.resolution != self.cfg.image_size:
-            from tokenizer.common.errors import InputError
+            from lvm_base.errors import InputError
 
             raise InputError(f"tokenizer resolution {tc.model.resolution} != demo image_size {self.cfg.image_size}")
         plan = self.planned_steps("tokenizer", tc.max_steps, self.cfg.tokenizer_minutes,
@@ -187,7 +187,7 @@ class Demo(Budget):
 
     def copy_shipped_tokenizer(self) -> dict:
         """The tokenizer stage with a shipped tokenizer: check it fits the demo's images, copy it to OUT."""
-        from tokenizer.common.errors import InputError
+        from lvm_base.errors import InputError
 
         src = shipped_tokenizer(self.cfg.tokenizer_checkpoint)
         cfg = json.loads((src / "config.json").read_text())
@@ -273,7 +273,7 @@ class Demo(Budget):
 
 
 def _copy_atomic(src: Path, dst: Path):
-    from tokenizer.common.files import atomic_path
+    from lvm_base.files import atomic_path
 
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -287,7 +287,7 @@ def run_demo(path=None, overrides=(), quick: bool = False, fresh: bool = False, 
     overrides = (["tokenizer_checkpoint=null"] if train_tokenizer else []) + list(overrides)
     cfg = demo_config(path, overrides, quick, device, precision)
     if print_config:
-        from tokenizer.common.config import config_to_yaml
+        from lvm_base.config import config_to_yaml
 
         print(config_to_yaml(cfg), end="")
         return 0

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def build_example(input_codes, target_codes, layout) -> tuple[np.ndarray, int]:
@@ -57,7 +57,7 @@ def target_nll(model, examples, layout, batch_size: int = 4, precision: str = "f
     `precision` (auto | fp32 | bf16 | fp16) is resolved by the policy on the model's device and applied
     as autocast (fp32: none); the log-softmax is always taken in fp32.
     """
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     device = next(model.parameters()).device
     built = [build_example(i, t, layout) for i, t in examples]
@@ -131,7 +131,7 @@ def evaluate_file(file, model_dir, tokenizer_dir, device: str = "auto", precisio
     per-example rows to `out` (JSON) when given. Returns it."""
     from lvm.checkpoints import load_pair
     from lvm.tokens import TokenLayout
-    from tokenizer.common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
 
     if not Path(file).is_file():
         raise InputError(f"{file}: no such file")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 @dataclass
@@ -159,7 +159,7 @@ def evaluate_videos(model_dir, tokenizer_dir, cfg: VideoEvalConfig, device: str 
 
 def write_outputs(result: dict, out: Path, log=print) -> None:
     """video_perplexity.json, and context_curve.png when the result has a curve."""
-    from tokenizer.common.files import atomic_path, atomic_write_text
+    from lvm_base.files import atomic_path, atomic_write_text
 
     atomic_write_text(out / "video_perplexity.json", json.dumps(result, indent=1))
     curve = result["curve"]

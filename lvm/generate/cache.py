@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.hardware import free_memory
+from lvm_base.errors import InputError
+from lvm_base.hardware import free_memory
 
 
 class KVCache:

@@ -46,8 +46,8 @@ from lvm.generate.sampling import Generation, ProgressFn, Sampling, sample_next
 from lvm.generate.speculative import DRAFT, DRAFT_COST, MAX_DRAFT, Run, Schedule, decode_image
 from lvm.generate.weights import decode_weight, layer_weights
 from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
-from tokenizer.common.errors import InputError
-from tokenizer.common.hardware import precision_name, with_storage
+from lvm_base.errors import InputError
+from lvm_base.hardware import precision_name, with_storage
 
 
 class Engine:
@@ -68,7 +68,7 @@ class Engine:
                  max_batch: int = 8, max_context: int | None = None, consume: bool = False,
                  kernels: bool = True, cuda_graphs: bool = True, static_step: bool | None = None,
                  dtype=None, storage: str = "auto", speculative: bool | int | None = None):
-        from tokenizer.common.hardware import resolve
+        from lvm_base.hardware import resolve
 
         cfg = model.config
         if getattr(cfg, "hidden_act", "silu") != "silu":

@@ -41,7 +41,7 @@ def march() -> str:
     """The -march the kernels are built with: what torch's own CPU kernels use here (module doc)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "native"
-    from tokenizer.common.hardware import detect
+    from lvm_base.hardware import detect
 
     cap = detect().cpu_capability.upper()  # torch's dispatch level, which honours ATEN_CPU_CAPABILITY
     if cap == "AVX2":

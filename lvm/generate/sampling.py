@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 @dataclass

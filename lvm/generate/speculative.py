@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from lvm.generate.sampling import next_probs, sample_next
-from tokenizer.common.hardware import synchronize
+from lvm_base.hardware import synchronize
 
 MAX_DRAFT = 32  # tokens a pass may draft per row: the cache's room past the context (cache.py)
 # Most tokens drafted per pass by default, per device type (elsewhere, MPS, decoding stays plain), and what a

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def decode_weight(w: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lvm.prompt.session import Session
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 CHANNELS = 3  # the release multiplies its per-value mean by the channel count
 
@@ -118,7 +118,7 @@ def release_mse(generated: np.ndarray, targets: np.ndarray) -> float:
 
 def _unit_image(tok, path) -> np.ndarray:
     """(R, R, 3) float32 in [0, 1]: the image as the tokenizer reads it."""
-    from tokenizer.image_io import load_image_tensor
+    from lvm_base.image_io import load_image_tensor
 
     return load_image_tensor(path, tok.resolution, (0.0, 1.0), tok.resize_mode).permute(1, 2, 0).numpy()
 
@@ -136,7 +136,7 @@ def _grid(cells: np.ndarray, size):
 def _save(im, path: Path):
     from PIL import Image
 
-    from tokenizer.common.files import atomic_path
+    from lvm_base.files import atomic_path
 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:

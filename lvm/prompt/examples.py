@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tokenizer.common.files import atomic_write_text
-from tokenizer.image_io import save_png
+from lvm_base.files import atomic_write_text
+from lvm_base.image_io import save_png
 
 SIZE = 128
 SHOTS = 3  # example pairs per analogy prompt

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, batch_options=None, out="out/prompt",
@@ -16,7 +16,7 @@ def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, batch_option
     YAML file, results in `out`) or else the REPL. `speculative=False` decodes one token per pass."""
     from lvm.generate.sampling import Sampling
     from lvm.prompt.session import Session
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     resolve(device, precision, "inference")  # a device that is not there is a one-line error before anything loads
     if threads:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from tokenizer.common.errors import InputError
-from tokenizer.common.files import atomic_write_text
+from lvm_base.errors import InputError
+from lvm_base.files import atomic_write_text
 
 MODES = ("sequential", "analogy")
 
@@ -136,7 +136,7 @@ def _count(d: dict, path: Path) -> int:
 
 def load_prompt(path) -> Prompt:
     """Read a prompt YAML file (format in the module docstring)."""
-    from tokenizer.common.config import read_yaml_mapping
+    from lvm_base.config import read_yaml_mapping
 
     path = Path(path)
     d = read_yaml_mapping(path, "prompt file", "a YAML mapping with 'mode' and images")

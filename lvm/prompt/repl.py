@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lvm.prompt.prompts import Prompt, expand_paths
 from lvm.prompt.session import Session
-from tokenizer.common.errors import InputError, one_line
+from lvm_base.errors import InputError, one_line
 
 HISTORY = Path(os.environ.get("LVM_HISTORY", Path.home() / ".lvm_history"))
 
@@ -129,7 +129,7 @@ def _show(s, args):
         s.print(f"  target {' '.join(map(str, p.target))}")
     if p.images and s.display != "none":
         from lvm.prompt import display
-        from tokenizer.image_io import load_image, make_grid
+        from lvm_base.image_io import load_image, make_grid
 
         display.preview(make_grid([[load_image(x) for x in p.images]], col_labels=p.labels, cell=64), s.display)
 

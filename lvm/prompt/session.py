@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lvm.checkpoints import check_fit, default_model, tokenizer_for
 from lvm.prompt.prompts import Prompt, load_prompt, save_prompt
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 class Session:
@@ -22,7 +22,7 @@ class Session:
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
                  dtype: str | None = None, print_fn=print, progress: bool = True, speculative: bool = True):
         from lvm.generate.sampling import Sampling
-        from tokenizer.common.hardware import precision_name
+        from lvm_base.hardware import precision_name
 
         if dtype is not None:  # the older keyword: "bfloat16" / "float32"
             precision = precision_name(dtype)
@@ -78,7 +78,7 @@ class Session:
     # ---- prompt images ----
     def check_images(self, paths):
         """`paths`, once each has been read as an image (an ImageLoadError names the first that is not one)."""
-        from tokenizer.image_io import load_image
+        from lvm_base.image_io import load_image
 
         for p in paths:
             load_image(p)
@@ -110,8 +110,8 @@ class Session:
     def generate(self, n: int, out_dir: Path | None = None, write: bool = True, on_progress=None) -> dict:
         """Generate n images x candidates for the current prompt; write PNGs + grid; return what was written.
         `on_progress(image index, tokens done, tokens/s)` replaces the stdout counter (the web app's bar)."""
-        from tokenizer.common.files import atomic_write_text
-        from tokenizer.image_io import save_png
+        from lvm_base.files import atomic_write_text
+        from lvm_base.image_io import save_png
 
         self.prompt.check()
         self.check_match()
@@ -171,7 +171,7 @@ class Session:
     def grid(self, rows, n: int, labels: list[str]):
         """The labeled grid of a generation: the prompt (and the first n target images) on top, then one row
         per entry of `rows` (n generated images each) under the new-image columns."""
-        from tokenizer.image_io import load_image, make_grid
+        from lvm_base.image_io import load_image, make_grid
 
         r = self.tok.resolution
         shown = [load_image(p).resize((r, r)) for p in self.prompt.images]
@@ -186,8 +186,8 @@ class Session:
         """prompt.yaml + copies of its images (so DIR is self-contained), and the last results if any."""
         import shutil
 
-        from tokenizer.common.files import atomic_write_text
-        from tokenizer.image_io import save_png
+        from lvm_base.files import atomic_write_text
+        from lvm_base.image_io import save_png
 
         if not self.prompt.images:
             raise InputError("nothing to save: the prompt is empty")

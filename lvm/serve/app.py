@@ -26,7 +26,7 @@ import gradio as gr
 from lvm.serve.service import (MAX_CANDIDATES, MAX_IMAGES_PER_PROMPT, MAX_UPLOAD_MB, PromptService, Stopped,
                                check_settings, public_message, short)
 from lvm.serve.storage import Storage
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 PRIVATE = {"api_visibility": "private"}  # page plumbing, not part of the API
 RAW = {"preprocess": False}  # values as sent: the service checks them and names what is wrong
@@ -72,7 +72,7 @@ def labels(mode: str, n: int) -> list[str]:
 
 def prompt_picture(svc: PromptService, state: dict):
     """The prompt as the model will read it: frames in one row, or one row per pair and the query below."""
-    from tokenizer.image_io import load_image, make_grid
+    from lvm_base.image_io import load_image, make_grid
 
     paths, mode = state["images"], state["mode"]
     if not paths:
@@ -247,7 +247,7 @@ def make_service(model=None, tokenizer=None, device: str = "auto", precision: st
     """Load the model and tokenizer (the demo's where not given) into the service the page runs on."""
     from lvm.prompt.session import Session
     from lvm.serve.storage import MB
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     _check_folders(work_dir, examples_dir)  # the folders and caps are one-line errors before a model loads
     Storage(Path(work_dir), float(max_disk_mb) * MB, float(max_age_h) * 3600)

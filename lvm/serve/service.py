@@ -30,8 +30,8 @@ from lvm.prompt.prompts import Prompt, load_prompt
 from lvm.prompt.session import Session
 from lvm.serve.storage import MB, Storage
 from lvm.tokens import IMAGES_PER_CONTEXT
-from tokenizer.common.errors import ImageLoadError, InputError, one_line
-from tokenizer.common.files import atomic_write_bytes
+from lvm_base.errors import ImageLoadError, InputError, one_line
+from lvm_base.files import atomic_write_bytes
 
 MAX_IMAGES_PER_PROMPT = IMAGES_PER_CONTEXT  # a visual sequence holds at most this many images
 MAX_NEW_IMAGES = IMAGES_PER_CONTEXT
@@ -138,7 +138,7 @@ class PromptService:
     def __init__(self, session: Session, work_dir: Path, examples_dir: Path | None = None,
                  names: tuple[str, str] = ("", ""), max_disk_mb: float = 500, max_age_h: float = 24,
                  max_pixels: int | None = None):
-        from tokenizer.image_io import MAX_PIXELS
+        from lvm_base.image_io import MAX_PIXELS
 
         self.s = session
         self.names = names  # (model, tokenizer) as given: directories or hub ids
@@ -183,7 +183,7 @@ class PromptService:
     def _encode(self, path: Path, name: str) -> bytes:
         """The upload at `path` (shown as `name`) re-encoded as PNG bytes, after the checks that cost no
         decoding: its size, then its pixel count."""
-        from tokenizer.image_io import check_pixels, load_image
+        from lvm_base.image_io import check_pixels, load_image
 
         try:
             if path.is_file() and path.stat().st_size > MAX_UPLOAD_MB * MB:

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 MB = 2**20
 CACHE_AGE_S = 3600

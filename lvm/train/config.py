@@ -7,11 +7,11 @@ from typing import Literal
 
 from data_builders.token_stream import TokenStreamConfig
 from lvm.model import ModelConfig
-from tokenizer.common.errors import InputError
-from tokenizer.common.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
+from lvm_base.errors import InputError
+from lvm_base.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
 
 
-# Ranges of the values (tokenizer.common.validate): each one a value outside it crashes, hangs or silently
+# Ranges of the values (lvm_base.validate): each one a value outside it crashes, hangs or silently
 # misbehaves with (seq_len -256 packs forever; save_every 0 divides by zero; lr 0 divides min_lr by it).
 @dataclass
 @checks(seed=SEED, seq_len=optional(POSITIVE), micro_batch=POSITIVE, tokens_per_step=NON_NEGATIVE,
@@ -47,7 +47,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
 
-    # where and in what precision (tokenizer.common.hardware.resolve; the saved config.yaml records what auto chose)
+    # where and in what precision (lvm_base.hardware.resolve; the saved config.yaml records what auto chose)
     device: str = "auto"  # auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N, mps
     # auto: bf16 where the hardware computes it natively, fp16 on pre-Ampere GPUs (grad scaler), else fp32.
     # bf16/fp16 are autocast mixed precision with fp32 master weights.

@@ -8,7 +8,7 @@ import torch
 from data_builders.token_stream import TokenStream
 from lvm.train.config import TrainConfig
 from lvm.train.packing import Packer, collate_rows
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 WARN_SKIPPED = 10  # warnings printed about sequences that do not fit the model
 GIVE_UP_SKIPPED = 100  # sequences that do not fit, before any that does, that end the run

@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 DTYPES = ("bf16", "fp16", "fp32")
 MARK = "export.json"
@@ -84,8 +84,8 @@ def export_model(run_dir, out, checkpoint=None, dtype: str = "bf16", tokenizer=N
     from lvm.checkpoints import TOKENIZER_KEY, load_causal_lm, tokenizer_reference
     from lvm.train.plots import read_log
     from lvm.train.resume import list_checkpoints
-    from tokenizer.common.checkpointing import temp_dir_for
-    from tokenizer.common.files import atomic_write_text, give_normal_modes
+    from lvm_base.checkpointing import temp_dir_for
+    from lvm_base.files import atomic_write_text, give_normal_modes
 
     run, out = Path(run_dir), Path(out)
     if dtype not in DTYPES:

@@ -50,7 +50,7 @@ def measure_matmul_peak(dtype=None, device: str = "cpu", n: int = 2048, seconds:
     import torch
 
     dtype = dtype or torch.bfloat16
-    from tokenizer.common.hardware import synchronize
+    from lvm_base.hardware import synchronize
 
     def timed(a, b) -> float:
         t = time.perf_counter()

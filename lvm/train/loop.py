@@ -35,12 +35,12 @@ from lvm.train.data import make_loader, seq_lens
 from lvm.train.flops import linear_shapes, measure_matmul_peak, train_flops
 from lvm.train.packing import register_packed_attention
 from lvm.train.step import TrainingDiverged, evaluate, param_groups, token_nll, train_step
-from tokenizer.common.config import save_config
-from tokenizer.common.errors import InputError
-from tokenizer.common.files import atomic_write_text
-from tokenizer.common.hardware import make_accelerator, resolve
-from tokenizer.common.schedule import warmup_cosine
-from tokenizer.common.tracking import RunLog, tracker_kwargs
+from lvm_base.config import save_config
+from lvm_base.errors import InputError
+from lvm_base.files import atomic_write_text
+from lvm_base.hardware import make_accelerator, resolve
+from lvm_base.schedule import warmup_cosine
+from lvm_base.tracking import RunLog, tracker_kwargs
 
 __all__ = ["TrainingDiverged", "evaluate", "list_checkpoints", "param_groups", "token_nll", "train"]
 
@@ -226,7 +226,7 @@ def log_record(log: RunLog, rec: dict) -> None:
 def log_start(run: Run, plan, log: RunLog) -> None:
     """One metrics.jsonl line per (re)start of the run: the machine, device and precision of the steps that
     follow, and the wall clock, so a model card can say where and how long a run that moved trained."""
-    from tokenizer.common.hardware import detect
+    from lvm_base.hardware import detect
 
     hw = detect()
     where = hw.cpu_summary() if plan.device_type == "cpu" else str(plan.device)

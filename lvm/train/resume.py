@@ -1,4 +1,4 @@
-"""Checkpoints of `lvm train`, on accelerate's state machinery (tokenizer.common.checkpointing).
+"""Checkpoints of `lvm train`, on accelerate's state machinery (lvm_base.checkpointing).
 
     checkpoints/step-00000100/
         config.json, generation_config.json, model.safetensors
@@ -31,9 +31,9 @@ from pathlib import Path
 from lvm.model import generation_config, quiet_hf_progress
 from lvm.tokens import TokenLayout
 from lvm.train.card import model_card
-from tokenizer.common.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
+from lvm_base.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
                                             prune_step_dirs, read_json_object, save_state_atomic)
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 MARKER = "trainer_state.json"  # written last inside the directory: its presence marks a complete checkpoint
 LEGACY_STATE = "trainer_state.pt"  # the earlier layout's optimizer/scheduler/RNG file

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lvm.train.data import make_loader
 from lvm.train.packing import IGNORE, model_inputs
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 class TrainingDiverged(InputError):

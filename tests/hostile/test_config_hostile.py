@@ -106,8 +106,8 @@ def test_brace_range_of_a_billion_shards_is_refused_before_expanding(tmp_path):
 
 
 def test_brace_ranges_multiply_and_bounds_past_int64_are_refused():
-    from tokenizer.common.errors import InputError
-    from tokenizer.tar import expand_braces
+    from lvm_base.errors import InputError
+    from lvm_base.tar import expand_braces
 
     assert expand_braces("a-{0..1}-{08..10}.tar") == ["a-0-08.tar", "a-0-09.tar", "a-0-10.tar",
                                                       "a-1-08.tar", "a-1-09.tar", "a-1-10.tar"]

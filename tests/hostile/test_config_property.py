@@ -1,4 +1,4 @@
-"""Property test of the config layer (tokenizer.common.config + validate) over random keys, types and values.
+"""Property test of the config layer (lvm_base.config + validate) over random keys, types and values.
 
 For TrainConfig, DataConfig and SuiteConfig, any list of `key=value` overrides (or any bytes as a YAML file)
 either loads into a config whose every declared range holds (and whose int / float fields fit int64 / are
@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from data_builders.config import DataConfig, SourceConfig
 from lvm.eval.tasks.config import SuiteConfig
 from lvm.train.config import TrainConfig
-from tokenizer.common.config import load_config
-from tokenizer.common.errors import InputError, one_line
-from tokenizer.common.validate import rules_of
+from lvm_base.config import load_config
+from lvm_base.errors import InputError, one_line
+from lvm_base.validate import rules_of
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -172,7 +172,7 @@ def test_data_build_rerun_with_another_image_size_is_refused_unless_fresh(tmp_pa
     rc, stdout, _ = cli(capsys, "data", "build", cfg, "image_size=24", "--fresh", "--no-progress")
     assert rc == 0 and json.loads(stdout.strip().splitlines()[-1])["shards_skipped"] == 0
     from data_builders.sequence import sample_images
-    from tokenizer.tar import iter_tar_samples
+    from lvm_base.tar import iter_tar_samples
 
     first = next(iter_tar_samples(out / "images-000000.tar"))
     assert sample_images(first)[0].size == (24, 24)
@@ -221,7 +221,7 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path, capsys, umask):
     import torch
     from safetensors.torch import save_file
 
-    from tokenizer.common.files import atomic_write_text, give_normal_modes
+    from lvm_base.files import atomic_write_text, give_normal_modes
 
     old = os.umask(umask)
     try:

@@ -146,8 +146,8 @@ def test_evil_html_upload_is_never_served_back_as_html(server, tmp_path):
 # ---- item 5: resource limits ----
 
 def test_13000px_png_is_refused_from_its_header_without_decoding(server, tmp_path, monkeypatch):
-    import tokenizer.image_io as image_io
-    from tokenizer.common.errors import ImageLoadError
+    import lvm_base.image_io as image_io
+    from lvm_base.errors import ImageLoadError
 
     url, svc = server
     huge = _huge_png(tmp_path / "huge.png")

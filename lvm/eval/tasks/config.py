@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lvm.tokens import IMAGES_PER_CONTEXT
-from tokenizer.common.errors import InputError
-from tokenizer.common.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
+from lvm_base.errors import InputError
+from lvm_base.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
 
 SEQUENTIAL = ("next_view", "next_frame")
 ANALOGY = ("segmentation", "depth", "colorization", "inpainting")
@@ -28,7 +28,7 @@ QUERY = 2 * MAX_SHOTS                      # index of the query in an analogy ep
 MAX_CONTEXT = IMAGES_PER_CONTEXT - 1       # context frames of a sequential task: the target takes the last slot
 
 
-# Ranges (tokenizer.common.validate); which tasks, shots and decodings exist __post_init__ checks.
+# Ranges (lvm_base.validate); which tasks, shots and decodings exist __post_init__ checks.
 @dataclass
 @checks(episodes=POSITIVE, shots=each(POSITIVE), context=POSITIVE, seed=SEED, samples=POSITIVE,
         temperature=at_least(0.0), task_temperature=each(at_least(0.0)), top_k=NON_NEGATIVE,
@@ -60,7 +60,7 @@ class SuiteConfig:
     # suite's, against top-k 50 and no truncation (docs/results.md).
     top_k: int = 0
     top_p: float = 0.9
-    device: str = "auto"              # where the model computes (tokenizer.common.hardware.resolve); saved resolved
+    device: str = "auto"              # where the model computes (lvm_base.hardware.resolve); saved resolved
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
     gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
     speculative: bool = True          # speculative decoding where it pays (same greedy output and distribution)
@@ -84,7 +84,7 @@ class SuiteConfig:
                              f"{IMAGES_PER_CONTEXT} images), got {self.shots}")
         if not 1 <= self.context <= MAX_CONTEXT:
             raise InputError(f"context must be 1..{MAX_CONTEXT} frames, got {self.context}")
-        from tokenizer.common.hardware import PRECISIONS
+        from lvm_base.hardware import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from lvm.eval.tasks.config import MAX_SHOTS, QUERY, SEQUENTIAL, SuiteConfig
 from lvm.eval.tasks.metrics import mean_image
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 MIN_VISIBLE_PIXELS = 16  # a view showing less of its object teaches nothing: it is redrawn
 REDRAWS = 20

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lvm.eval.tasks.config import SEG_CLASSES, SEQUENTIAL
-from tokenizer.common.errors import InputError
+from lvm_base.errors import InputError
 
 
 def _f(img) -> np.ndarray:

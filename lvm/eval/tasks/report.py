@@ -117,7 +117,7 @@ def _plot_ppl(named, path):
 
 def save_grid(grid, path, title: str = ""):
     """Rows of (prompt images, prediction, truth) -> one PNG: prompt | prediction | truth."""
-    from tokenizer.image_io import make_grid, save_png
+    from lvm_base.image_io import make_grid, save_png
 
     width = max(len(p) for p, _, _ in grid)
     rows = [list(p) + [None] * (width - len(p)) + [pred, truth] for p, pred, truth in grid]
@@ -127,7 +127,7 @@ def save_grid(grid, path, title: str = ""):
 
 def write_report(named: list[tuple[str, dict]], out, cfg: SuiteConfig, meta: dict | None = None) -> dict:
     """tasks.md, tasks.json, tasks.png (bars), ppl.png (curves), grids/<model>-<task>.png into `out`."""
-    from tokenizer.common.files import atomic_write_text
+    from lvm_base.files import atomic_write_text
 
     out = Path(out)
     (out / "grids").mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from lvm.eval.tasks.config import BASELINES, METRIC, SEQUENTIAL, SuiteConfig
 from lvm.eval.tasks.episodes import Episode, make_episodes
 from lvm.eval.tasks.metrics import mean_image, seg_classes, task_metrics
 from lvm.eval.tasks.report import write_report
-from tokenizer.common.hardware import cpu_threads
+from lvm_base.hardware import cpu_threads
 
 ENCODE_BATCH = 16  # images the tokenizer encodes at once
 NLL_BATCH = 4      # prompts scored per forward pass
@@ -112,7 +112,7 @@ def evaluate_model(model, tok, episodes: dict[str, list[Episode]], cfg: SuiteCon
     from lvm.generate.engine import Engine
     from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
-    from tokenizer.common.hardware import resolve
+    from lvm_base.hardware import resolve
 
     layout = TokenLayout.from_model_config(model.config)
     w = next(model.parameters())
@@ -152,7 +152,7 @@ def run_suite(pairs, names, cfg: SuiteConfig, out, progress: bool = True, log=pr
     from pathlib import Path
 
     from lvm.checkpoints import load_pair, tokenizer_for
-    from tokenizer.common.config import save_config
+    from lvm_base.config import save_config
 
     pairs = [(m, tokenizer_for(m, t)) for m, t in pairs]  # a model's recorded tokenizer where none is given
     out = Path(out)

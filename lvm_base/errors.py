@@ -1,7 +1,6 @@
-"""The one error type for bad user input, shared by all three packages.
+"""The one error type for bad user input, shared by every package.
 
-It lives in `tokenizer` because that is the bottom of the import graph (data_builders and lvm import
-tokenizer, never the reverse). The `lvm` CLI turns any `InputError` into a one-line `error: ...` and exit
+The `lvm` CLI turns any `InputError` into a one-line `error: ...` and exit
 code 2; anything else is a bug and keeps its traceback.
 """
 

@@ -20,8 +20,8 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageOps
 
-from .common.errors import ImageLoadError
-from .common.files import atomic_path
+from .errors import ImageLoadError
+from .files import atomic_path
 
 ResizeMode = Literal["crop", "squash"]
 ValueRange = tuple[float, float]

@@ -25,7 +25,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from .common.errors import InputError
+from .errors import InputError
 
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # Names one spec may expand to: more shards than any dataset here has (LAION-5B is ~230k), and few enough

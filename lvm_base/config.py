@@ -6,11 +6,11 @@
 - Override values are parsed as YAML (`true`, `[1, 2]`, `null`) and then checked against the field's type.
 - Unknown keys are rejected with the list of valid keys; wrong types name the key and the expected type.
 - Every integer fits int64 and every float is finite; each dataclass declares its ranges once
-  (tokenizer.common.validate.checks), enforced whenever the dataclass is built, so for files and overrides alike.
-- YAML is read as UTF-8, within a size limit and an alias-expansion limit (tokenizer.common.validate).
+  (lvm_base.validate.checks), enforced whenever the dataclass is built, so for files and overrides alike.
+- YAML is read as UTF-8, within a size limit and an alias-expansion limit (lvm_base.validate).
 - `save_config` writes the resolved config (YAML) next to a run's outputs.
 
-The dataclasses themselves live with the code they configure (any of the three packages); this loader and
+The dataclasses themselves live with the code they configure (any package); this loader and
 writer lives in the project-wide base so that every package loads and saves its configs the same way.
 """
 

@@ -8,7 +8,7 @@
 the class's own `__post_init__`, whose cross-field checks may divide by a value the table keeps positive). So
 a config is checked however it is made: from a YAML file, from `key=value` overrides (also under
 `--print-config`), or in code. A bad value is a `FieldError` (a ConfigError, so an InputError) naming the
-key; the loader (tokenizer.common.config) puts the dotted path of a nested config in front of it.
+key; the loader (lvm_base.config) puts the dotted path of a nested config in front of it.
 
 `safe_yaml` is the one YAML reader of config-like files: UTF-8 only, at most `MAX_YAML_BYTES`, and at most
 `MAX_YAML_NODES` values once aliases are expanded. Aliases stay allowed (an anchor shared by two sources is
@@ -34,7 +34,7 @@ SEED_MAX = 2**32 - 1  # numpy's legacy seeding (accelerate's set_seed) takes 0 .
 
 
 class ConfigError(InputError):
-    """A config file or override that does not fit its dataclass (re-exported by tokenizer.common.config)."""
+    """A config file or override that does not fit its dataclass (re-exported by lvm_base.config)."""
 
 
 class YAMLSyntaxError(ConfigError):
