@@ -1,30 +1,33 @@
-"""Config loading in one place: dataclass configs <- YAML file <- `key=value` overrides.
+"""Config loading in one place: dataclass configs <- YAML file <- `key=value` overrides, through OmegaConf.
 
-    cfg = load_config(TrainConfig, "configs/train/tiny.yaml", ["model.n_layer=4", "lr=3e-4"])
+    cfg = load_config(TrainConfig, "configs/train/tiny.yaml", ["model.num_hidden_layers=4", "lr=3e-4"])
 
-- Nested dataclasses are nested YAML mappings; overrides reach into them with dots (`model.n_layer=4`).
-- Override values are parsed as YAML (`true`, `[1, 2]`, `null`) and then checked against the field's type.
-- Unknown keys are rejected with the list of valid keys; wrong types name the key and the expected type.
-- Every integer fits int64 and every float is finite; each dataclass declares its ranges once
-  (lvm_base.validate.checks), enforced whenever the dataclass is built, so for files and overrides alike.
-- YAML is read as UTF-8, within a size limit and an alias-expansion limit (lvm_base.validate).
-- `save_config` writes the resolved config (YAML) next to a run's outputs.
-
-The dataclasses themselves live with the code they configure (any package); this loader and
-writer lives in the project-wide base so that every package loads and saves its configs the same way.
+OmegaConf's structured configs hold the types: the dataclass is the schema, the YAML file and each override
+merge into it, and a wrong type or an unknown key is refused there. Around it, this module adds what a
+command line needs:
+- every error is one line naming the key (unknown keys list the valid ones), and the file or override;
+- YAML is read by lvm_base.validate (UTF-8, size and alias-expansion limits) and override values are YAML
+  (`true`, `[1, 2]`, `null`, `1e4`);
+- a nested config may be a path to its own YAML file (`model: ../model/tiny.yaml`, or `model=...yaml`);
+- every integer fits int64 and every float is finite; `${...}` interpolations are refused (a config file
+  could otherwise copy environment variables into the configs saved next to a run);
+- the dataclasses are built by their own `__init__`, so their declared ranges (lvm_base.validate.checks)
+  and cross-field checks run, and a range error gets the nested key's dotted path.
+`save_config` writes the resolved config (YAML) next to a run's outputs.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Sequence, TypeVar
 
 import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf, TupleConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .errors import InputError
 from .files import atomic_write_text
@@ -33,7 +36,8 @@ from .validate import ConfigError, FieldError, YAMLSyntaxError, read_yaml_file, 
 T = TypeVar("T")
 
 # Project root: shipped configs (configs/...) resolve from here when not found relative to the cwd.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MAX_INCLUDE_DEPTH = 8  # nested config files inside nested config files; a loop stops here
 
 
 def find_config_file(path: str | Path) -> Path:
@@ -47,151 +51,6 @@ def project_path(path: str | Path, exists=Path.exists) -> Path:
     if not exists(path) and not path.is_absolute() and exists(PROJECT_ROOT / path):
         return PROJECT_ROOT / path
     return path
-
-
-# Directory of the config file being read: a nested config given as a path (`model: ../model/tiny.yaml`)
-# is looked up relative to it first, then relative to the working directory.
-_base_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("_base_dir", default=None)
-
-
-def _resolve_include(value: str, where: str) -> Path:
-    base = _base_dir.get()
-    for cand in ([base / value] if base else []) + [find_config_file(value)]:
-        if cand.is_file():
-            return cand
-    raise ConfigError(f"{where}: config file '{value}' not found")
-
-
-def _type_name(tp) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp, where: str):
-    """Check/convert `value` to type `tp`; raise ConfigError naming `where` otherwise."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, (str, Path)):
-            return load_config(tp, _resolve_include(str(value), where))
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, where)
-    if origin in (list, Sequence) or tp is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if args and len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args or [Any] * len(value))))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        out = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            out = value
-        # YAML 1.1 reads "1e4" as a string; accept numbers written that way when they are whole.
-        elif isinstance(value, (str, float)):
-            try:
-                f = float(value)
-                out = int(f) if f.is_integer() else None
-            except (ValueError, OverflowError):
-                pass
-        if out is None:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if not -2**63 <= out < 2**63:  # every integer ends up in torch or numpy, whose integers are int64
-            raise ConfigError(f"{where}: expected an integer in int64's range, got {value!r}")
-        return out
-    if tp is float:
-        out = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                out = float(value)
-            except OverflowError:  # an int past float's range
-                pass
-        elif isinstance(value, str):
-            try:
-                out = float(value)  # "3e-4" is a string to PyYAML
-            except ValueError:
-                pass
-        # nan and inf are never a setting: nan passes every comparison-based range check by failing it.
-        if out is None or not math.isfinite(out):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return out
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
-    return value
-
-
-def _fields(cls) -> dict[str, Any]:
-    hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
-
-
-def _unknown(cls, key: str, where: str) -> ConfigError:
-    valid = ", ".join(sorted(_fields(cls)))
-    at = f" in {where}" if where else ""
-    return ConfigError(f"unknown key '{key}'{at}; valid keys: {valid}")
-
-
-def _build(cls: type[T], data: dict, where: str = "") -> T:
-    fields = _fields(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise _unknown(cls, key, where)
-        kwargs[key] = _coerce(value, fields[key], f"{where}.{key}" if where else key)
-    try:
-        return cls(**kwargs)
-    except FieldError as e:  # a declared range: name the key by its full dotted path
-        raise ConfigError(f"{where + '.' if where else ''}{e.key}: {e.problem}") from None
-    except ConfigError:
-        raise
-    except InputError as e:  # a class's own cross-field check, already one line
-        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
 
 
 def read_yaml_mapping(path: Path, what: str = "file", expected: str = "a YAML mapping") -> dict:
@@ -221,57 +80,153 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(data: dict, cls, path: list[str], value, text: str):
-    """Put `value` at `path` inside the nested dict `data`, validating keys against `cls` on the way."""
-    node, node_cls = data, cls
-    for i, key in enumerate(path):
-        fields = _fields(node_cls)
-        if key not in fields:
-            prefix = ".".join(path[:i])
-            raise _unknown(node_cls, key, f"override '{text}'" + (f" (under '{prefix}')" if prefix else ""))
-        if i == len(path) - 1:
-            node[key] = value
-            return
-        sub = fields[key]
-        if not dataclasses.is_dataclass(sub):
-            raise ConfigError(f"override '{text}': '{'.'.join(path[: i + 1])}' has no sub-keys")
-        existing = node.get(key)
-        if isinstance(existing, (str, Path)):
-            existing = load_config(sub, _resolve_include(str(existing), ".".join(path[: i + 1])))
-        if dataclasses.is_dataclass(existing):
-            existing = config_to_dict(existing)
-        if existing is not None and not isinstance(existing, dict):  # e.g. `model=-1 model.hidden_size=8`
-            raise ConfigError(f"override '{text}': '{'.'.join(path[: i + 1])}' is {existing!r}, not a mapping "
-                              f"of {sub.__name__} fields")
-        node[key] = dict(existing or {})
-        node, node_cls = node[key], sub
+def _join(where: str, key) -> str:
+    return f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+
+
+def _dataclass_in(hint):
+    """The dataclass a field holds (`X` or `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _include(value: str, cls, base: Path | None, where: str, depth: int) -> dict:
+    """The mapping of the config file `value` names (looked up beside the including file first)."""
+    if depth >= MAX_INCLUDE_DEPTH:
+        raise ConfigError(f"{where}: config files nested more than {MAX_INCLUDE_DEPTH} deep (a file including itself?)")
+    for path in ([base / value] if base else []) + [find_config_file(value)]:
+        if path.is_file():
+            data = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
+            return _inline(data, cls, path.parent, str(path), depth + 1)
+    raise ConfigError(f"{where}: config file '{value}' not found")
+
+
+def _inline(data: dict, cls, base: Path | None, where: str, depth: int = 0) -> dict:
+    """`data` with every nested config given as a file path replaced by that file's mapping."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints.get(key) if isinstance(key, str) else None
+        sub, at = _dataclass_in(hint), _join(where, key)
+        items = typing.get_args(hint) if typing.get_origin(hint) is list else ()
+        if sub and isinstance(value, (str, dict)):
+            out[key] = (_include(value, sub, base, at, depth) if isinstance(value, str)
+                        else _inline(value, sub, base, at, depth))
+        elif items and dataclasses.is_dataclass(items[0]) and isinstance(value, list):
+            out[key] = [_include(v, items[0], base, _join(at, i), depth) if isinstance(v, str) else v
+                        for i, v in enumerate(value)]
+    return out
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    """OmegaConf's multi-line message as `key: problem`; unknown keys list the valid ones."""
+    key = e.full_key or ""
+    cls = e.object_type if dataclasses.is_dataclass(e.object_type) else None
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and cls is not None:
+        at = key.rpartition(".")[0] if "." in key else ""
+        valid = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+        return f"unknown key '{e.key}'{' in ' + at if at else ''}; valid keys: {valid}"
+    problem = (str(e.msg) if e.msg else type(e).__name__).splitlines()[0]
+    problem = problem.replace("'$VALUE' of type '$VALUE_TYPE'", repr(e.value))  # OmegaConf leaves these in
+    return f"{key}: {problem}" if key else problem
+
+
+def _merge(cfg: DictConfig, data, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, data)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {_one_line(e)}") from None
+    except (OverflowError, ValueError, TypeError) as e:  # e.g. an int past float's range into a float field
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _override(cfg: DictConfig, text: str) -> DictConfig:
+    """`cfg` with one `key=value` override merged in; a nested config given whole (a mapping or a file path)
+    replaces the one there."""
+    keys, value = parse_override(text)
+    node, cls = cfg, None
+    for i, key in enumerate(keys):
+        cls = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"override '{text}': '{'.'.join(keys[:i])}' has no sub-keys")
+        if key not in node:
+            under = f" (under '{'.'.join(keys[:i])}')" if i else ""
+            valid = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+            raise ConfigError(f"unknown key '{key}' in override '{text}'{under}; valid keys: {valid}")
+        if i < len(keys) - 1:
+            node = node[key]
+    where, last = f"override '{text}'", keys[-1]
+    sub = _dataclass_in(typing.get_type_hints(cls).get(last))
+    if sub is not None and isinstance(value, (str, dict)):
+        try:
+            whole = _inline({last: value}, cls, None, ".".join(keys[:-1]))[last]
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        node[last] = _merge(OmegaConf.structured(sub), whole, where)
+        return cfg
+    for key in reversed(keys):
+        value = {key: value}
+    return _merge(cfg, value, where)
+
+
+def _build(node, where: str = ""):
+    """The plain value of `node`: dataclasses built by their own __init__ (so their checks run), lists, tuples
+    and mappings; every int within int64, every float finite, no interpolation."""
+    if isinstance(node, (DictConfig, ListConfig, TupleConfig)):
+        keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+        for k in keys:
+            if OmegaConf.is_interpolation(node, k):
+                raise ConfigError(f"{_join(where, k)}: ${{...}} interpolations are not supported")
+        items = {k: _build(node[k], _join(where, k)) for k in keys}
+        if isinstance(node, TupleConfig):
+            return tuple(items.values())
+        if isinstance(node, ListConfig):
+            return list(items.values())
+        cls = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(cls):
+            return items
+        try:
+            return cls(**items)
+        except FieldError as e:  # a declared range: name the key by its full dotted path
+            raise ConfigError(f"{_join(where, e.key)}: {e.problem}") from None
+        except ConfigError:
+            raise
+        except InputError as e:  # a class's own cross-field check, already one line
+            raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where or cls.__name__}: {e}") from None
+    if isinstance(node, int) and not isinstance(node, bool) and not -2**63 <= node < 2**63:
+        # every integer ends up in torch or numpy, whose integers are int64
+        raise ConfigError(f"{where}: expected an integer in int64's range, got {node!r}")
+    if isinstance(node, float) and not math.isfinite(node):
+        # nan and inf are never a setting: nan passes every comparison-based range check by failing it
+        raise ConfigError(f"{where}: expected a finite number, got {node!r}")
+    return node
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build `cls` from an optional YAML file and `key=value` overrides (later ones win)."""
-    data: dict = {}
-    where = ""
+    cfg, where = OmegaConf.structured(cls), ""
     if path is not None:
         path = find_config_file(path)
-        data = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
         where = str(path)
-    token = _base_dir.set(path.parent if path is not None else None)
-    try:
-        if path is not None:
-            # Validate the file alone first so its errors name the file.
-            try:
-                _build(cls, data)
+        data = read_yaml_mapping(path, "config file", "a mapping of config keys at the top level")
+        cfg = _merge(cfg, _inline(data, cls, path.parent, where), where)
+        if overrides:
+            try:  # the file alone first, so that its own errors name only the file
+                _build(cfg)
             except ConfigError as e:
-                raise ConfigError(f"{path}: {e}") from None
-        for text in overrides:
-            keys, value = parse_override(text)
-            _set_path(data, cls, keys, value, text)
-        try:
-            return _build(cls, data)
-        except ConfigError as e:
-            raise ConfigError(f"{where + ' + overrides: ' if where else ''}{e}") from None
-    finally:
-        _base_dir.reset(token)
+                raise ConfigError(f"{where}: {e}") from None
+    for text in overrides:
+        cfg = _override(cfg, text)
+    try:
+        return _build(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{' + overrides' if overrides else ''}: {e}" if where else str(e)) from None
 
 
 def config_to_dict(cfg) -> dict:

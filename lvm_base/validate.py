@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -198,12 +199,31 @@ def _expanded_size(node, limit: int, name) -> int:
     return size(node)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads `1e4` and `3e-4` as numbers (YAML 1.1 wants `1.0e+4`), a whole
+    one as an int, so that `max_steps=1e4` is 10000."""
+
+
+def _scientific(loader, node):
+    text = loader.construct_scalar(node)
+    try:
+        x = float(text.replace("_", ""))
+    except ValueError:  # reachable only through an explicit tag
+        raise yaml.constructor.ConstructorError(None, None, f"not a number: {text!r}", node.start_mark) from None
+    return int(x) if x.is_integer() else x
+
+
+_Loader.add_implicit_resolver("tag:lvm:scientific", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+_Loader.add_constructor("tag:lvm:scientific", _scientific)
+
+
 def safe_yaml(text: str, name, max_nodes: int = MAX_YAML_NODES):
     """`yaml.safe_load(text)` after checking that aliases expand to at most `max_nodes` values; any YAML
     error is one line naming `name`."""
     loader = None
     try:
-        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
+        loader = _Loader(text)  # checks for unprintable characters already
         node = loader.get_single_node()
         if node is None:
             return None

@@ -47,11 +47,11 @@ def test_unknown_keys_list_valid_ones(tmp_path):
 
 
 @pytest.mark.parametrize("override, msg", [
-    ("inner.size=abc", "expected an integer"),
-    ("inner.size=1.5", "expected an integer"),
-    ("flag=maybe", "expected true or false"),
-    ("mode=c", "must be one of"),
-    ("sizes=3", "expected a list"),
+    ("inner.size=abc", "inner.size: .*could not be converted to Integer"),
+    ("inner.size=1.5", "inner.size: .*could not be converted to Integer"),
+    ("flag=maybe", "flag: .*not a valid bool"),
+    ("mode=c", "mode: .*expected one of"),
+    ("sizes=3", "sizes: .*not a ListConfig"),
     ("name", "key=value"),
     ("name.x=1", "has no sub-keys"),
 ])
