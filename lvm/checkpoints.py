@@ -107,6 +107,7 @@ def llama_config(path: Path):
     object, not a Llama (transformers would build a default 7B from a tokenizer's config), or a bad size."""
     from transformers import LlamaConfig
 
+    from lvm.model import is_grid_rope, quiet_grid_rope
     from lvm_base.checkpointing import read_json_object
 
     file = path / "config.json"
@@ -123,7 +124,8 @@ def llama_config(path: Path):
         raise InputError(f"{file}: num_attention_heads {heads} must be a multiple of num_key_value_heads {kv}, "
                          f"and hidden_size {d['hidden_size']} of num_attention_heads (unless head_dim is set)")
     try:
-        return LlamaConfig.from_dict(d)
+        with quiet_grid_rope(is_grid_rope(d)):
+            return LlamaConfig.from_dict(d)
     except Exception as e:  # transformers' strict dataclass errors derive from Exception only
         raise InputError(f"{file}: invalid model config ({' '.join(str(e).split())[:300]})") from None
 

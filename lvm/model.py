@@ -96,33 +96,35 @@ class ModelConfig:
         from transformers import LlamaConfig
 
         layout = self.layout
-        return LlamaConfig(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads or self.num_attention_heads,
-            max_position_embeddings=self.max_position_embeddings,
-            rms_norm_eps=self.rms_norm_eps,
-            rope_parameters=self.rope_parameters,
-            attention_bias=self.attention_bias,
-            initializer_range=self.initializer_range,
-            tie_word_embeddings=self.tie_word_embeddings,
-            hidden_act="silu",
-            # No BOS/EOS exists in the token contract; PAD = K. Setting bos/eos to None keeps HF from
-            # treating image codes 1 and 2 as special (the released config's defaults are meaningless).
-            pad_token_id=layout.pad_id,
-            bos_token_id=None,
-            eos_token_id=None,
-        )
+        with quiet_grid_rope(self.grid_rope):  # grid rope's factor: below 1 on purpose
+            return LlamaConfig(
+                vocab_size=self.vocab_size,
+                hidden_size=self.hidden_size,
+                intermediate_size=self.intermediate_size,
+                num_hidden_layers=self.num_hidden_layers,
+                num_attention_heads=self.num_attention_heads,
+                num_key_value_heads=self.num_key_value_heads or self.num_attention_heads,
+                max_position_embeddings=self.max_position_embeddings,
+                rms_norm_eps=self.rms_norm_eps,
+                rope_parameters=self.rope_parameters,
+                attention_bias=self.attention_bias,
+                initializer_range=self.initializer_range,
+                tie_word_embeddings=self.tie_word_embeddings,
+                hidden_act="silu",
+                # No BOS/EOS exists in the token contract; PAD = K. Setting bos/eos to None keeps HF from
+                # treating image codes 1 and 2 as special (the released config's defaults are meaningless).
+                pad_token_id=layout.pad_id,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
 
     def build(self):
         """A freshly initialised `LlamaForCausalLM` of this shape, with the token contract's generation
         defaults (`generation_config`)."""
         from transformers import LlamaForCausalLM
 
-        model = LlamaForCausalLM(self.to_hf())
+        with quiet_grid_rope(self.grid_rope):
+            model = LlamaForCausalLM(self.to_hf())
         model.generation_config = generation_config(self.layout)
         if self.grid_heads:
             init_grid_heads(model, self)
@@ -232,6 +234,43 @@ def quiet_hf_progress():
             hf_logging.enable_progress_bar()
 
 
+def is_grid_rope(hf) -> bool:
+    """Whether an HF Llama config (the object, or its config.json as a dict) has grid rope's parameters."""
+    get = hf.get if isinstance(hf, dict) else lambda key: getattr(hf, key, None)
+    try:
+        head_dim = get("hidden_size") // get("num_attention_heads")
+    except (TypeError, ZeroDivisionError):
+        return False
+    return dict(get("rope_parameters") or {}) == grid_rope_parameters(head_dim)
+
+
+@contextlib.contextmanager
+def quiet_grid_rope(grid: bool = True):
+    """transformers warns wherever a config with grid rope is built, loaded or saved: a linear rope factor
+    below 1 is unusual to it, and grid rope's 1/pi (`grid_rope_parameters`) is meant. Inside, when `grid`,
+    transformers' logger lets only errors through, and its level is restored after. By level, not by the
+    warning's text, so a reworded warning stays quiet too (tests/test_model.py guards it); a config without
+    grid rope keeps every warning."""
+    if not grid:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(was)
+
+
+def save_hf(model, out, progress: bool = False, **kw) -> None:
+    """`model.save_pretrained(out, **kw)` without its grid rope warning, and without HF's progress bar unless
+    `progress` (a checkpoint's one-shard save would print one each time)."""
+    with contextlib.nullcontext() if progress else quiet_hf_progress(), quiet_grid_rope(is_grid_rope(model.config)):
+        model.save_pretrained(out, **kw)
+
+
 def model_config_from_hf(hf) -> ModelConfig:
     """The ModelConfig describing an existing HF Llama config (for --init-from and saved runs)."""
     rope = dict(getattr(hf, "rope_parameters", None) or {})
@@ -240,6 +279,6 @@ def model_config_from_hf(hf) -> ModelConfig:
                        num_key_value_heads=hf.num_key_value_heads, codebook_size=TokenLayout.from_vocab_size(hf.vocab_size).codebook_size,
                        max_position_embeddings=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
                        rope_theta=float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0),
-                       grid_rope=rope == grid_rope_parameters(hf.hidden_size // hf.num_attention_heads),
+                       grid_rope=is_grid_rope(hf),
                        attention_bias=bool(getattr(hf, "attention_bias", False)),
                        initializer_range=hf.initializer_range, tie_word_embeddings=hf.tie_word_embeddings)

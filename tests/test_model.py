@@ -2,6 +2,7 @@
 cell, and checkpoints that stay plain HF Llama directories."""
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -83,21 +84,57 @@ def test_grid_copy_predicts_the_previous_images_cell_at_init():
     assert agreement(_grid_cfg()) < 0.1
 
 
-def test_grid_checkpoint_is_plain_hf_and_round_trips(tmp_path, caplog):
+def test_grid_checkpoint_is_plain_hf_and_round_trips(tmp_path):
     from transformers import LlamaForCausalLM
+
+    from lvm.model import save_hf
 
     cfg = _grid_cfg()
     m = cfg.build()
-    m.save_pretrained(tmp_path)
-    with caplog.at_level(logging.WARNING):
-        back = LlamaForCausalLM.from_pretrained(tmp_path)
-    assert not [r for r in caplog.records if "factor" in r.getMessage()]  # our 1/pi is meant: no warning
+    save_hf(m, tmp_path)
+    back = LlamaForCausalLM.from_pretrained(tmp_path)  # plain HF (which warns about grid rope's factor 1/pi)
     assert torch.equal(back.model.rotary_emb.inv_freq, m.model.rotary_emb.inv_freq)
     assert torch.equal(back.model.layers[1].self_attn.q_proj.bias, m.model.layers[1].self_attn.q_proj.bias)
     again = model_config_from_hf(back.config)
     assert again.grid_rope and again.attention_bias and again.grid_heads == 0  # init-time only
     plain = model_config_from_hf(_grid_cfg(grid_rope=False, attention_bias=False, grid_heads=0).to_hf())
     assert not plain.grid_rope and not plain.attention_bias and plain.rope_theta == 10000.0
+
+
+def test_no_grid_rope_warning_reaches_the_user(tmp_path, capfd):
+    """transformers warns that grid rope's linear factor 1/pi is below 1 wherever such a config is built, loaded
+    or saved. lvm's ways to create, save and load one let nothing of it through, whatever its wording: no
+    record at WARNING or above from transformers' loggers, nothing about rope on stderr; and transformers'
+    verbosity is what it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    from lvm.checkpoints import load_causal_lm
+    from lvm.generate.engine import Engine
+    from lvm.model import save_hf
+
+    records = []
+    catch = logging.Handler()
+    catch.emit = records.append
+    hf_root = logging.getLogger("transformers")
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()  # what a user sees by default, whatever the environment says
+    hf_root.addHandler(catch)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cfg = _grid_cfg(grid_heads=0)
+            cfg.to_hf()
+            save_hf(cfg.build(), tmp_path / "m")
+            load_causal_lm(tmp_path / "m", "cpu", "fp32")
+            Engine.from_pretrained(tmp_path / "m", device="cpu", precision="fp32", kernels=False)
+            assert hf_logging.get_verbosity() == logging.WARNING
+    finally:
+        hf_root.removeHandler(catch)
+        hf_logging.set_verbosity(was)
+    err = capfd.readouterr().err.lower()
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert "rope" not in err and "factor" not in err, err
+    assert not [w for w in caught if "rope" in str(w.message).lower() or "factor" in str(w.message).lower()]
 
 
 @pytest.mark.parametrize("kw, msg", [

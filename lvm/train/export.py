@@ -82,6 +82,7 @@ def export_model(run_dir, out, checkpoint=None, dtype: str = "bf16", tokenizer=N
     import torch
 
     from lvm.checkpoints import TOKENIZER_KEY, load_causal_lm, tokenizer_reference
+    from lvm.model import save_hf
     from lvm.train.plots import read_log
     from lvm.train.resume import list_checkpoints
     from lvm_base.checkpointing import temp_dir_for
@@ -111,7 +112,7 @@ def export_model(run_dir, out, checkpoint=None, dtype: str = "bf16", tokenizer=N
     tmp.mkdir(parents=True)
     if tok is not None:
         setattr(model.config, TOKENIZER_KEY, tokenizer_reference(tok, out))
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_hf(model, tmp, progress=True, safe_serialization=True)
     shutil.copyfile(cfg_file, tmp / "train_config.yaml")
     shutil.copyfile(log, tmp / "train_log.jsonl")
     for f in recipe:

@@ -28,7 +28,7 @@ import json
 import warnings
 from pathlib import Path
 
-from lvm.model import generation_config, quiet_hf_progress
+from lvm.model import generation_config, save_hf
 from lvm.tokens import TokenLayout
 from lvm.train.card import model_card
 from lvm_base.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
@@ -73,8 +73,7 @@ def save_checkpoint(accelerator, model, out_dir, state: dict, keep_last: int, cf
             hf = accelerator.unwrap_model(model)
             # Also a model fine-tuned from the release: its saved bos/eos defaults (1, 2) are image codes.
             hf.generation_config = generation_config(TokenLayout.from_model_config(hf.config))
-            with quiet_hf_progress():  # HF's one-shard bar would litter every save
-                hf.save_pretrained(tmp, state_dict=full_state, safe_serialization=True)
+            save_hf(hf, tmp, state_dict=full_state, safe_serialization=True)
             if cfg is not None:
                 n_params = sum(v.numel() for v in full_state.values())
                 (tmp / "README.md").write_text(model_card(cfg, state, hf.config, n_params))

@@ -1,8 +1,8 @@
 // CPU kernels for decoding (lvm/generate/kernels.py builds this once per machine; lvm/generate/layers.py uses it).
 //
 // Decoding is memory-bound: every weight matrix and the whole KV cache are read once per forward pass.
-// PyTorch's CPU paths for these shapes reach ~11-15 GB/s on a Zen4 core pair (oneDNN bf16 one-row products,
-// fp32 SDPA) and its bf16 attention for one query is far slower; these loops stream bf16 or fp32 weights
+// PyTorch's CPU paths for these shapes (oneDNN bf16 one-row products, fp32 SDPA) stay well below the memory
+// bandwidth and its bf16 attention for one query is slower still (`lvm bench generate` shows both); these loops stream bf16 or fp32 weights
 // and caches with fp32 arithmetic and approach the memory bandwidth. Plain C++ written for the compiler's
 // auto-vectoriser (-O3 and -march for the ISA torch dispatches to): portable across AVX2 / AVX-512 / NEON,
 // no intrinsics. Each kernel is a template on the stored element type (uint16_t = bf16 bits, or float).
@@ -37,8 +37,8 @@ inline float to_float(uint16_t b) {  // bf16 bits -> fp32: the upper half of the
 
 inline float to_float(float f) { return f; }
 
-// One register of kLanes fp32 values (GCC/Clang vector extensions: the accumulators stay in registers,
-// which arrays of floats did not on AVX2, where the fp32 body then ran ~10x slower than the bf16 one).
+// One register of kLanes fp32 values (GCC/Clang vector extensions): the accumulators stay in registers,
+// where plain arrays of floats are spilled to memory by the auto-vectoriser on AVX2.
 typedef float vfl __attribute__((vector_size(4 * kLanes)));
 typedef uint16_t vbf __attribute__((vector_size(2 * kLanes)));
 typedef uint32_t vu32 __attribute__((vector_size(4 * kLanes)));
