@@ -17,7 +17,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, default: str | None = 
     parser.add_argument("config", nargs="?", default=None, metavar="CONFIG",
                         help=f"YAML config file{dflt}")
     parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
-                        help="override config values, nested keys with dots (e.g. model.n_layer=4)")
+                        help="override config values (nested keys with dots; --print-config shows every key)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit")
     parser.set_defaults(_config_default=default)
