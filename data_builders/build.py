@@ -185,7 +185,7 @@ def log_policies(cfg: DataConfig, log=print) -> None:
             "pad": "every stride-th frame from the start, the last one repeated; meta padded"}
     for scfg in cfg.sources:
         if scfg.type in ("videos", "annotated_video"):
-            from .sources.videos import short_video_policy  # "shrink" is clamp's older name
+            from .sources.videos import short_video_policy
 
             policy = short_video_policy(scfg.short_video)
             log(f"[{source_name(scfg)}] videos too short for a stride: policy '{policy}' ({what[policy]})")

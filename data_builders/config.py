@@ -40,7 +40,7 @@ class SourceConfig:
     n_frames: int = 16  # video frames per sequence
     strides: list = field(default_factory=lambda: [10, 20, 30])  # video strides (frames)
     # video too short for a stride: clamp (the largest stride that fits, as the release) | skip (count it) |
-    # pad (repeat the last frame); "shrink" is the older name of clamp
+    # pad (repeat the last frame)
     short_video: str = "clamp"
     group_sizes: list = field(default_factory=lambda: [2, 4, 8, 16])  # class_groups
     views: int = 16  # multi-view: views per sequence (consecutive views of the orbit)

@@ -140,12 +140,6 @@ def _records(out: Path) -> dict[str, str]:
             recs[p.name[:-len(".import.json")]] = str(json.loads(p.read_text())["jsonl"])
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             continue
-    try:  # an import of an earlier version recorded only the last file, in the tokens info
-        last = json.loads((out / INFO_NAME).read_text()).get("imported_from")
-        if isinstance(last, str) and last:
-            recs.setdefault(_key_prefix(Path(last)), str(Path(last).resolve()))
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        pass
     return recs
 
 

@@ -143,8 +143,8 @@ def write_token_shard(path: str | os.PathLike, items: Iterable[tuple[str, np.nda
 def differences(old, new, name: str = "") -> list[str]:
     """`key old -> new` for every value that differs between two plain (JSON/YAML-loaded) records.
 
-    A key that `old` lacks is not a difference: the record was written by an older version that had no such
-    setting, and behaved as its default does."""
+    A key that `old` lacks is not a difference: a record carries only the fields it knows (an import's tokens
+    info has no `resolution` unless the JSONL's own tokens info had one)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in new if k in old for d in differences(old[k], new[k], f"{name}.{k}" if name else k)]
     if isinstance(old, list) and isinstance(new, list):

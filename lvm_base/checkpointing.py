@@ -1,6 +1,5 @@
 """Checkpoint directories of both trainers: `root/step-N/` written whole by every rank
-(`save_state_atomic`), listed, pruned, loaded back (`load_state_safe`, or `load_train_state` for the
-earlier single-file layout).
+(`save_state_atomic`), listed, pruned, loaded back (`load_state_safe`).
 
 The trainers keep their own layouts (lvm/train/resume.py: `checkpoints/step-%08d/` with an HF export, an
 accelerate `state/` folder and trainer_state.json; tokenizer/train.py: `ckpt/step-%07d/`, see its
@@ -22,9 +21,8 @@ import shutil
 from pathlib import Path
 
 from .errors import InputError
-from .rng import set_rng_state
 
-__all__ = ["list_step_dirs", "prune_step_dirs", "load_train_state", "save_state_atomic", "load_state_safe",
+__all__ = ["list_step_dirs", "prune_step_dirs", "save_state_atomic", "load_state_safe",
            "read_json_object", "check_state", "safetensors_shapes", "shapes", "STATE_DIR"]
 
 STATE_DIR = "state"  # accelerate's save_state folder inside a checkpoint directory
@@ -102,19 +100,6 @@ def prune_step_dirs(root, marker: str, keep: list[str]) -> None:
     for old in list_step_dirs(root, marker):
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def load_train_state(path) -> dict:
-    """A train-state file of the earlier single-file layout (weights_only=True, on the CPU: its tensors plus
-every RNG under "rng"), with the RNGs restored; a file that is not one is a one-line InputError."""
-    import torch
-
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
-        set_rng_state(st["rng"])
-    except Exception as e:  # an unpickling refusal, a truncated zip, a missing or malformed "rng"
-        raise InputError(f"{path}: not a train state this trainer can resume from ({_why(e)})") from None
-    return st
 
 
 def temp_dir_for(final) -> Path:

@@ -125,8 +125,8 @@ def test_videos_strides_order_and_short_policy(tmp_path):
         assert np.allclose(means, expect, atol=3), (name, stride)  # right frames, in order
     st = collect_stats(tmp_path / "out")
     assert st["failures"] == {"video_too_short": 4}  # short.mp4 and the 160-frame clip at strides 20 and 30
-    # shrink policy: the short video gets the largest stride that fits instead
-    _, s2, _ = run_build(tmp_path, [SourceConfig(type="videos", path=str(vd), short_video="shrink")], name="o2")
+    # clamp policy: the short video gets the largest stride that fits instead
+    _, s2, _ = run_build(tmp_path, [SourceConfig(type="videos", path=str(vd), short_video="clamp")], name="o2")
     short = [m for m in metas(s2) if m["paths"][0].endswith("short.mp4")]
     assert sorted((m["requested_stride"], m["stride"]) for m in short) == [(10, 10), (20, 13), (30, 13)]
 

@@ -88,8 +88,8 @@ def test_sampling_on_device_is_per_candidate(model):
     assert torch.equal(many[0], many[2]) and torch.equal(many[1], alone) and not torch.equal(many[0], many[1])
 
 
-def test_policy_and_the_older_dtype_keyword(model):
-    e = Engine(model, layout=LAYOUT, max_context=64, dtype=torch.float32)
+def test_precision_goes_through_the_policy(model):
+    e = Engine(model, layout=LAYOUT, max_context=64, precision="fp32")
     assert e.plan.precision == "fp32" and e.dtype == torch.float32 and e.plan.device == "cpu"
     e = Engine(model, layout=LAYOUT, max_context=64, precision="auto")
     from lvm_base.hardware import resolve
@@ -139,7 +139,7 @@ def test_help_mentions_device_and_precision(words, capsys):
         main([*words, "--help"])
     out = capsys.readouterr().out
     assert "--device" in out and "--precision" in out and "{auto,fp32,bf16,fp16}" in out
-    assert "--dtype" not in out  # the older flag is a hidden alias
+    assert "--dtype" not in out  # precision has one spelling
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

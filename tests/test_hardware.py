@@ -83,7 +83,7 @@ def test_aliases_and_dtype():
     assert resolve("cpu", "bfloat16", hw=AVX2).dtype == torch.bfloat16
     assert resolve("cpu", "float32", hw=ZEN4).dtype == torch.float32
     assert resolve("cpu", "fp32", hw=ZEN4).autocast().__class__.__name__ == "nullcontext"
-    assert resolve("cpu", torch.bfloat16, hw=ZEN4).precision == "bf16"  # the engine's older dtype= keyword
+    assert resolve("cpu", torch.bfloat16, hw=ZEN4).precision == "bf16"  # a torch dtype names a precision too
     assert hardware.precision_name("half") == "fp16" and hardware.precision_name(None) == "auto"
 
 

@@ -1,5 +1,5 @@
 """The tokenizer side of the device/precision policy: loads, commands, the transposed-conv upsample, the
-bench's exact fp32 agreement, and the legacy `mixed_precision` config key."""
+bench's exact fp32 agreement, and the training plan of `lvm tokenizer train`."""
 
 import contextlib
 import io
@@ -163,9 +163,6 @@ def test_tiny_runs_with_precision_fp32(tmp_path):
                  str(tmp_path / "e.json")]) == 0
     r = json.loads((tmp_path / "e.json").read_text())
     assert r["precision"] == "fp32" and r["device"] == "cpu" and r["images"] == 3
-    assert main(["tokenizer", "eval", str(path), "--images", str(imgs), "--fp32", "--out",
-                 str(tmp_path / "e2.json")]) == 0  # the older spelling
-    assert json.loads((tmp_path / "e2.json").read_text())["precision"] == "fp32"
     assert main(["tokenizer", "recon", str(path), str(imgs), "--out", str(tmp_path / "r.png"),
                  "--precision", "fp32", "--device", "cpu"]) == 0
     assert Image.open(tmp_path / "r.png").size[1] > 32
@@ -197,7 +194,7 @@ def test_data_tokenize_precision_fp32(tmp_path):
     assert len([t for sh in list_shards(tmp_path / "t") for t in iter_token_shard(sh)]) == 2
 
 
-def test_tokenizer_train_records_the_resolved_plan_and_reads_mixed_precision(tmp_path, monkeypatch):
+def test_tokenizer_train_records_the_resolved_plan(tmp_path, monkeypatch):
     import yaml
 
     from lvm.cli import main
@@ -215,14 +212,11 @@ def test_tokenizer_train_records_the_resolved_plan_and_reads_mixed_precision(tmp
             "log_every=1", "eval_every=0", "loss.disc_start=100", f"data.path={imgs}", f"out_dir={tmp_path / 'run'}"]
     assert main(["tokenizer", "train", *tiny, "precision=bf16", "--precision", "fp32", "--no-progress"]) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["precision"] == "fp32" and saved["device"] == "cpu" and saved.get("mixed_precision") is None
+    assert saved["precision"] == "fp32" and saved["device"] == "cpu"
     assert load_tokenizer(tmp_path / "run", precision="fp32").codebook_size == 64
-    # the older key still loads, and wins over `precision`
     monkeypatch.setattr(hardware, "detect", lambda: AVX2)
-    cfg = load_config(TokenizerTrainConfig, None, ["mixed_precision=fp32"])
-    assert training_plan(cfg).precision == "fp32"
-    cfg = load_config(TokenizerTrainConfig, None, ["mixed_precision=bf16", "precision=fp32"])
-    with contextlib.redirect_stderr(io.StringIO()):
+    cfg = load_config(TokenizerTrainConfig, None, ["precision=bf16"])
+    with contextlib.redirect_stderr(io.StringIO()):  # bf16 asked for where the CPU emulates it: a warning
         assert training_plan(cfg).precision == "bf16"
     assert training_plan(load_config(TokenizerTrainConfig, None, [])).precision == "fp32"  # auto on AVX2
     monkeypatch.setattr(hardware, "detect", lambda: BF16_CPU)

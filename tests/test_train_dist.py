@@ -181,26 +181,3 @@ def test_fsdp_sharded_save_and_resume_restore_every_ranks_optimizer_state(shards
     # Really sharded: the two ranks hold different parts of the same parameters' state.
     p0 = next(p for p in before[0] if before[0][p]["exp_avg"].numel())
     assert not torch.equal(before[0][p0]["exp_avg"], before[1][p0]["exp_avg"])
-
-
-def test_a_checkpoint_of_the_earlier_layout_still_resumes(shards, one_proc_losses, tmp_path):
-    """trainer_state.pt (rank 0's optimizer, scheduler and RNG) instead of state/: resumes (not under FSDP)."""
-    import shutil
-
-    from accelerate.utils import load
-
-    from lvm_base.rng import rng_state
-
-    out = tmp_path / "legacy"
-    train(_one_proc_cfg(shards, out), progress=False, stop_at_step=3)
-    ck = list_checkpoints(out)[-1]
-    torch.save({"optimizer": load(ck / "state" / "optimizer.bin"), "scheduler": load(ck / "state" / "scheduler.bin"),
-                "rng": rng_state()}, ck / "trainer_state.pt")  # the earlier layout's single file
-    shutil.rmtree(ck / "state")
-    meta = json.loads((ck / "trainer_state.json").read_text())
-    meta.pop("world_size")
-    (ck / "trainer_state.json").write_text(json.dumps(meta))
-    second = train(_one_proc_cfg(shards, out), resume=True, progress=False)["losses"]
-    assert sorted(second) == [4, 5, 6]
-    for k in (4, 5, 6):
-        assert second[k] == pytest.approx(one_proc_losses[k], rel=1e-6, abs=1e-7), k

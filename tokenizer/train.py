@@ -33,7 +33,7 @@ Every rank writes into `ckpt/.step-0000200.tmp/`, which the main process renames
 barrier; only then is `latest` replaced (atomically) and older step directories pruned, so a kill at any
 moment leaves `latest` naming a complete checkpoint. The newest model is also exported to `out_dir/`
 (config.json + model.safetensors), so `load_tokenizer(out_dir)` works. `resume=True` continues from
-`latest` (also from a checkpoint of the older layout, one train_state.pt of rank 0's state).
+`latest`.
 
 Device and precision come from `cfg.device` / `cfg.precision` through the hardware policy
 (`training_plan`: bf16 where the hardware computes it natively, fp16 with accelerate's gradient scaler on
@@ -60,10 +60,10 @@ from .train_state import TrainerCheckpoints
 
 
 def training_plan(cfg: TokenizerTrainConfig):
-    """The device/precision Plan a training run of `cfg` uses (the legacy `mixed_precision` wins when set)."""
+    """The device/precision Plan a training run of `cfg` uses."""
     from lvm_base.hardware import resolve
 
-    return resolve(cfg.device, cfg.mixed_precision or cfg.precision, "training")
+    return resolve(cfg.device, cfg.precision, "training")
 
 
 def training_model(cfg: TokenizerTrainConfig, plan):
@@ -126,7 +126,7 @@ class Trainer(TrainerCheckpoints):
         self.acc, _ = make_accelerator(plan, gradient_accumulation_steps=cfg.grad_accum,
                                        **tracker_kwargs(self.out, cfg.trackers))
         # what auto resolved to goes into the saved config
-        cfg.device, cfg.precision, cfg.mixed_precision = str(self.acc.device), plan.precision, None
+        cfg.device, cfg.precision = str(self.acc.device), plan.precision
         n = self.acc.num_processes
         self.log(f"training on {self.acc.device} in {plan.precision}"
                  + (f", {n} processes (global batch {cfg.batch_size * cfg.grad_accum * n})" if n > 1 else ""))

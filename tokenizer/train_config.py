@@ -70,8 +70,6 @@ class TokenizerTrainConfig:
     # The saved config.yaml records what auto resolved to.
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # Older name of `precision`, still read from old configs and overrides; wins when set.
-    mixed_precision: Literal["fp32", "bf16", "fp16"] | None = None
     # dtype of the exported out_dir/model.safetensors (the resumable checkpoints in ckpt/ stay fp32):
     # fp16 halves a checkpoint that ships inside a repository at no measurable cost in reconstruction
     export_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"

@@ -1,6 +1,6 @@
 """Checkpoints of the tokenizer trainer (the layout is in tokenizer/train.py's docstring): saving through
 accelerate's state machinery into a directory that appears whole, the export of the newest weights, and
-resuming from the newest complete checkpoint (or one of the older single-file layout).
+resuming from the newest complete checkpoint.
 
 `TrainerCheckpoints` is a mixin of `tokenizer.train.Trainer`: it reads and writes the trainer's state
 (`self.acc`, models, optimizers, schedules, data position), and nothing else uses it.
@@ -14,13 +14,11 @@ from pathlib import Path
 
 import torch
 
-from lvm_base.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state, prune_step_dirs,
-                                   save_state_atomic)
+from lvm_base.checkpointing import STATE_DIR, list_step_dirs, load_state_safe, prune_step_dirs, save_state_atomic
 from lvm_base.errors import InputError
 from lvm_base.files import atomic_write_text
 
 MARKER = "state.json"  # written last inside a checkpoint directory: it is complete when this is there
-LEGACY_MARKER = "train_state.pt"  # the marker (and whole train state) of the older single-file layout
 
 
 class TrainerCheckpoints:
@@ -83,7 +81,6 @@ class TrainerCheckpoints:
             # export the newest weights at the top of out_dir (each file atomic)
             export_weights(self.acc.unwrap_model(self.model), self.out, self.cfg.export_dtype)
             prune_step_dirs(root, MARKER, [name])
-            prune_step_dirs(root, LEGACY_MARKER, [name])
             for stale in root.glob(".step-*.tmp"):  # left by a run killed while saving
                 shutil.rmtree(stale, ignore_errors=True)
         self._saved_step = self.step
@@ -96,9 +93,9 @@ class TrainerCheckpoints:
             self.log(f"--resume: no checkpoint in {root}, starting from scratch")
             return
         d = root / latest.read_text().strip()
-        if not ((d / MARKER).is_file() or (d / LEGACY_MARKER).is_file()):
+        if not (d / MARKER).is_file():
             # a kill between replacing a same-named step directory and `latest`: the newest complete one
-            done = list_step_dirs(root, MARKER) + list_step_dirs(root, LEGACY_MARKER)
+            done = list_step_dirs(root, MARKER)
             if not done:
                 self.log(f"--resume: {d} is incomplete and no other checkpoint is there, starting from scratch")
                 return
@@ -110,10 +107,7 @@ class TrainerCheckpoints:
         if saved != now:
             diff = sorted(k for k in saved if saved.get(k) != now.get(k))
             raise InputError(f"{d}: checkpoint model config differs from this config in: {', '.join(diff)}")
-        if not (d / MARKER).is_file() and (d / LEGACY_MARKER).is_file():
-            self._load_legacy(d)
-        else:
-            self._load_state(d)
+        self._load_state(d)
         self.resumed_from, self._saved_step = d, self.step
         self.acc.step = self.step * self.cfg.grad_accum  # accelerate's micro-step count (gradient accumulation)
         self.log(f"resumed from {d} at step {self.step}")
@@ -137,19 +131,6 @@ class TrainerCheckpoints:
             self.log(f"note: {d} was saved by {w} processes with batch_size={meta['batch_size']}; continuing with "
                      f"{self.acc.num_processes} x {cfg.batch_size}, so the data order and random streams differ "
                      f"from an uninterrupted run")
-
-    def _load_legacy(self, d: Path):
-        """A checkpoint of the older layout: train_state.pt from the main process (one set of RNGs)."""
-        self._load_weights(d)
-        s = load_train_state(d / LEGACY_MARKER)  # restores the RNGs too
-        self.opt_g.load_state_dict(s["opt_g"])
-        self.opt_d.load_state_dict(s["opt_d"])
-        self.sched_g.load_state_dict(s["sched_g"])
-        self.sched_d.load_state_dict(s["sched_d"])
-        self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
-        self.images_seen, self.skipped = s["images_seen"], s["skipped"]
-        self.qgen.set_state(s["qgen"])
-        self._set_quantizer_state(s.get("quantizer"))
 
 
 def export_weights(model, out: Path, dtype: str = "fp32") -> None:

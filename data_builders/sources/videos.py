@@ -24,8 +24,7 @@ from ..config import Skip
 from ..sequence import MAX_IMAGES
 from .base import VIDEO_EXTENSIONS, Source, input_dir, is_frame_dir, load_square
 
-# `short_video` values and the policy each one means ("shrink" is the older name of clamp).
-SHORT_VIDEO = {"clamp": "clamp", "shrink": "clamp", "skip": "skip", "pad": "pad"}
+SHORT_VIDEO = ("clamp", "skip", "pad")  # the `short_video` policies
 
 
 def _natural(p: Path):
@@ -167,7 +166,7 @@ def short_video_policy(name: str) -> str:
     """The policy a `short_video` value names (clamp | skip | pad); InputError for anything else."""
     if name not in SHORT_VIDEO:
         raise InputError(f"short_video must be clamp, skip or pad, got {name!r}")
-    return SHORT_VIDEO[name]
+    return name
 
 
 def check_strides(strides, what: str) -> list[int]:

@@ -69,14 +69,14 @@ def step_bytes(engine, position: float, batch: int = 1) -> tuple[float, float]:
 
 def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
                    temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
-                   device: str = "auto", precision: str = "auto", dtype: str | None = None,
+                   device: str = "auto", precision: str = "auto",
                    prompt: str | None = None, tokenizer: str | None = None) -> int:
     """`lvm bench generate`: the engine in each precision of the comma list `precision`, plain and
     speculative, against HF generate() for each candidate count of the comma list `batch`; prints the
     table and the roofline."""
     measure_generate(model=model, batch=batch, prompt_images=prompt_images, repeats=repeats,
                      temperature=temperature, top_k=top_k, threads=threads, seed=seed, device=device,
-                     precision=precision, dtype=dtype, echo=print, prompt=prompt, tokenizer=tokenizer)
+                     precision=precision, echo=print, prompt=prompt, tokenizer=tokenizer)
     return 0
 
 
@@ -132,7 +132,7 @@ def _hf_static_call(model, device):
 
 def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
                      temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
-                     device: str = "auto", precision: str = "auto", dtype: str | None = None,
+                     device: str = "auto", precision: str = "auto",
                      hf_static: bool = False, echo=None, prompt: str | None = None, tokenizer: str | None = None,
                      speculative: bool = True) -> dict:
     """What `bench_generate` measures, as a dict (rows per precision and batch, the batch-1 roofline);
@@ -150,12 +150,10 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     from lvm.generate.engine import Engine
     from lvm.generate.sampling import Sampling
     from lvm.tokens import TokenLayout
-    from lvm_base.hardware import detect, parse_precisions, precision_name, resolve, synchronize
+    from lvm_base.hardware import detect, parse_precisions, resolve, synchronize
 
     echo = echo or (lambda *a, **k: None)
 
-    if dtype and precision == "auto":  # the older flag
-        precision = precision_name(dtype)
     asked = parse_precisions(precision)
     plans = [resolve(device, p, "inference") for p in asked]  # a missing device is the first error
     device = torch.device(plans[0].device)

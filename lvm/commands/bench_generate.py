@@ -30,8 +30,6 @@ the weights it can pass 100%.
 
 from __future__ import annotations
 
-import argparse
-
 from lvm.commands.arg_types import NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT
 
 
@@ -52,7 +50,6 @@ def add_arguments(p):
     device_arguments(p, device_help="where both sides run: auto (a GPU if there is one), cpu, cuda, cuda:N or mps",
                      precision_help="comma-separated engine precisions, compared side by side (default auto: "
                                     "what the policy picks here; e.g. auto,fp32,bf16)", many=True)
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=SEED_INT, default=0)
 
@@ -63,4 +60,4 @@ def run(args):
     return bench_generate(model=args.model, batch=args.batch, prompt_images=args.prompt_images,
                           repeats=args.repeats, temperature=args.temperature, top_k=args.top_k,
                           threads=args.threads, seed=args.seed, device=args.device, precision=args.precision,
-                          dtype=args.dtype, prompt=args.prompt, tokenizer=args.tokenizer)
+                          prompt=args.prompt, tokenizer=args.tokenizer)

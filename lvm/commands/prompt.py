@@ -81,7 +81,6 @@ def add_arguments(p):
     b.add_argument("--json-input-key", default="input")
     b.add_argument("--json-output-key", default="output")
     b.add_argument("--json-target-key", default="target")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0,
                    help="torch threads (0 = torch's default; 1 decodes faster on a busy shared machine)")
     p.add_argument("--no-speculative", action="store_true",
@@ -94,10 +93,6 @@ def add_arguments(p):
 
 def run(args):
     from lvm.prompt.modes import run_prompt
-    from lvm_base.hardware import precision_name
-
-    if args.dtype and args.precision == "auto":  # the older flag
-        args.precision = precision_name(args.dtype)
     batch = None
     if args.batch:
         from lvm.prompt.batch import BatchOptions

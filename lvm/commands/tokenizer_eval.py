@@ -9,8 +9,6 @@ Example:
   lvm tokenizer eval runs/tok --images held_out/ --out runs/tok/eval.json
 """
 
-import argparse
-
 from lvm.commands.arg_types import POSITIVE_INT
 from lvm_base.hardware import add_arguments as add_hardware_arguments, from_args
 
@@ -23,8 +21,6 @@ def add_arguments(p):
     p.add_argument("--lpips-vgg", default=None, help="torchvision VGG16 state dict (local file)")
     p.add_argument("--lpips-lin", default=None, help="LPIPS linear-layer weights (local file)")
     add_hardware_arguments(p)
-    p.add_argument("--fp32", action="store_const", const="fp32", dest="precision",
-                   help=argparse.SUPPRESS)  # older spelling of --precision fp32
     p.add_argument("--out", default=None, help="write the metrics as JSON here")
 
 

@@ -41,8 +41,6 @@ def run(args):
         return 0
     from tokenizer.train import Trainer, training_plan
 
-    if args.precision != "auto":
-        cfg.mixed_precision = None  # the legacy field would win over the flag
     apply_args(cfg, args)
     training_plan(cfg)  # a device that is not there ends here, before any data is read
 

@@ -47,7 +47,7 @@ from lvm.generate.speculative import DRAFT, DRAFT_COST, MAX_DRAFT, Run, Schedule
 from lvm.generate.weights import decode_weight, layer_weights
 from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
 from lvm_base.errors import InputError
-from lvm_base.hardware import precision_name, with_storage
+from lvm_base.hardware import with_storage
 
 
 class Engine:
@@ -67,14 +67,12 @@ class Engine:
     def __init__(self, model, layout: TokenLayout | None = None, precision: str = "auto", device=None,
                  max_batch: int = 8, max_context: int | None = None, consume: bool = False,
                  kernels: bool = True, cuda_graphs: bool = True, static_step: bool | None = None,
-                 dtype=None, storage: str = "auto", speculative: bool | int | None = None):
+                 storage: str = "auto", speculative: bool | int | None = None):
         from lvm_base.hardware import resolve
 
         cfg = model.config
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise InputError(f"only SiLU LLaMA models are supported, got hidden_act={cfg.hidden_act}")
-        if dtype is not None:  # the older keyword: a torch dtype (or its name) instead of a precision
-            precision = precision_name(dtype)
         here = next(model.parameters()).device
         self.plan = resolve(str(device or here), precision, "inference")
         self.device = torch.device(self.plan.device)
@@ -156,9 +154,6 @@ class Engine:
         plan's precision (a half-precision 7B never has an fp32 copy in RAM) and into the engine."""
         from lvm.checkpoints import load_causal_lm
 
-        if kw.get("dtype") is not None:
-            precision = precision_name(kw.pop("dtype"))
-        kw.pop("dtype", None)
         model, plan = load_causal_lm(path, device, precision, fp32_on_cpu=False)
         # The same request again (same policy, same answer), so that an auto precision may pick its storage.
         engine = cls(model, precision=precision, device=plan.device, consume=True, **kw)

@@ -20,12 +20,8 @@ from lvm_base.errors import InputError
 class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
-                 dtype: str | None = None, print_fn=print, progress: bool = True, speculative: bool = True):
+                 print_fn=print, progress: bool = True, speculative: bool = True):
         from lvm.generate.sampling import Sampling
-        from lvm_base.hardware import precision_name
-
-        if dtype is not None:  # the older keyword: "bfloat16" / "float32"
-            precision = precision_name(dtype)
 
         self.print = print_fn
         self.out_dir = Path(out_dir)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import shutil
 import threading
@@ -125,12 +124,12 @@ def public_message(e: BaseException) -> str:
 
 
 def _upload(f) -> tuple[Path, str]:
-    """(path, name to show) of one upload as Gradio hands it: a path, a file-data dict (events that skip
-    Gradio's preprocessing), or a tempfile wrapper with the path in .name (older Gradio)."""
+    """(path, name to show) of one upload as Gradio hands it: a path, or a file-data dict (events that skip
+    Gradio's preprocessing)."""
     if isinstance(f, dict):
         path = Path(str(f.get("path") or ""))
         return path, Path(str(f.get("orig_name") or path.name)).name
-    path = Path(f) if isinstance(f, (str, os.PathLike)) else Path(f.name)
+    path = Path(f)
     return path, path.name
 
 

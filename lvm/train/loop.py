@@ -152,7 +152,7 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
               ceiling=cfg.max_steps)
     attach(accelerator, run)  # save_state/load_state carry the run's step and data position
     if ckpts:
-        load_checkpoint(accelerator, ckpts[-1], optimizer, scheduler, run)
+        load_checkpoint(accelerator, ckpts[-1], run)
         run.ckpt = ckpts[-1]
         accelerator.print(f"resuming from {ckpts[-1]} (step {run.step})")
     return run, plan

@@ -18,8 +18,6 @@
 
 Without FSDP the model weights are saved once, as the HF export (a save hook keeps accelerate from
 writing a second copy, a load hook from reading one: the resumed model is built from the export).
-Checkpoints of the earlier layout (one trainer_state.pt holding rank 0's optimizer, scheduler and RNG)
-still resume, except under FSDP.
 """
 
 from __future__ import annotations
@@ -31,12 +29,11 @@ from pathlib import Path
 from lvm.model import generation_config, save_hf
 from lvm.tokens import TokenLayout
 from lvm.train.card import model_card
-from lvm_base.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, load_train_state,
-                                            prune_step_dirs, read_json_object, save_state_atomic)
+from lvm_base.checkpointing import (STATE_DIR, list_step_dirs, load_state_safe, prune_step_dirs, read_json_object,
+                                    save_state_atomic)
 from lvm_base.errors import InputError
 
 MARKER = "trainer_state.json"  # written last inside the directory: its presence marks a complete checkpoint
-LEGACY_STATE = "trainer_state.pt"  # the earlier layout's optimizer/scheduler/RNG file
 
 
 def list_checkpoints(out_dir) -> list[Path]:
@@ -86,14 +83,15 @@ def save_checkpoint(accelerator, model, out_dir, state: dict, keep_last: int, cf
     return final
 
 
-def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler, progress) -> dict:
-    """Restore optimizer, scheduler, RNGs and `progress` from `ckpt` (every rank); returns trainer_state.json.
+def load_checkpoint(accelerator, ckpt: Path, progress) -> dict:
+    """Restore the prepared optimizer and scheduler, the RNGs and `progress` (registered by `attach`) from
+    `ckpt`'s state/ (every rank); returns trainer_state.json.
 
     The model itself was built from the checkpoint's HF export (and, under FSDP, is overwritten here by
     the sharded state).
     """
     meta = read_json_object(ckpt / MARKER, "trainer state")
-    saved_world, step = meta.get("world_size", 1), meta.get("step")
+    saved_world, step = meta.get("world_size"), meta.get("step")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= lo for v, lo in ((saved_world, 1), (step, 0))):
         raise InputError(f"{ckpt / MARKER}: world_size and step must be integers (>= 1, >= 0), got "
                          f"{saved_world!r}, {step!r}")
@@ -101,19 +99,9 @@ def load_checkpoint(accelerator, ckpt: Path, optimizer, scheduler, progress) -> 
         warnings.warn(f"{ckpt} was written by {saved_world} process(es), this run has "
                       f"{accelerator.num_processes}: the data order (and RNG streams) of the resumed run "
                       "differ from an uninterrupted one", stacklevel=2)
-    if (ckpt / STATE_DIR).is_dir():
-        load_state_safe(accelerator, ckpt / STATE_DIR, saved_world)  # every file checked before it is unpickled
-        if progress.step != meta["step"]:
-            raise InputError(f"{ckpt}: {STATE_DIR}/ is at step {progress.step} but {MARKER} says {meta['step']}")
-        return meta
-    if not (ckpt / LEGACY_STATE).is_file():
-        raise InputError(f"{ckpt}: neither {STATE_DIR}/ nor {LEGACY_STATE}: not a resumable checkpoint")
-    if is_fsdp(accelerator):
-        raise InputError(f"{ckpt}: a checkpoint of the earlier layout ({LEGACY_STATE}, one unsharded optimizer "
-                         "state) cannot resume an FSDP run; resume it without FSDP once, or start from its "
-                         "weights with --init-from")
-    st = load_train_state(ckpt / LEGACY_STATE)  # weights_only=True; restores this process' RNGs from rank 0's
-    optimizer.load_state_dict(st["optimizer"])
-    scheduler.load_state_dict(st["scheduler"])
-    progress.load_state_dict(meta)
+    if not (ckpt / STATE_DIR).is_dir():
+        raise InputError(f"{ckpt}: no {STATE_DIR}/: not a resumable checkpoint")
+    load_state_safe(accelerator, ckpt / STATE_DIR, saved_world)  # every file checked before it is unpickled
+    if progress.step != meta["step"]:
+        raise InputError(f"{ckpt}: {STATE_DIR}/ is at step {progress.step} but {MARKER} says {meta['step']}")
     return meta
