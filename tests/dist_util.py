@@ -224,8 +224,8 @@ def _wrapper_main(argv: list[str]) -> int:
             _dump(acc, "save", state["step"])
             return res
 
-        def load_and_dump(acc, ckpt, optimizer, scheduler, progress):
-            res = load(acc, ckpt, optimizer, scheduler, progress)
+        def load_and_dump(acc, ckpt, progress):
+            res = load(acc, ckpt, progress)
             _dump(acc, "load", progress.step)
             return res
 
