@@ -133,16 +133,17 @@ class ModelConfig:
         return model
 
 
-TOP_K = 50  # the release samples with HF's default top-k
-
-
 def generation_config(layout: TokenLayout):
     """HF GenerationConfig that keeps plain `generate()` (and servers that read generation_config.json: TGI,
     vLLM) inside the token contract: every id >= K suppressed, PAD = K, no BOS/EOS (ids 1 and 2 are image
-    codes), sampling with top-k 50 as the release does, one image per call by default."""
+    codes), sampling as `lvm prompt` does by default (lvm.generate.sampling.DEFAULTS: top-k 50, as the release
+    does), one image per call by default."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=TOP_K,
+    from lvm.generate.sampling import DEFAULTS
+
+    return GenerationConfig(do_sample=True, temperature=DEFAULTS.temperature, top_p=DEFAULTS.top_p,
+                            top_k=DEFAULTS.top_k,
                             suppress_tokens=list(range(layout.codebook_size, layout.vocab_size)),
                             pad_token_id=layout.pad_id, bos_token_id=None, eos_token_id=None,
                             max_new_tokens=layout.tokens_per_image)

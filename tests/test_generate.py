@@ -129,6 +129,36 @@ def test_top_k_one_is_greedy(model):
     assert torch.equal(a, b)
 
 
+def test_sampling_defaults_have_one_home():
+    """Every default of a generation's settings is lvm.generate.sampling.DEFAULTS (the task suite's: SUITE),
+    read by each place that takes the settings; the values are the release's (temperature 1, top-k 50)."""
+    import dataclasses
+    import inspect
+
+    from lvm.eval.tasks.config import SuiteConfig
+    from lvm.generate.sampling import DEFAULTS, SUITE, SUITE_TASK_TEMPERATURE
+    from lvm.model import generation_config
+    from lvm.prompt.modes import run_prompt
+    from lvm.serve.service import PromptService
+
+    assert (DEFAULTS.temperature, DEFAULTS.top_k, DEFAULTS.top_p, DEFAULTS.seed) == (1.0, 50, 1.0, 0)
+    assert (DEFAULTS.n, DEFAULTS.candidates) == (1, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.top_k = 40
+    assert dataclasses.asdict(Sampling()) == {k: getattr(DEFAULTS, k) for k in ("temperature", "top_k", "top_p",
+                                                                                "seed")}
+    gc = generation_config(LAYOUT)
+    assert (gc.temperature, gc.top_k, gc.top_p) == (DEFAULTS.temperature, DEFAULTS.top_k, DEFAULTS.top_p)
+    for fn in (run_prompt, PromptService.generate):
+        p = inspect.signature(fn).parameters
+        assert {k: p[k].default for k in ("candidates", "temperature", "top_k", "top_p", "seed")} == {
+            k: getattr(DEFAULTS, k) for k in ("candidates", "temperature", "top_k", "top_p", "seed")}, fn
+    s = SuiteConfig()
+    assert (s.temperature, s.top_k, s.top_p, s.task_temperature) == (SUITE.temperature, 0, 0.9,
+                                                                      dict(SUITE_TASK_TEMPERATURE))
+    assert s.task_temperature == {"inpainting": 0.7} and s.task_temperature is not SUITE_TASK_TEMPERATURE
+
+
 def test_bad_prompts(model):
     e = engine(model)
     with pytest.raises(InputError, match="image codes"):

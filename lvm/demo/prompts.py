@@ -60,6 +60,6 @@ def _answers(s, n: int, c) -> tuple[list, list[str]]:
     # Sampled candidates beside the greedy answer: a small model's greedy continuation is often the
     # background everywhere (each object cell's likeliest single token is background), while its
     # samples show what it has learned (the task suite scores the mean of such samples).
-    s.sampling, s.candidates = Sampling(temperature=1.0, top_k=50, seed=c.seed), c.prompt_candidates
+    s.sampling, s.candidates = Sampling(seed=c.seed), c.prompt_candidates  # the defaults: temperature 1, top-k 50
     rows += s.generate(n, write=False)["images"]
     return rows, labels + [f"seed {c.seed + k}" for k in range(c.prompt_candidates)]

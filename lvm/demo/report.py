@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from lvm.demo.config import STAGES, fmt_s, shipped_model
+from lvm.generate.sampling import DEFAULTS
 from lvm.train.plots import plot_log, plot_runs
 
 
@@ -68,7 +69,7 @@ def write_report(demo) -> dict:
     if prompts.is_dir():
         md.append("## Prompts on held-out objects\n")
         md.append("Rows: the prompt (with the truth under the new-image columns), then the model's answers: "
-                  "greedy, then sampled candidates at temperature 1, top-k 50.\n")
+                  f"greedy, then sampled candidates at temperature {DEFAULTS.temperature:g}, top-k {DEFAULTS.top_k}.\n")
         for p in sorted(prompts.glob("*.png")):
             md.append(f"### {p.stem}\n\n![{p.stem}]({p.relative_to(out)})\n")
     ev = out / "eval" / "tasks.md"

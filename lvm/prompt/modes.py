@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lvm.generate.sampling import DEFAULTS
 from lvm_base.errors import InputError
 
 
 def run_prompt(model=None, tokenizer=None, prompt=None, batch=None, batch_options=None, out="out/prompt",
-               n=None, candidates=1, temperature=1.0, top_k=50, top_p=1.0, seed=0, device="auto",
-               precision="auto", threads=0, display=None, speculative=True) -> int:
+               n=None, candidates=DEFAULTS.candidates, temperature=DEFAULTS.temperature, top_k=DEFAULTS.top_k,
+               top_p=DEFAULTS.top_p, seed=DEFAULTS.seed, device="auto", precision="auto", threads=0, display=None, speculative=True) -> int:
     """Load the model and tokenizer (the demo's where not given) into a session and run one mode on it:
     `batch` (a JSONL file, run with `batch_options`, a lvm.prompt.batch.BatchOptions), `prompt` (a prompt
     YAML file, results in `out`) or else the REPL. `speculative=False` decodes one token per pass."""

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from lvm.generate.sampling import DEFAULTS
 from lvm_base.errors import InputError
 from lvm_base.files import atomic_write_text
 
@@ -43,7 +44,7 @@ class Prompt:
 
     mode: str = "sequential"
     groups: list[tuple[str, list[Path]]] = field(default_factory=list)  # (kind, paths), kind in frame/pair/query
-    n_new: int = 1
+    n_new: int = DEFAULTS.n
     target: list[Path] = field(default_factory=list)
     description: str = ""
 
@@ -127,8 +128,8 @@ def _paths(v, key: str, path: Path, base: Path, one: bool = False) -> list[Path]
 
 
 def _count(d: dict, path: Path) -> int:
-    """The prompt file's `n`: images to generate, a whole number >= 1 (default 1)."""
-    n = d.get("n", 1)
+    """The prompt file's `n`: images to generate, a whole number >= 1 (default DEFAULTS.n, 1)."""
+    n = d.get("n", DEFAULTS.n)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"{path}: 'n' must be a whole number >= 1, got {n!r}")
     return n

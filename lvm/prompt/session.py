@@ -21,7 +21,7 @@ class Session:
     def __init__(self, model_dir=None, tokenizer_dir=None, out_dir="out/prompt", display: str | None = None,
                  engine=None, tokenizer=None, device: str = "auto", precision: str = "auto",
                  print_fn=print, progress: bool = True, speculative: bool = True):
-        from lvm.generate.sampling import Sampling
+        from lvm.generate.sampling import DEFAULTS, Sampling
 
         self.print = print_fn
         self.out_dir = Path(out_dir)
@@ -29,7 +29,7 @@ class Session:
         self.progress = progress  # the per-image token counter on stdout while generating
         self.prompt = Prompt()
         self.sampling = Sampling()
-        self.candidates = 1
+        self.candidates = DEFAULTS.candidates
         self.last: dict | None = None
         self._codes: dict = {}
         self._runs = 0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from lvm.generate.sampling import DEFAULTS
 from lvm.serve.service import (MAX_CANDIDATES, MAX_IMAGES_PER_PROMPT, MAX_UPLOAD_MB, PromptService, Stopped,
                                check_settings, public_message, short)
 from lvm.serve.storage import Storage
@@ -30,6 +31,7 @@ from lvm_base.errors import InputError
 
 PRIVATE = {"api_visibility": "private"}  # page plumbing, not part of the API
 RAW = {"preprocess": False}  # values as sent: the service checks them and names what is wrong
+PAGE_CANDIDATES = 2  # the page starts with two candidates side by side (the API's default: DEFAULTS.candidates)
 
 
 def web_message(e: BaseException) -> str:
@@ -194,12 +196,12 @@ def build_app(svc: PromptService) -> gr.Blocks:
                     drop, clear = gr.Button("remove"), gr.Button("clear")
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=2):
-                n = gr.Slider(1, 8, value=1, step=1, label="new images")  # the API takes up to MAX_NEW_IMAGES
-                candidates = gr.Slider(1, MAX_CANDIDATES, value=2, step=1, label="candidates")
-                temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature (0 = greedy)")
-                top_k = gr.Slider(0, 500, value=50, step=1, label="top-k (0 = off)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p")
-                seed = gr.Number(0, precision=0, label="seed (candidate c uses seed + c)")
+                n = gr.Slider(1, 8, value=DEFAULTS.n, step=1, label="new images")  # the API takes up to MAX_NEW_IMAGES
+                candidates = gr.Slider(1, MAX_CANDIDATES, value=PAGE_CANDIDATES, step=1, label="candidates")
+                temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="temperature (0 = greedy)")
+                top_k = gr.Slider(0, 500, value=DEFAULTS.top_k, step=1, label="top-k (0 = off)")
+                top_p = gr.Slider(0.05, 1.0, value=DEFAULTS.top_p, step=0.05, label="top-p")
+                seed = gr.Number(DEFAULTS.seed, precision=0, label="seed (candidate c uses seed + c)")
                 with gr.Row():
                     gen = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")

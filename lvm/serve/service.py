@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvm.generate.sampling import DEFAULTS
 from lvm.prompt.prompts import Prompt, load_prompt
 from lvm.prompt.session import Session
 from lvm.serve.storage import MB, Storage
@@ -210,8 +211,9 @@ class PromptService:
             return True
         return False
 
-    def generate(self, paths: list, mode: str, n: int = 1, candidates: int = 1, temperature: float = 1.0,
-                 top_k: int = 50, top_p: float = 1.0, seed: int = 0, progress=None, owner: str | None = None) -> Result:
+    def generate(self, paths: list, mode: str, n: int = DEFAULTS.n, candidates: int = DEFAULTS.candidates,
+                 temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p,
+                 seed: int = DEFAULTS.seed, progress=None, owner: str | None = None) -> Result:
         """Generate for the prompt `paths` (checked images); waits while another generation runs.
         `progress(image index, n, tokens done, tokens per image, tokens/s)` is called as tokens come."""
         from lvm.generate.sampling import Sampling

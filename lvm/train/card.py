@@ -3,7 +3,7 @@ contract, how it was trained and how to prompt it, for whoever finds the directo
 
 from __future__ import annotations
 
-from lvm.model import TOP_K
+from lvm.generate.sampling import DEFAULTS
 from lvm.tokens import TokenLayout
 
 
@@ -33,7 +33,7 @@ and {lay.tokens_per_image} codes per image; it is not a text model.
 A visual sequence is its images' codes, {lay.tokens_per_image} per image, in order, with no BOS/EOS; image i
 sits at positions {lay.tokens_per_image}*i ... Ids >= {lay.codebook_size} are never sampled:
 `generation_config.json` suppresses them, sets `pad_token_id` {lay.pad_id}, no bos/eos, and samples with top-k
-{TOP_K} as the released LVM does, so plain `generate()` stays inside the contract.
+{DEFAULTS.top_k} as the released LVM does, so plain `generate()` stays inside the contract.
 
 ## Training
 {state['step']} optimizer steps, {state.get('tokens_seen', 0):,} tokens seen, {state.get('seq_len', '-')} tokens per

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lvm.generate.sampling import SUITE, SUITE_TASK_TEMPERATURE
 from lvm.tokens import IMAGES_PER_CONTEXT
 from lvm_base.errors import InputError
 from lvm_base.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, between, checks, each, optional
@@ -32,7 +33,7 @@ MAX_CONTEXT = IMAGES_PER_CONTEXT - 1       # context frames of a sequential task
 @dataclass
 @checks(episodes=POSITIVE, shots=each(POSITIVE), context=POSITIVE, seed=SEED, samples=POSITIVE,
         temperature=at_least(0.0), task_temperature=each(at_least(0.0)), top_k=NON_NEGATIVE,
-        top_p=between(0.0, 1.0, open_lo=True), gen_threads=NON_NEGATIVE, grid_rows=NON_NEGATIVE,
+        top_p=between(0.0, 1.0, open_lo=True), threads=NON_NEGATIVE, grid_rows=NON_NEGATIVE,
         max_minutes=optional(above(0)))
 class SuiteConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -48,21 +49,16 @@ class SuiteConfig:
     # samples averaged by "mean": the error of the estimate's own noise falls as 1/samples; 16 still pays
     # over 8 on the demo's model (docs/results.md), while each sample costs a decoded image
     samples: int = 16
-    temperature: float = 1.0          # of "sample" and "mean", unless task_temperature names the task
-    # Per-task temperatures. Inpainting's answer is mostly the query's visible pixels: cooler samples keep
-    # that copy and guess the hole nearer the likeliest fill, so their mean is sharper where the truth is
-    # plain floor or sky, which cool samples fill almost exactly. Chosen on other episodes (seed 7) than the
-    # suite's, so the suite's own figures stay unbiased (the sweep: docs/results.md); the other tasks keep 1,
-    # as colorization loses at 0.7.
-    task_temperature: dict = field(default_factory=lambda: {"inpainting": 0.7})
-    # Nucleus sampling (top-p 0.9, no top-k): the kept set follows each token's uncertainty, so a peaked
-    # next-view cell keeps few tokens and an inpainting hole many. Chosen on other episodes (seed 7) than the
-    # suite's, against top-k 50 and no truncation (docs/results.md).
-    top_k: int = 0
-    top_p: float = 0.9
+    # The sampling of "sample" and "mean": the suite's own, declared (and explained) with every other
+    # sampling default in lvm/generate/sampling.py: nucleus sampling (top-p 0.9, no top-k), temperature 1
+    # unless task_temperature names the task (inpainting 0.7)
+    temperature: float = SUITE.temperature
+    task_temperature: dict = field(default_factory=lambda: dict(SUITE_TASK_TEMPERATURE))
+    top_k: int = SUITE.top_k
+    top_p: float = SUITE.top_p
     device: str = "auto"              # where the model computes (lvm_base.hardware.resolve); saved resolved
     precision: str = "auto"           # auto | fp32 | bf16 | fp16 of generation and perplexity; saved resolved
-    gen_threads: int = 1              # CPU threads while decoding token by token (0 = leave torch's setting)
+    threads: int = 1                  # CPU threads while decoding token by token (0 = leave torch's setting)
     speculative: bool = True          # speculative decoding where it pays (same greedy output and distribution)
     grid_rows: int = 3                # episodes drawn per task grid
     # A wall budget for one model's suite: each task gets an equal share of the minutes left when it starts

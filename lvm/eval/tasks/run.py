@@ -75,7 +75,7 @@ def _evaluate_task(task, eps: list[Episode], model, tok, engine, sampling, layou
             per_x[x].append(p)
         # the prediction with the most context, decoded as the suite says for this task
         pred = predict(engine, tok, torch.from_numpy(examples[-1][0]), cfg.decode_mode(task), cfg.samples,
-                       sampling, cfg.gen_threads)
+                       sampling, cfg.threads)
         recon = tok.decode_to_pil(codes[-1:])[0]
         truth = ep.target
         classes = seg_classes(ep.prompt(n_main)[1:-1:2]) if task == "segmentation" else None
