@@ -68,7 +68,7 @@ COMMANDS: dict = {
         "video-perplexity": ("next-frame perplexity of videos (the release's protocol) and its curve against "
                              "context length",
                              "lvm eval video-perplexity --videos 'clips/*.mp4' --model runs/lvm --tokenizer runs/tok "
-                             "--context 1,3,7,11,15 --out out/video",
+                             "--context-curve 1,3,7,11,15 --out out/video",
                              "lvm.commands.eval_video_perplexity"),
         "tasks": ("in-context task suite on held-out data: perplexity and task metrics vs trivial baselines",
                   "lvm eval tasks --model runs/lvm --tokenizer runs/tok --shots 1,3,7",
@@ -83,7 +83,7 @@ COMMANDS: dict = {
         "train": ("training tokens/s and MFU: lvm train's step vs a plain fp32 padded loop",
                   "lvm bench train --model tiny", "lvm.commands.bench_train"),
         "generate": ("image generation tokens/s: this engine vs HF generate()",
-                     "lvm bench generate --model tiny --batch 1,4", "lvm.commands.bench_generate"),
+                     "lvm bench generate --model tiny --candidates 1,4", "lvm.commands.bench_generate"),
         "suite": ("every GPU check and benchmark in one timed run: one table, suite.json + suite.md",
                   "lvm bench suite --out out/gpu-suite", "lvm.commands.bench_suite"),
     }),

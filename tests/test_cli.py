@@ -103,3 +103,55 @@ def test_device_cuda_without_a_gpu_is_one_line_exit_2(words, tmp_path, capsys, m
     err = capsys.readouterr().err.strip().splitlines()
     assert any("no CUDA GPU" in line for line in err), err
     assert err[-1].startswith("error: ") and "no CUDA GPU" in err[-1]
+
+
+LEAVES = [w for w in _all_commands() if w and not (isinstance(COMMANDS[w[0]][1], dict) and len(w) == 1)]
+
+
+def _flags(words) -> dict:
+    """{--flag: its argparse action} of the leaf command `words`."""
+    import argparse
+
+    from lvm.cli import build_parser
+
+    p = build_parser(list(words))
+    for w in words:
+        p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[w]
+    out = {}
+    for a in p._actions:
+        longs = [s for s in a.option_strings if s.startswith("--")]
+        assert len(longs) <= 1, f"lvm {' '.join(words)}: {longs} are one flag spelled twice"
+        out.update(dict.fromkeys(longs, a))
+    return out
+
+
+# Spellings retired for the one each idea has now (issue 34): --n, --candidates, --context (a count of
+# context frames everywhere; --context-curve the lengths compared), --targets, --repeats, --batch-size
+# (images per batch) and bench generate's --candidates 1,4 (a comma list, as every bench's --precision).
+RETIRED = ["--n-new-frames", "--n-candidates", "--context-frames", "--n-context-frames", "--n-target-frames",
+           "--prompt-images", "--iters", "--rounds"]
+
+
+@pytest.mark.parametrize("words", LEAVES, ids=" ".join)
+def test_one_spelling_per_flag(words):
+    """No flag has an alias, no retired spelling is back, and a flag one idea takes means it alike."""
+    flags = _flags(words)
+    assert not set(RETIRED) & set(flags), f"lvm {' '.join(words)}: a retired spelling"
+    if "--threads" in flags:  # 0 = torch's default (bench train: 0 = auto) everywhere, never None
+        assert flags["--threads"].default == 0
+    if "--context" in flags:  # a count of frames, never a list
+        assert flags["--context"].default is None or isinstance(flags["--context"].default, int)
+
+
+def test_sampling_flags_default_to_the_one_home():
+    from lvm.eval.tasks.config import SuiteConfig
+    from lvm.generate.sampling import DEFAULTS, SUITE
+
+    for words in (("prompt",), ("bench", "generate")):
+        f = {k: a.default for k, a in _flags(words).items()}
+        assert (f["--temperature"], f["--top-k"], f["--seed"]) == (DEFAULTS.temperature, DEFAULTS.top_k,
+                                                                 DEFAULTS.seed), words
+    assert _flags(("prompt",))["--top-p"].default == DEFAULTS.top_p
+    tasks, suite = _flags(("eval", "tasks")), SuiteConfig()
+    assert (tasks["--top-k"].default, tasks["--top-p"].default) == (SUITE.top_k, SUITE.top_p) == (suite.top_k,
+                                                                                                  suite.top_p)

@@ -162,7 +162,7 @@ def test_bench_generate_compares_precisions(tmp_path, capsys):
     yaml = tmp_path / "micro.yaml"
     yaml.write_text("hidden_size: 32\nintermediate_size: 64\nnum_hidden_layers: 1\nnum_attention_heads: 2\n"
                     "codebook_size: 1024\nmax_position_embeddings: 512\n")
-    rc = main(["bench", "generate", "--model", str(yaml), "--batch", "1", "--repeats", "1", "--prompt-images", "1",
+    rc = main(["bench", "generate", "--model", str(yaml), "--candidates", "1", "--repeats", "1", "--context", "1",
                "--precision", "auto,fp32,bf16", "--device", "cpu", "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0

@@ -252,8 +252,8 @@ def test_release_batch_file_grid_mse_and_resume(dirs, tmp_path):
     outs = tmp_path / "outs"
     args = ["prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]), "--precision", "fp32",
             "--device", "cpu", "--no-display", "--batch", str(jl), "--input-base-dir", str(data),
-            "--output-base-dir", str(outs), "--n-new-frames", "2", "--n-candidates", "2", "--include-input",
-            "--evaluate-mse", "--context-frames", "3", "--out", str(tmp_path / "log")]
+            "--output-base-dir", str(outs), "--n", "2", "--candidates", "2", "--include-input",
+            "--evaluate-mse", "--context", "2", "--out", str(tmp_path / "log")]
     lines = []
     import lvm.prompt.batch as batch
 

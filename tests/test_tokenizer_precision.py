@@ -229,8 +229,8 @@ def test_bench_fp32_agrees_with_the_reference_exactly(capsys):
     tiny = ["model.resolution=32", "model.channel_mult=[1,2,2]", "model.hidden_channels=32", "model.z_channels=8",
             "model.embed_dim=8", "model.codebook_size=256", "model.quantizer=l2", "model.color_skip=false"]
     # norm_groups=1 from the config: the reference must use the same GroupNorm groups to be the same network
-    assert main(["bench", "tokenizer", "--config", "configs/tokenizer/small-128-f8.yaml", *tiny, "--batch", "2",
-                 "--iters", "1", "--precision", "fp32,auto", "--device", "cpu"]) == 0
+    assert main(["bench", "tokenizer", "--config", "configs/tokenizer/small-128-f8.yaml", *tiny, "--batch-size", "2",
+                 "--repeats", "1", "--precision", "fp32,auto", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "CPU:" in out and "auto (-> " in out
     row = next(line for line in out.splitlines() if line.strip().startswith("ours fp32"))

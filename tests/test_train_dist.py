@@ -49,7 +49,7 @@ def _over(shards, out, **kw) -> list[str]:
                    "model.num_attention_heads": 4},
                 micro_batch=1, tokens_per_step=0, max_steps=6, save_every=3, keep_last=2, lr=3e-3, min_lr=3e-4,
                 warmup_steps=3, peak_tflops=1.0, log_every=1, eval_every=100, deterministic="true",
-                precision="fp32", device="cpu", cpu_threads=1, trackers="none")
+                precision="fp32", device="cpu", threads=1, trackers="none")
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -88,7 +88,7 @@ def _one_proc_cfg(shards, out):
 @pytest.fixture(scope="module")
 def one_proc_losses(shards, tmp_path_factory):
     """The same run in 1 process (in this one), micro_batch=2: the same global batch."""
-    n = torch.get_num_threads()  # the config's cpu_threads=1 sets it process-wide
+    n = torch.get_num_threads()  # the config's threads=1 sets it process-wide
     try:
         return train(_one_proc_cfg(shards, tmp_path_factory.mktemp("one") / "run"), progress=False)["losses"]
     finally:

@@ -90,7 +90,7 @@ def test_trained_model_perplexity_falls_with_context(trained, tmp_path, capsys):
     model, tok, videos = trained
     out = tmp_path / "out"
     rc = main(["eval", "video-perplexity", "--videos", str(videos / "*.mp4"), "--model", str(model),
-               "--tokenizer", str(tok), "--context", "1,3,7", "--stride", "1", "--out", str(out),
+               "--tokenizer", str(tok), "--context-curve", "1,3,7", "--stride", "1", "--out", str(out),
                "--precision", "fp32", "--device", "cpu", "--no-progress"])
     assert rc == 0
     res = json.loads((out / "video_perplexity.json").read_text())
@@ -130,7 +130,7 @@ def test_release_protocol_frames_skips_and_list_files(random_pair, tmp_path, cap
     (vids / "notes.txt").write_text("not a video")   # not a video extension: not an input at all
     out = tmp_path / "out"
     args = ["--model", str(lm), "--tokenizer", str(tok), "--precision", "fp32", "--device", "cpu", "--no-progress"]
-    rc = main(["eval", "video-perplexity", "--videos", str(vids / "*"), "--context", "1,3", "--stride", "3",
+    rc = main(["eval", "video-perplexity", "--videos", str(vids / "*"), "--context-curve", "1,3", "--stride", "3",
                "--no-random-start", "--out", str(out), *args])
     assert rc == 0
     res = json.loads((out / "video_perplexity.json").read_text())
@@ -154,14 +154,14 @@ def test_release_protocol_frames_skips_and_list_files(random_pair, tmp_path, cap
     for j, f in enumerate(clips["v0"][:11]):
         Image.fromarray(f).save(d / f"f{j + 1}.png")
     (tmp_path / "list.txt").write_text("frames/clip\n")
-    rc = main(["eval", "video-perplexity", "--list", str(tmp_path / "list.txt"), "--frames", "--n-context-frames",
+    rc = main(["eval", "video-perplexity", "--list", str(tmp_path / "list.txt"), "--frames", "--context",
                "3", "--stride", "50", "--no-random-start", "--out", str(tmp_path / "out2"), *args])
     assert rc == 0
     res2 = json.loads((tmp_path / "out2" / "video_perplexity.json").read_text())
     assert res2["clips"] == 1 and not (tmp_path / "out2" / "context_curve.png").exists()
     assert res2["curve"][0]["perplexity"] == pytest.approx(res["per_clip"][0]["ppl_context_3"], rel=1e-5)
     # nothing usable, or a context the model cannot hold: one line, exit 2
-    assert main(["eval", "video-perplexity", "--videos", str(vids / "short.mp4"), "--n-context-frames", "3", *args]) == 2
+    assert main(["eval", "video-perplexity", "--videos", str(vids / "short.mp4"), "--context", "3", *args]) == 2
     assert main(["eval", "video-perplexity", "--videos", str(vids / "*.mp4"), "--context", "8", *args]) == 2
     err = capsys.readouterr().err
     assert "no usable clips" in err and "do not fit the model's context of 8 images" in err

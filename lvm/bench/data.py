@@ -1,7 +1,7 @@
 """Data-building benchmarks (`lvm bench data`).
 
 Throughput: `lvm data build` of one config with 1 vs N worker processes. Each build runs as a subprocess
-into a fresh temp folder with `limit` units per source; the settings alternate for `rounds` rounds so that
+into a fresh temp folder with `limit` units per source; the settings alternate for `repeats` rounds so that
 a change in machine load hits all of them alike. Prints sequences/s and images/s per setting, CPU seconds
 per sequence, the speed-up over the first setting, and the load average.
 
@@ -36,13 +36,13 @@ def _build_once(config: str, out: str, limit: int, workers: int) -> tuple[dict, 
     return res, 0, ""
 
 
-def bench_data(config: str, limit: int = 600, workers: list[int] = (1, 2), rounds: int = 1) -> int:
+def bench_data(config: str, limit: int = 600, workers: list[int] = (1, 2), repeats: int = 1) -> int:
     """Run the comparison and print it; returns the exit status (a failed build's, else 0)."""
     settings = list(workers)
     results = {w: [] for w in settings}
     print(f"load average before: {os.getloadavg()[0]:.2f} (cores: {os.cpu_count()})")
     with tempfile.TemporaryDirectory(prefix="lvm-bench-data-") as tmp:
-        for r in range(rounds):
+        for r in range(repeats):
             for w in settings:
                 res, rc, err = _build_once(config, os.path.join(tmp, f"r{r}-w{w}"), limit, w)
                 if rc:

@@ -3,6 +3,8 @@ roofline)."""
 
 from __future__ import annotations
 
+from lvm.generate.sampling import DEFAULTS
+
 
 def _load(spec: str, device, dtype):
     """(HF LlamaForCausalLM in eval mode on `device` in `dtype`, where it came from)."""
@@ -67,14 +69,15 @@ def step_bytes(engine, position: float, batch: int = 1) -> tuple[float, float]:
     return float(weights), float(per_pos * (position + 1) * batch)
 
 
-def bench_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
-                   temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
+def bench_generate(model: str = "tiny", candidates: str = "1,4", context: int = 7, repeats: int = 3,
+                   temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k, threads: int = 0,
+                   seed: int = DEFAULTS.seed,
                    device: str = "auto", precision: str = "auto",
                    prompt: str | None = None, tokenizer: str | None = None) -> int:
     """`lvm bench generate`: the engine in each precision of the comma list `precision`, plain and
-    speculative, against HF generate() for each candidate count of the comma list `batch`; prints the
+    speculative, against HF generate() for each candidate count of the comma list `candidates`; prints the
     table and the roofline."""
-    measure_generate(model=model, batch=batch, prompt_images=prompt_images, repeats=repeats,
+    measure_generate(model=model, candidates=candidates, context=context, repeats=repeats,
                      temperature=temperature, top_k=top_k, threads=threads, seed=seed, device=device,
                      precision=precision, echo=print, prompt=prompt, tokenizer=tokenizer)
     return 0
@@ -130,8 +133,9 @@ def _hf_static_call(model, device):
     return {"cache_implementation": "static"}, swapped
 
 
-def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int = 7, repeats: int = 3,
-                     temperature: float = 1.0, top_k: int = 50, threads: int = 0, seed: int = 0,
+def measure_generate(model: str = "tiny", candidates: str = "1,4", context: int = 7, repeats: int = 3,
+                     temperature: float = DEFAULTS.temperature, top_k: int = DEFAULTS.top_k, threads: int = 0,
+                     seed: int = DEFAULTS.seed,
                      device: str = "auto", precision: str = "auto",
                      hf_static: bool = False, echo=None, prompt: str | None = None, tokenizer: str | None = None,
                      speculative: bool = True) -> dict:
@@ -139,7 +143,7 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     `echo` (e.g. print) gets the lines of its table as they come. `hf_static` adds HF generate() in its
     static-cache + torch.compile setting (the stronger baseline; compiled where HF compiles, on CUDA).
     `prompt` (a prompt file; its images encoded by the model's tokenizer or `tokenizer`) replaces the random
-    prompt of `prompt_images` images. The engine runs plain (one token per pass: the columns "ours" and the
+    prompt of `context` images. The engine runs plain (one token per pass: the columns "ours" and the
     roofline) and, with `speculative`, speculative (forward passes per image, tokens kept per pass)."""
     import os
     import statistics
@@ -166,7 +170,7 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     layout = TokenLayout.from_model_config(model.config)
     K, V, tpi = layout.codebook_size, model.config.vocab_size, layout.tokens_per_image
     n_params = sum(p.numel() for p in model.parameters())
-    batches = [int(b) for b in batch.split(",")]
+    batches = [int(b) for b in candidates.split(",")]
     engines, setup = {}, {}
     # auto and the precision it picks share one engine, unless auto also picks a storage precision
     # (hardware.with_storage: bf16 weights for fp32 arithmetic on a CPU), which an explicit precision never does.
@@ -181,8 +185,8 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
     if prompt:
         prompt, prompt_name = _prompt_codes(prompt, spec, tokenizer, device, layout)
     else:
-        prompt, prompt_name = torch.randint(0, K, (prompt_images, tpi), generator=g), "random"
-    samp = Sampling(temperature=temperature, top_k=top_k, top_p=1.0, seed=seed)
+        prompt, prompt_name = torch.randint(0, K, (context, tpi), generator=g), "random"
+    samp = Sampling(temperature=temperature, top_k=top_k, top_p=DEFAULTS.top_p, seed=seed)
     hw = detect()
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     echo(f"model {where}: {n_params / 1e6:.1f}M params, vocab {V} (K={K}); prompt {prompt.shape[0]} images "
@@ -207,8 +211,8 @@ def measure_generate(model: str = "tiny", batch: str = "1,4", prompt_images: int
         synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            sample = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if temperature else \
-                dict(do_sample=False)
+            sample = (dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=DEFAULTS.top_p)
+                      if temperature else dict(do_sample=False))
             out = model.generate(ids, attention_mask=torch.ones_like(ids), **sample,
                                  max_new_tokens=tpi, min_new_tokens=tpi, pad_token_id=K,
                                  suppress_tokens=list(range(K, V)), **(kw or {}))

@@ -182,7 +182,7 @@ def generate(ctx: Ctx, spec: str) -> list[dict]:
     if ctx.quick:  # the CPU decode kernels' build or load check (ninja) is not what --quick is for
         os.environ["LVM_KERNELS"] = "0"
     try:
-        res = measure_generate(model=spec, batch="1,2" if ctx.quick else "1,4", prompt_images=1 if ctx.quick else 7,
+        res = measure_generate(model=spec, candidates="1,2" if ctx.quick else "1,4", context=1 if ctx.quick else 7,
                                repeats=1 if ctx.quick else 3, device=str(ctx.device), precision="auto",
                                hf_static=True, echo=ctx.echo)
     finally:
@@ -277,9 +277,9 @@ def tokenizer(ctx: Ctx) -> list[dict]:
     if not ctx.quick:
         _need_cuda(ctx, "the lvm-f16-8192 tokenizer")
     if ctx.quick:
-        kw = dict(config="configs/tokenizer/small-128-f8.yaml", overrides=TINY_TOKENIZER, batch=2, iters=1)
+        kw = dict(config="configs/tokenizer/small-128-f8.yaml", overrides=TINY_TOKENIZER, batch_size=2, repeats=1)
     else:
-        kw = dict(config="configs/tokenizer/lvm-f16-8192.yaml", batch=16, iters=3)
+        kw = dict(config="configs/tokenizer/lvm-f16-8192.yaml", batch_size=16, repeats=3)
     res = measure_tokenizer(device=str(ctx.device), precision="auto", echo=ctx.echo, **kw)
     ref, rows = res["reference"], []
     for p, o in res["ours"].items():

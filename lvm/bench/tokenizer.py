@@ -74,17 +74,17 @@ def place_codebook(model, seed_images):
 
 
 def bench_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overrides: list[str] = (),
-                    checkpoint: str | None = None, batch: int = 4, iters: int = 3, threads: int | None = None,
+                    checkpoint: str | None = None, batch_size: int = 4, repeats: int = 3, threads: int = 0,
                     seed: int = 0, device: str = "auto", precision: str = "auto") -> int:
     """`lvm bench tokenizer`: ours in each precision of the comma list `precision` against the taming
     reference; prints the table."""
-    measure_tokenizer(config=config, overrides=overrides, checkpoint=checkpoint, batch=batch, iters=iters,
-                      threads=threads, seed=seed, device=device, precision=precision, echo=print)
+    measure_tokenizer(config=config, overrides=overrides, checkpoint=checkpoint, batch_size=batch_size,
+                      repeats=repeats, threads=threads, seed=seed, device=device, precision=precision, echo=print)
     return 0
 
 
 def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overrides: list[str] = (),
-                      checkpoint: str | None = None, batch: int = 4, iters: int = 3, threads: int | None = None,
+                      checkpoint: str | None = None, batch_size: int = 4, repeats: int = 3, threads: int = 0,
                       seed: int = 0, device: str = "auto", precision: str = "auto", echo=None) -> dict:
     """What `bench_tokenizer` measures, as a dict (images/s of each side, code agreement, PSNR); `echo`
     (e.g. print) gets the lines of its table."""
@@ -128,7 +128,7 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
     def images(seed, n):
         return torch.stack([pil_to_tensor(scene(seed, i, R), cfg.value_range) for i in range(n)]).to(device)
 
-    x = images(seed + 1000, batch)
+    x = images(seed + 1000, batch_size)
     if not checkpoint:
         place_codebook(model, images(seed + 2000, max(2, min(8, cfg.codebook_size // model.codes_per_image))))
     ref = reference_network(model)
@@ -136,7 +136,7 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
     echo(f"tokenizer: {source}")
     echo(f"  {R}px, f={cfg.downsample}, {model.codes_per_image} codes/image, K={cfg.codebook_size}, "
          f"norm_groups {cfg.norm_groups}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
-          f"batch {batch}, {torch.get_num_threads()} threads, {iters} timed iters (median)")
+          f"batch {batch_size}, {torch.get_num_threads()} threads, {repeats} timed repeats (median)")
     echo(f"  CPU: {detect().cpu_summary()}")
     echo(f"  device {device}; reference: taming fp32 eager; ours: "
          + ", ".join(f"{p}" + (f" (-> {plans[p].precision})" if p == "auto" else "") for p in precisions))
@@ -164,7 +164,7 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
         model.decode(model.encode(x))
     t: dict = {}
     ours_codes, our_rec = {}, {}
-    for _ in range(iters):
+    for _ in range(repeats):
         ref_codes = timed("ref_enc", lambda: reference_encode(ref, x))
         for p in precisions:
             set_precision(p)
@@ -174,7 +174,7 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
             set_precision(p)
             our_rec[p] = timed(("dec", p), lambda: model.decode(ours_codes[p]))
 
-    ips = {k: batch / statistics.median(v) for k, v in t.items()}
+    ips = {k: batch_size / statistics.median(v) for k, v in t.items()}
     ref01 = (ref_rec - lo) / (hi - lo)
     echo(f"  {'':18s} {'encode img/s':>12s} {'speed-up':>8s}   {'decode img/s':>12s} {'speed-up':>8s}   "
          f"{'codes agree':>11s}   PSNR vs reference (decoder alone)")
@@ -195,5 +195,5 @@ def measure_tokenizer(config: str = "configs/tokenizer/lvm-f16-8192.yaml", overr
                    "psnr_db": psnr_ours, "decoder_psnr_db": psnr_dec}
     echo(f"  ({ref_codes.numel()} codes, {ref_codes.unique().numel()} distinct in the reference's output; reference "
          f"output pixel std {float(ref01.std()):.3f}, range [{float(ref01.min()):.2f}, {float(ref01.max()):.2f}])")
-    return {"source": source, "device": str(device), "batch": batch, "codes_per_image": model.codes_per_image,
+    return {"source": source, "device": str(device), "batch": batch_size, "codes_per_image": model.codes_per_image,
             "reference": {"encode_img_s": ips["ref_enc"], "decode_img_s": ips["ref_dec"]}, "ours": rows}

@@ -16,14 +16,14 @@ diverse and near-ties happen: otherwise random codebooks collapse onto a few cod
 meaningless. key=value arguments override the config (nested keys with dots).
 
 Example:
-  lvm bench tokenizer --config configs/tokenizer/lvm-f16-8192.yaml --batch 4 --iters 3
+  lvm bench tokenizer --config configs/tokenizer/lvm-f16-8192.yaml --batch-size 4 --repeats 3
   lvm bench tokenizer --config configs/tokenizer/small-128-f8.yaml model.quantizer=l2 model.color_skip=false \\
       --precision auto,fp32,bf16
 """
 
 from __future__ import annotations
 
-from lvm.commands.arg_types import POSITIVE_INT, SEED_INT
+from lvm.commands.arg_types import NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT
 from lvm_base.hardware import add_arguments as add_hardware_arguments
 
 
@@ -33,9 +33,9 @@ def add_arguments(p):
     p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="override config values, e.g. model.quantizer=l2 model.color_skip=false")
     p.add_argument("--checkpoint", default=None, help="load real weights instead of random ones")
-    p.add_argument("--batch", type=POSITIVE_INT, default=4, help="images per batch")
-    p.add_argument("--iters", type=POSITIVE_INT, default=3, help="timed repetitions (median reported)")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="images per batch (default 4)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="timed repetitions, the median reported (default 3)")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=SEED_INT, default=0)
     add_hardware_arguments(p, precision_help="our side's precision(s), a comma list timed side by side (e.g. "
                                              "auto,fp32,bf16); auto = what the hardware policy picks here (see "
@@ -46,5 +46,5 @@ def run(args):
     from lvm.bench.tokenizer import bench_tokenizer
 
     return bench_tokenizer(config=args.config, overrides=args.overrides, checkpoint=args.checkpoint,
-                           batch=args.batch, iters=args.iters, threads=args.threads, seed=args.seed,
+                           batch_size=args.batch_size, repeats=args.repeats, threads=args.threads, seed=args.seed,
                            device=args.device, precision=args.precision)

@@ -5,8 +5,8 @@
 - one prompt file: --prompt prompts/rotation.yaml --out DIR writes one PNG per candidate, grid.png
   (prompt | candidates, labeled) and generation.json (settings, seeds, tokens/s).
 - batch: --batch file.jsonl, the released batch generation: one {"input": [images], "output": "out.png"}
-  per line; --n-new-frames images for each of --n-candidates candidates (default 2, as the release), the
-  output a grid with one row per candidate ([inputs with --include-input +] generated frames);
+  per line; --n images for each of --candidates candidates (default 2, as the release), the output a grid
+  with one row per candidate ([inputs with --include-input +] generated frames);
   --evaluate-mse scores against "target": [images] with the release's MSE (x3 channels, pixels in [0, 1]).
   Resumable: OUT/<batch>.results.jsonl records finished lines, existing outputs are not generated again.
 
@@ -19,7 +19,7 @@ examples:
   lvm prompt --model runs/lvm --tokenizer runs/tok
   lvm prompt --model runs/lvm --tokenizer runs/tok --prompt prompts/depth.yaml --out out/depth --candidates 4
   lvm prompt --model LVM-7B --tokenizer vqgan-lvm --batch eval.jsonl --input-base-dir data/ \
-      --output-base-dir out/ --n-new-frames 2 --n-candidates 4 --include-input --evaluate-mse --device cuda
+      --output-base-dir out/ --n 2 --candidates 4 --include-input --evaluate-mse --device cuda
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ import argparse
 
 from lvm.commands.arg_types import (FRACTION, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT, int_range,
                                     resize_spec)
+from lvm.generate.sampling import DEFAULTS
 
-# one input image and the new one at least
-CONTEXT_FRAMES = int_range(2, 2**31 - 1)
+# images each new one sees: one input image at least
+CONTEXT = int_range(1, 2**31 - 1)
 # new images of one prompt: four contexts' worth is a long continuation already, and each costs a full
 # image of decoding per candidate
 MAX_NEW_IMAGES = 64
@@ -57,18 +58,24 @@ def add_arguments(p):
     p.add_argument("--batch", default=None, help="batch: a JSONL file in the released format")
     p.add_argument("--out", default="out/prompt",
                    help="output folder (REPL results, one-shot results, the batch's results log)")
-    p.add_argument("--n", "--n-new-frames", dest="n", type=int_range(1, MAX_NEW_IMAGES), default=None,
+    p.add_argument("--n", type=int_range(1, MAX_NEW_IMAGES), default=None,
                    help=f"new images to generate, 1..{MAX_NEW_IMAGES} (past 15 the context slides; default: "
-                        "the prompt's n; batch: 1)")
-    p.add_argument("--candidates", "--n-candidates", dest="candidates", type=POSITIVE_INT, default=None,
-                   help="candidates per prompt (default 1; batch: 2, as the release)")
-    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=1.0)
-    p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=50)
-    p.add_argument("--top-p", type=FRACTION, default=1.0)
-    p.add_argument("--seed", type=SEED_INT, default=0)
+                        f"the prompt's n; batch: {DEFAULTS.n})")
+    p.add_argument("--candidates", type=POSITIVE_INT, default=None,
+                   help=f"candidates per prompt (default {DEFAULTS.candidates}; batch: 2, as the release)")
+    p.add_argument("--temperature", type=NON_NEGATIVE_FLOAT, default=DEFAULTS.temperature,
+                   help=f"0 = greedy (default {DEFAULTS.temperature:g})")
+    p.add_argument("--top-k", type=NON_NEGATIVE_INT, default=DEFAULTS.top_k,
+                   help=f"sample from the k likeliest tokens only, 0 = off (default {DEFAULTS.top_k})")
+    p.add_argument("--top-p", type=FRACTION, default=DEFAULTS.top_p,
+                   help=f"sample from the smallest set of tokens holding this much probability, 1 = off "
+                        f"(default {DEFAULTS.top_p:g})")
+    p.add_argument("--seed", type=SEED_INT, default=DEFAULTS.seed,
+                   help=f"candidate c samples with seed + c (default {DEFAULTS.seed})")
     b = p.add_argument_group("batch (--batch), with the released batch_generation.py's options")
-    b.add_argument("--context-frames", type=CONTEXT_FRAMES, default=None,
-                   help="images the model sees: the prompt keeps its last N-1 (default: the model's context)")
+    b.add_argument("--context", type=CONTEXT, default=None,
+                   help="images each new one sees: the prompt keeps its last N (default: the model's context less "
+                        "the new image; the release's context_frames is N + 1)")
     b.add_argument("--evaluate-mse", action="store_true", help='MSE of the generated frames against "target"')
     b.add_argument("--include-input", action="store_true", help="the output grid starts with the input images")
     b.add_argument("--resize-output", default="", type=resize_spec,
@@ -97,15 +104,16 @@ def run(args):
     if args.batch:
         from lvm.prompt.batch import BatchOptions
 
-        batch = BatchOptions(n_new_frames=args.n or 1, n_candidates=args.candidates or 2,
-                             context_frames=args.context_frames, evaluate_mse=args.evaluate_mse,
+        d = BatchOptions()
+        batch = BatchOptions(n=args.n or d.n, candidates=args.candidates or d.candidates,
+                             context=args.context, evaluate_mse=args.evaluate_mse,
                              include_input=args.include_input, resize_output=args.resize_output,
                              input_base_dir=args.input_base_dir, output_base_dir=args.output_base_dir,
                              max_examples=args.max_examples, json_input_key=args.json_input_key,
                              json_output_key=args.json_output_key, json_target_key=args.json_target_key)
     return run_prompt(args.model, args.tokenizer, prompt=args.prompt, batch=args.batch, batch_options=batch,
                       out=args.out, n=args.n,
-                      candidates=args.candidates or 1, temperature=args.temperature, top_k=args.top_k,
+                      candidates=args.candidates or DEFAULTS.candidates, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, seed=args.seed, device=args.device, precision=args.precision,
                       threads=args.threads, display="none" if args.no_display else args.display,
                       speculative=not args.no_speculative)

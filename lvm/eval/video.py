@@ -1,10 +1,10 @@
 """Next-frame perplexity of videos, the released `eval_video_perplexity.py` protocol, and its curve against
 context length (the paper's headline video figure).
 
-    result = evaluate_videos(model_dir, tokenizer_dir, VideoEvalConfig(videos="clips/*.mp4", context=[1, 3, 7]))
+    result = evaluate_videos(model_dir, tokenizer_dir, VideoEvalConfig(videos="clips/*.mp4", context_curve=[1, 3, 7]))
 
 Protocol (per video file, or per folder of frame images with `frames`): take n = context + target frames
-(`n_context_frames` + `n_target_frames`) at a stride of `stride` frames, reduced to the largest stride that
+(`context` + `targets`) at a stride of `stride` frames, reduced to the largest stride that
 fits a short video, from a random start (`random_start`; else frame 0); optionally keep the central
 `center_crop` fraction of each frame's height and width; resize as the tokenizer resizes its inputs. The
 perplexity of the target frames given the context frames is lvm/eval/perplexity.py's: the release's figure
@@ -12,7 +12,7 @@ perplexity of the target frames given the context frames is lvm/eval/perplexity.
 or one that does not decode, is skipped and counted (the release draws another video instead, which makes
 its number depend on the draw).
 
-With `context` = [c1, c2, ...], every clip is read once with max(c) context frames, and for each c the same
+With `context_curve` = [c1, c2, ...], every clip is read once with max(c) context frames, and for each c the same
 target is scored given only the last c of them: the curve compares context lengths on identical targets.
 """
 
@@ -35,8 +35,8 @@ class VideoEvalConfig:
     videos: str | None = None      # a glob of video files (or of frame folders with `frames`)
     list_file: str | None = None   # or a text file, one path per line
     frames: bool = False           # inputs are folders of frame images, not video files
-    n_context_frames: int = 15
-    n_target_frames: int = 1
+    context: int = 15              # context frames before the targets (the release's n_context_frames)
+    targets: int = 1               # target frames scored (the release's n_target_frames)
     stride: int = 8
     center_crop: float = 1.0
     random_start: bool = True
@@ -44,10 +44,10 @@ class VideoEvalConfig:
     max_examples: int = 0
     seed: int = 0
     batch_size: int = 2
-    context: list[int] = field(default_factory=list)  # context lengths of the curve; [] = n_context_frames only
+    context_curve: list[int] = field(default_factory=list)  # context lengths compared; [] = `context` only
 
     def contexts(self) -> list[int]:
-        cs = sorted(set(int(c) for c in self.context)) or [self.n_context_frames]
+        cs = sorted(set(int(c) for c in self.context_curve)) or [self.context]
         if cs[0] < 1:
             raise InputError(f"context lengths must be >= 1, got {cs}")
         return cs
@@ -121,9 +121,9 @@ def evaluate_videos(model_dir, tokenizer_dir, cfg: VideoEvalConfig, device: str 
     videos = list_videos(cfg)
     model, tok, plan = load_pair(model_dir, tokenizer_dir, device, precision)
     layout = TokenLayout.from_model_config(model.config)
-    longest = contexts[-1] + cfg.n_target_frames
+    longest = contexts[-1] + cfg.targets
     if longest > layout.images_per_context:
-        raise InputError(f"{contexts[-1]} context + {cfg.n_target_frames} target frames do not fit the model's "
+        raise InputError(f"{contexts[-1]} context + {cfg.targets} target frames do not fit the model's "
                          f"context of {layout.images_per_context} images")
     rng = np.random.default_rng(cfg.seed)
     per = {c: [] for c in contexts}
@@ -148,7 +148,7 @@ def evaluate_videos(model_dir, tokenizer_dir, cfg: VideoEvalConfig, device: str 
             f"{len(used)} clips) | pooled {row['pooled_perplexity']:.4f}")
     if skipped:
         print(f"warning: skipped {sum(skipped.values())} videos ({dict(skipped)})", file=sys.stderr)
-    result = {"config": vars(cfg) | {"context": contexts}, "clips": len(used), "skipped": dict(skipped),
+    result = {"config": vars(cfg) | {"context": contexts[-1], "context_curve": contexts}, "clips": len(used), "skipped": dict(skipped),
               "device": plan.device, "precision": plan.precision, "curve": curve,
               "per_clip": [{"video": v, **{f"ppl_context_{c}": math.exp(per[c][i][0] / per[c][i][1]) for c in contexts}}
                            for i, v in enumerate(used)]}

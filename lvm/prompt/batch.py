@@ -2,19 +2,20 @@
 
     {"input": ["a.png", "b.png"], "output": "out.png", "target": ["c.png"]}   # "target": --evaluate-mse only
 
-Each line's input images are a sequential prompt; the model generates `n_new_frames` images for each of
-`n_candidates` candidates. The output image is a grid as the release writes it: one row per candidate,
-columns = [the input images, with --include-input, then] the generated frames, each cell at the
-tokenizer's resolution (its format follows the output's extension). --resize-output `original` scales every
-cell to the size of the line's last input image, `W,H` (or `WxH`) to that size.
+Each line's input images are a sequential prompt; the model generates --n images for each of --candidates
+candidates (the release's n_new_frames, n_candidates). The output image is a grid as the release writes
+it: one row per candidate, columns = [the input images, with --include-input, then] the generated frames,
+each cell at the tokenizer's resolution (its format follows the output's extension). --resize-output
+`original` scales every cell to the size of the line's last input image, `W,H` (or `WxH`) to that size.
 
 MSE (--evaluate-mse) is the release's: mean over candidates, frames, pixels and channels of the squared
 difference of the generated image (decoded, clamped to [0, 1]) and the target (resized as the tokenizer
 resizes its inputs, /255), times the number of channels (3); the printed figure is the mean over lines.
 The targets must be as many as the new frames.
 
-Context (--context-frames C, default the model's context): the prompt keeps its last C - 1 input images and
-every new frame sees at most the C - 1 images before it, as the release's inference does.
+Context (--context C, default the model's context less the new image): the prompt keeps its last C input
+images and every new frame sees at most the C images before it, as the release's inference does with its
+context_frames = C + 1.
 
 Paths resolve as lvm/jsonl.py says (inputs and targets against --input-base-dir, else the JSONL file's folder;
 outputs against --output-base-dir, else the current folder). The run is resumable: OUT/<batch>.results.jsonl
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lvm.generate.sampling import DEFAULTS
 from lvm.prompt.session import Session
 from lvm_base.errors import InputError
 
@@ -41,9 +43,9 @@ CHANNELS = 3  # the release multiplies its per-value mean by the channel count
 
 @dataclass
 class BatchOptions:
-    n_new_frames: int = 1
-    n_candidates: int = 2              # the release's default
-    context_frames: int | None = None  # None = the model's context
+    n: int = DEFAULTS.n                # new images per line
+    candidates: int = 2                # the release's default
+    context: int | None = None         # images each new one sees; None = the model's context less one
     evaluate_mse: bool = False
     include_input: bool = False
     resize_output: str = ""            # "" | "original" | "W,H" | "WxH"
@@ -80,15 +82,15 @@ def parse_resize(text: str):
     return w, h
 
 
-def generate_frames(s: Session, codes, n_new: int, candidates: int, context_frames: int):
+def generate_frames(s: Session, codes, n_new: int, candidates: int, context: int):
     """Codes (candidates, n_new, tokens per image) continuing the prompt `codes` (n, tokens per image),
-    every new frame seeing at most `context_frames - 1` images before it."""
+    every new frame seeing at most the `context` images before it."""
     import torch
 
     eng = s.engine
-    keep = context_frames - 1
+    keep = context
     codes = codes[-keep:]
-    if context_frames >= eng.context_images:  # the engine slides its window the same way
+    if context + 1 >= eng.context_images:  # the engine slides its window the same way
         return eng.generate(codes, n_new=n_new, candidates=candidates, sampling=s.sampling).images
     out = torch.empty(candidates, n_new, codes.shape[1], dtype=torch.long)
     for c in range(candidates):
@@ -181,7 +183,7 @@ def _read_files(records, opts: BatchOptions) -> dict:
     return ids
 
 
-def _one(s: Session, rec, opts: BatchOptions, context_frames: int,
+def _one(s: Session, rec, opts: BatchOptions, context: int,
          read: dict | None = None) -> tuple[Path, float | None]:
     """Generate, save and score one line; (output path, MSE or None). `read`: `_read_files` of the batch,
     images its output must not replace."""
@@ -199,8 +201,8 @@ def _one(s: Session, rec, opts: BatchOptions, context_frames: int,
         raise InputError(f"{outs[0]}: the output is the image {read[i]} that the batch reads; choose another "
                          "output path (it is not written over)")
     targets = rec.paths.get(opts.json_target_key)
-    if opts.evaluate_mse and (not targets or len(targets) != opts.n_new_frames):
-        raise InputError(f'--evaluate-mse needs {opts.n_new_frames} "{opts.json_target_key}" image(s), '
+    if opts.evaluate_mse and (not targets or len(targets) != opts.n):
+        raise InputError(f'--evaluate-mse needs {opts.n} "{opts.json_target_key}" image(s), '
                          f"got {len(targets or [])}")
     # read once, before generating: a bad target skips the line without spending a generation on it
     truth = np.stack([_unit_image(s.tok, p) for p in targets]) if opts.evaluate_mse else None
@@ -209,12 +211,12 @@ def _one(s: Session, rec, opts: BatchOptions, context_frames: int,
     if opts.resize_output:
         with Image.open(inputs[-1]) as im:
             size = opts.cell_size(im.size)
-    gen = generate_frames(s, codes, opts.n_new_frames, opts.n_candidates, context_frames)
+    gen = generate_frames(s, codes, opts.n, opts.candidates, context)
     frames = decode_unit(s.tok, gen)  # (candidates, n_new, R, R, 3)
     cells = frames
     if opts.include_input:
         shown = np.stack([_unit_image(s.tok, p) for p in inputs])
-        cells = np.concatenate([np.repeat(shown[None], opts.n_candidates, 0), frames], axis=1)
+        cells = np.concatenate([np.repeat(shown[None], opts.candidates, 0), frames], axis=1)
     out = Path(outs[0])
     _save(_grid(cells, size), out)
     return out, (release_mse(frames, truth) if truth is not None else None)
@@ -234,15 +236,15 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
 
     opts = opts or BatchOptions()
     s.check_match()  # a model/tokenizer mismatch is one error, not one per line
-    if opts.n_new_frames < 1 or opts.n_candidates < 1:
-        raise InputError("--n-new-frames and --n-candidates must be >= 1")
+    if opts.n < 1 or opts.candidates < 1:
+        raise InputError("--n and --candidates must be >= 1")
     if opts.max_examples < 0:
         raise InputError(f"--max-examples must be >= 0 (0 = every line), got {opts.max_examples}")
     opts.cell_size((1, 1))  # a bad --resize-output fails before any work
     native = s.engine.context_images
-    context_frames = min(opts.context_frames or native, native)
-    if context_frames < 2:
-        raise InputError(f"--context-frames must be >= 2 (one input image and the new one), got {context_frames}")
+    context = native - 1 if opts.context is None else min(opts.context, native - 1)
+    if context < 1:
+        raise InputError(f"--context must be >= 1 (the images each new one sees), got {context}")
     path = Path(path)
     keys = {opts.json_input_key: True, opts.json_output_key: True, opts.json_target_key: False}
     records = list(read_records(path, keys, opts.input_base_dir, (opts.json_output_key,), opts.output_base_dir,
@@ -262,7 +264,7 @@ def run_batch(s: Session, path, opts: BatchOptions | None = None, progress: bool
             try:
                 if isinstance(rec, Skipped):
                     raise InputError(rec.reason)
-                out, mse = _one(s, rec, opts, context_frames, read)
+                out, mse = _one(s, rec, opts, context, read)
             except (InputError, OSError) as e:
                 bad += 1
                 tqdm.write(f"skipped {path}:{rec.line}: {' '.join(str(e).split())}")

@@ -17,7 +17,7 @@ from lvm_base.validate import NON_NEGATIVE, POSITIVE, SEED, above, at_least, bet
 @checks(seed=SEED, seq_len=optional(POSITIVE), micro_batch=POSITIVE, tokens_per_step=NON_NEGATIVE,
         max_steps=POSITIVE, max_minutes=optional(above(0)), open_rows=POSITIVE, lr=above(0), min_lr=at_least(0.0),
         warmup_steps=NON_NEGATIVE, weight_decay=at_least(0.0), betas=each(between(0.0, 1.0, open_hi=True)),
-        grad_clip=above(0), cpu_threads=optional(NON_NEGATIVE), peak_tflops=optional(above(0)),
+        grad_clip=above(0), threads=NON_NEGATIVE, peak_tflops=optional(above(0)),
         log_every=POSITIVE, eval_every=POSITIVE, eval_batches=POSITIVE, save_every=POSITIVE, keep_last=POSITIVE,
         # the data section's counts are used by this run only (TokenStreamConfig declares no table)
         **{"data.shuffle_buffer": NON_NEGATIVE, "data.num_workers": NON_NEGATIVE,
@@ -59,7 +59,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     deterministic: bool = False  # torch deterministic algorithms (for exact-resume checks)
-    cpu_threads: int | None = None  # torch threads on CPU (None = torch default); 1 helps on oversubscribed machines
+    threads: int = 0  # torch threads on CPU (0 = torch's default); 1 helps on oversubscribed machines
     peak_tflops: float | None = None  # for MFU; None = measure this device's matmul peak in the dtype used
 
     # logging, evaluation, checkpoints

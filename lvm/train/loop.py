@@ -118,8 +118,8 @@ def setup(cfg: TrainConfig, resume: bool, init_from: str | None) -> tuple[Run, o
     accelerator, amp = make_accelerator(plan, step_scheduler_with_optimizer=False,
                                         **tracker_kwargs(out, cfg.trackers))
     set_seed(cfg.seed)
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
