@@ -131,10 +131,10 @@ class Trainer(TrainerCheckpoints):
         self.log(f"training on {self.acc.device} in {plan.precision}"
                  + (f", {n} processes (global batch {cfg.batch_size * cfg.grad_accum * n})" if n > 1 else ""))
         set_seed(cfg.seed + self.acc.process_index)
-        self.lpips = maybe_lpips(cfg.loss.lpips_vgg_path, cfg.loss.lpips_lin_path)
+        self.lpips = maybe_lpips(cfg.loss.lpips_vgg, cfg.loss.lpips_lin)
         cfg.loss.perceptual_used = self.lpips is not None and cfg.loss.perceptual_weight > 0
         if not cfg.loss.perceptual_used:
-            self.log("note: training WITHOUT the LPIPS perceptual loss (loss.lpips_vgg_path / loss.lpips_lin_path "
+            self.log("note: training WITHOUT the LPIPS perceptual loss (loss.lpips_vgg / loss.lpips_lin "
                      "not given or weight 0); recorded as loss.perceptual_used=false in the saved config")
         if self.lpips is not None:
             self.lpips.to(self.acc.device)
@@ -188,8 +188,8 @@ class Trainer(TrainerCheckpoints):
                                      num_workers=cfg.data.num_workers, drop_last=True,
                                      generator=torch.Generator().manual_seed(cfg.seed + self.acc.process_index))
         self.val_loader = None
-        if cfg.data.val_path:
-            vds = build_dataset(cfg.data.val_path, m.resolution, m.value_range, m.resize_mode, False, loop=False)
+        if cfg.data.eval_path:
+            vds = build_dataset(cfg.data.eval_path, m.resolution, m.value_range, m.resize_mode, False, loop=False)
             self.val_loader = DataLoader(vds, batch_size=cfg.batch_size, collate_fn=collate)
 
     def _batches(self):
@@ -213,7 +213,7 @@ class Trainer(TrainerCheckpoints):
             return None
         model = self.acc.unwrap_model(self.model)
         model.eval()
-        r = evaluate(model, self.val_loader, self.lpips, max_images=self.cfg.data.val_images)
+        r = evaluate(model, self.val_loader, self.lpips, max_images=self.cfg.data.eval_images)
         model.train()
         self.log(f"eval @ step {self.step}: {format_metrics(r)}")
         self.run_log.scalars({f"eval/{k}": r[k] for k in ("psnr", "ssim", "lpips", "codebook_usage",

@@ -18,8 +18,8 @@ class TokenizerDataConfig:
     # file), or webdataset image shards ("shards/*.tar", "shards/train-{000..009}.tar").
     path: str | None = None
     # Held-out images for periodic evaluation (same kinds as `path`); none = no periodic evaluation.
-    val_path: str | None = None
-    val_images: int = 256          # evaluate on at most this many held-out images
+    eval_path: str | None = None
+    eval_images: int = 256         # evaluate on at most this many held-out images
     random_flip: bool = True
     # Train on random square crops of this many pixels (a multiple of the model's downsampling factor) cut
     # from the full-resolution images. The network is convolutional, so the trained model still encodes
@@ -36,8 +36,8 @@ class TokenizerLossConfig:
     # LPIPS needs VGG16 ImageNet weights (torchvision state dict) + LPIPS linear-layer weights, both from
     # local files. Without them training runs without the perceptual term (logged once, recorded below).
     perceptual_weight: float = 1.0
-    lpips_vgg_path: str | None = None
-    lpips_lin_path: str | None = None
+    lpips_vgg: str | None = None   # as `--lpips-vgg` of `lvm tokenizer eval` and `lvm eval tasks`
+    lpips_lin: str | None = None
     perceptual_used: bool | None = None   # written by the trainer into the saved config
     # PatchGAN discriminator, hinge loss, adaptive weight (taming's recipe).
     disc_weight: float = 0.8

@@ -4,8 +4,8 @@ on GPUs, `torchrun --nproc_per_node N -m lvm tokenizer train ...` on CPUs).
 The config (configs/tokenizer/*.yaml) holds the model (VQGANConfig), data, loss and schedule; override any
 key with key=value (nested keys with dots). Training data: data.path = a folder of images (recursive), a
 .txt list of image paths, or webdataset .tar shards; unreadable images are skipped and counted.
-LPIPS needs local weights (loss.lpips_vgg_path = torchvision VGG16 state dict, loss.lpips_lin_path = LPIPS
-linear layers); without them the perceptual term is off, which the log and the saved config say.
+LPIPS needs local weights (loss.lpips_vgg = torchvision VGG16 state dict, loss.lpips_lin = LPIPS linear
+layers); without them the perceptual term is off, which the log and the saved config say.
 
 Writes to out_dir: config.yaml (resolved), config.json + model.safetensors (newest weights, loadable with
 load_tokenizer), ckpt/ (resumable checkpoints), train_log.jsonl, eval.jsonl, tb/ (TensorBoard).
@@ -14,7 +14,7 @@ hardware policy, see `lvm env`) override the config's device/precision when not 
 records what auto resolved to.
 
 Example:
-  lvm tokenizer train configs/tokenizer/small-128-f8.yaml data.path=images/ data.val_path=held_out/ \\
+  lvm tokenizer train configs/tokenizer/small-128-f8.yaml data.path=images/ data.eval_path=held_out/ \\
       out_dir=runs/tok max_minutes=15 --resume
 """
 
