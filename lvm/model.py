@@ -15,6 +15,8 @@ import torch
 from lvm.tokens import DEFAULT_CODEBOOK_SIZE, DEFAULT_LAYOUT, NUM_RESERVED, TOKENS_PER_IMAGE, TokenLayout
 from lvm_base.validate import FINITE, NON_NEGATIVE, POSITIVE, above, at_least, checks, optional
 
+ROPE_THETA = 10000.0  # the released models' rope base
+
 
 @dataclass
 # Checked before __post_init__, whose divisions need positive sizes (lvm_base.validate).
@@ -33,7 +35,7 @@ class ModelConfig:
     codebook_size: int = DEFAULT_CODEBOOK_SIZE  # K; the vocabulary is K + the reserved ids (token contract)
     max_position_embeddings: int = DEFAULT_LAYOUT.context_length  # 16 images of 256 tokens
     rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
+    rope_theta: float = ROPE_THETA  # default rope only: grid rope's frequencies are fixed
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     # Visual-sequence priors for small models trained from scratch (all three off = the released recipe).
@@ -69,6 +71,8 @@ class ModelConfig:
             raise ValueError(f"grid_heads {self.grid_heads} must be in 0..{top}")
         if self.grid_copy and not self.grid_heads:
             raise ValueError("grid_copy needs grid_heads >= 1")
+        if self.grid_rope and self.rope_theta != ROPE_THETA:
+            raise ValueError("rope_theta does not apply with grid_rope: true (its frequencies are fixed)")
         if self.grid_rope and self.head_dim < 2 * (GRID_HARMONICS + IMAGE_HARMONICS):
             raise ValueError(f"grid_rope needs head_dim >= {2 * (GRID_HARMONICS + IMAGE_HARMONICS)}, "
                              f"got {self.head_dim}")
@@ -279,7 +283,8 @@ def model_config_from_hf(hf) -> ModelConfig:
                        num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
                        num_key_value_heads=hf.num_key_value_heads, codebook_size=TokenLayout.from_vocab_size(hf.vocab_size).codebook_size,
                        max_position_embeddings=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
-                       rope_theta=float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0),
+                       rope_theta=ROPE_THETA if is_grid_rope(hf) else
+                       float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or ROPE_THETA),
                        grid_rope=is_grid_rope(hf),
                        attention_bias=bool(getattr(hf, "attention_bias", False)),
                        initializer_range=hf.initializer_range, tie_word_embeddings=hf.tie_word_embeddings)

@@ -143,6 +143,7 @@ def test_no_grid_rope_warning_reaches_the_user(tmp_path, capfd):
     (dict(grid_heads=3), "must be in 0..2"),
     (dict(hidden_size=32, num_attention_heads=2, grid_heads=0), "head_dim >= 24"),
     (dict(grid_heads=0, grid_copy=0.5), "grid_copy needs grid_heads"),
+    (dict(rope_theta=500000.0), "rope_theta does not apply with grid_rope"),  # it would be ignored silently
 ])
 def test_bad_grid_configs(kw, msg):
     with pytest.raises(ValueError, match=msg):
