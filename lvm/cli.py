@@ -159,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("LVM_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `lvm train CONFIG --resume lr=1e-3`: argparse ends a positional list at the first flag, so overrides
+    # after a flag arrive here; they are overrides all the same
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.parse_args(argv)  # argparse's own one-line refusal of what it does not know, exit 2
     run = getattr(args, "_run", None)
     if run is None:
         args._group_parser.print_help()

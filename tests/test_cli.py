@@ -155,3 +155,12 @@ def test_sampling_flags_default_to_the_one_home():
     tasks, suite = _flags(("eval", "tasks")), SuiteConfig()
     assert (tasks["--top-k"].default, tasks["--top-p"].default) == (SUITE.top_k, SUITE.top_p) == (suite.top_k,
                                                                                                   suite.top_p)
+
+
+def test_overrides_after_a_flag_reach_the_config(capsys):
+    assert main(["train", "configs/train/tiny.yaml", "--print-config", "lr=0.125", "max_steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.125" in out and "max_steps: 7" in out
+    with pytest.raises(SystemExit) as e:  # what is neither a flag nor key=value stays argparse's refusal
+        main(["train", "configs/train/tiny.yaml", "--print-config", "--bogus"])
+    assert e.value.code == 2
