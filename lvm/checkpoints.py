@@ -9,7 +9,6 @@ worth of tokens (lvm/tokens.py).
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from lvm.tokens import TokenLayout
@@ -63,7 +62,7 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
     import torch
     from transformers import LlamaForCausalLM
 
-    from lvm.model import quiet_hf_progress
+    from lvm.model import hf_errors_only, quiet_hf_progress
     from lvm_base.hardware import resolve
     from lvm_base.hub import resolve_checkpoint
 
@@ -77,7 +76,7 @@ def load_causal_lm(path, device: str = "auto", precision: str = "auto", fp32_on_
     if plan.device_type != "cpu":
         load = {"dtype": plan.dtype, "device_map": {"": plan.device}}
     try:
-        with quiet_hf_progress(), _hf_errors_only():
+        with quiet_hf_progress(), hf_errors_only():  # its multi-line load report: each case is an InputError here
             model, info = LlamaForCausalLM.from_pretrained(path, config=config, output_loading_info=True,
                                                            ignore_mismatched_sizes=True, **load)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
@@ -158,13 +157,15 @@ def check_llama_weights(path: Path, config) -> None:
     import torch
     from transformers import LlamaForCausalLM
 
+    from lvm.model import hf_errors_only
+
     from lvm_base.checkpointing import check_state, safetensors_shapes, shapes
 
     files = _weight_files(path)
     if not files:
         return
     got = safetensors_shapes(files)
-    with torch.device("meta"), _hf_errors_only():
+    with torch.device("meta"), hf_errors_only():
         meta = LlamaForCausalLM(config)
     aliases: dict = {}
     for name, p in meta.named_parameters(remove_duplicate=False):
@@ -173,20 +174,6 @@ def check_llama_weights(path: Path, config) -> None:
     legacy = {k for k in got if k.endswith("rotary_emb.inv_freq")}
     check_state(shapes(meta.state_dict()), got, files[0] if len(files) == 1 else path / "model.safetensors.index.json",
                 ignore_missing=tied, ignore_unexpected=legacy)
-
-
-@contextlib.contextmanager
-def _hf_errors_only():
-    """transformers logs a multi-line load report for missing or unexpected tensors; every such case is
-    an InputError here, so only its errors are shown inside."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(was)
 
 
 def check_fit(layout: TokenLayout, tok, model_name="the model", tokenizer_name="the tokenizer") -> None:

@@ -250,15 +250,8 @@ def is_grid_rope(hf) -> bool:
 
 
 @contextlib.contextmanager
-def quiet_grid_rope(grid: bool = True):
-    """transformers warns wherever a config with grid rope is built, loaded or saved: a linear rope factor
-    below 1 is unusual to it, and grid rope's 1/pi (`grid_rope_parameters`) is meant. Inside, when `grid`,
-    transformers' logger lets only errors through, and its level is restored after. By level, not by the
-    warning's text, so a reworded warning stays quiet too (tests/test_model.py guards it); a config without
-    grid rope keeps every warning."""
-    if not grid:
-        yield
-        return
+def hf_errors_only():
+    """Inside, transformers' logger lets only errors through; its level is restored after."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.get_verbosity()
@@ -267,6 +260,14 @@ def quiet_grid_rope(grid: bool = True):
         yield
     finally:
         hf_logging.set_verbosity(was)
+
+
+def quiet_grid_rope(grid: bool = True):
+    """transformers warns wherever a config with grid rope is built, loaded or saved: a linear rope factor
+    below 1 is unusual to it, and grid rope's 1/pi (`grid_rope_parameters`) is meant. When `grid`, only
+    errors pass inside: by level, not by the warning's text, so a reworded warning stays quiet too
+    (tests/test_model.py guards it); a config without grid rope keeps every warning."""
+    return hf_errors_only() if grid else contextlib.nullcontext()
 
 
 def save_hf(model, out, progress: bool = False, **kw) -> None:
