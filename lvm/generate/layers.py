@@ -140,7 +140,8 @@ def decode(e, B: int, starts: list[int], Q: int) -> Ops:
 
     def attend(i, q, k, v):
         kc, vc = e.cache.layer(i, B)
-        return attend_rows(q.contiguous(), kc, vc, lengths, scale).view(B, Q, -1)
+        # reshape: SDPA's output layout differs across torch versions, so the transposed result may not be a view
+        return attend_rows(q.contiguous(), kc, vc, lengths, scale).reshape(B, Q, -1)
 
     return Ops(e.dec_layers, torch.float32, linear, cos, sin, store, attend, e.dec_norm)
 
