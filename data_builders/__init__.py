@@ -10,8 +10,10 @@ Modules (import what you need; nothing heavy is imported here):
 - `sources`: one module per source type (builtin, images, class_groups, videos, multiview_mesh,
   multiview_folder, pairs, annotate, annotated_video, coco) and `make_source`, the type -> class table.
 - `meshes`: GLB / glTF / OBJ meshes (trimesh) made ready for the renderer, textures baked in.
-- `render`: the built-in pybullet TinyRenderer scenes (`list_objects`, `render_orbit`, `render_video`,
-  `render_object_view`, `task_pair`, `annotation_image`), callable from other packages.
+- `objects`: the catalog of built-in objects and their train / held-out split (`list_objects`,
+  `get_object`, `MeshObject`) and colours (`object_color`, `random_color`); no renderer needed.
+- `render`: the built-in pybullet TinyRenderer scenes (`render_orbit`, `render_video`, `render_object_view`,
+  `task_pair`, `annotation_image`), callable from other packages.
 - `annotations`: annotations drawn as images (segmentation palette, depth, normals, edges, colorization,
   inpainting, boxes, skeletons).
 - `engines`: where shards run: `local` (this rank's share) or `ray` (tasks with retries, tokenizer actors);

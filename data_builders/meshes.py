@@ -7,7 +7,7 @@ and scaled to a unit box; each part's base colour (a PBR or simple material's te
 a plain colour, vertex or face colours) becomes a texture, and the textures are packed into one atlas
 by trimesh. Vertex colours are averaged per face (dense scanned meshes lose little).
 
-    with meshes.prepared("chair.glb") as obj:           # a render.MeshObject, valid inside the block
+    with meshes.prepared("chair.glb") as obj:           # an objects.MeshObject, valid inside the block
         orbit = render.render_orbit(obj, size=256, seed=0)
 
 Conversions are cached in memory per process (the last CACHE_SIZE, keyed by path, mtime, size and options),
@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from . import render
+from .objects import MeshObject, object_color
 
 GLTF_EXTENSIONS = (".glb", ".gltf")
 MAX_TEXTURE = 2048  # texels a side: renders are a few hundred pixels, Objaverse textures up to 8K
@@ -48,11 +49,10 @@ class Converted:
     files: tuple
     textured: bool
 
-    def write(self, folder: str) -> render.MeshObject:
+    def write(self, folder: str) -> MeshObject:
         for fname, data in self.files:
             Path(folder, fname).write_bytes(data)
-        return render.MeshObject(self.name, str(Path(folder, "mesh.obj")), "z", self.textured,
-                                 render.object_color(self.name))
+        return MeshObject(self.name, str(Path(folder, "mesh.obj")), "z", self.textured, object_color(self.name))
 
 
 def read_parts(path: str) -> list:
@@ -67,7 +67,7 @@ def read_parts(path: str) -> list:
 
 
 def normalize(parts: list, up: str) -> None:
-    """Rotate Y-up parts to Z-up (+90 deg about X, as render.mesh_bounds) and fit them in a unit box at 0."""
+    """Rotate Y-up parts to Z-up (+90 deg about X, as objects.mesh_bounds) and fit them in a unit box at 0."""
     import trimesh
 
     if up == "y":
@@ -261,7 +261,7 @@ def uncached_files():
 
 @contextmanager
 def prepared(path: str, up: str = "z", textured: bool = True):
-    """The converted mesh as a render.MeshObject whose files exist (and load uncached) inside the block."""
+    """The converted mesh as an objects.MeshObject whose files exist (and load uncached) inside the block."""
     conv = converted(path, up, textured)
     with tempfile.TemporaryDirectory(prefix="lvm-mesh-") as folder, uncached_files():
         yield conv.write(folder)

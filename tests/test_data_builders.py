@@ -255,6 +255,7 @@ def test_annotated_video_layouts(tmp_path):
 
 def test_builtin_every_kind_and_split(tmp_path):
     from data_builders import render
+    from data_builders.objects import list_objects
 
     src = SourceConfig(type="builtin", count=36, split="train", n_frames=6, pairs_per_sequence=2, views=4,
                        kinds={"multiview": 1, "video": 1, "pairs": 1, "tuples": 1, "annotated_video": 1, "single": 1,
@@ -263,8 +264,8 @@ def test_builtin_every_kind_and_split(tmp_path):
     ms = metas(samples)
     assert {m["kind"] for m in ms} == {"multiview", "video", "pairs", "tuples", "annotated_video", "single",
                                        "class_group"}
-    train = {o.name for o in render.list_objects("train")}
-    held = {o.name for o in render.list_objects("heldout")}
+    train = {o.name for o in list_objects("train")}
+    held = {o.name for o in list_objects("heldout")}
     assert train and held and not train & held
     for m in ms:
         for name in m.get("objects", []) + ([m["object"]] if "object" in m else []):

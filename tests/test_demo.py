@@ -46,11 +46,11 @@ def test_demo_stages_tiny(tmp_path):
     m, t, _ = load_pair(model, tok)
     assert m.config.vocab_size == t.codebook_size + 100 == 164
     # the data are training objects only
-    from data_builders import render
+    from data_builders.objects import list_objects
     from lvm_base.tar import iter_tar_samples
     from data_builders.sequence import sample_meta
 
-    held = {o.name for o in render.list_objects("heldout")}
+    held = {o.name for o in list_objects("heldout")}
     for shard in sorted((out / "work" / "images").glob("*.tar")):
         for s in iter_tar_samples(shard):
             meta = sample_meta(s)

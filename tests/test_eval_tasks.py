@@ -224,9 +224,9 @@ def test_episodes_are_heldout_and_deterministic():
     cfg = te.SuiteConfig(tasks=["next_view", "segmentation", "inpainting"], episodes=1, context=3)
     a = te.make_episodes(cfg, size=32)
     b = te.make_episodes(cfg, size=32)
-    from data_builders import render
+    from data_builders.objects import list_objects
 
-    held = {o.name for o in render.list_objects("heldout")}
+    held = {o.name for o in list_objects("heldout")}
     assert a["next_view"][0].info["object"] in held
     assert set(a["segmentation"][0].info["objects"]) <= held
     assert len(a["next_view"][0].images) == 4 and len(a["segmentation"][0].images) == 16
@@ -242,9 +242,10 @@ def test_episodes_are_heldout_and_deterministic():
 def test_blank_orbits_are_redrawn():
     """random_168's vertices are NaN: it renders nothing, and a blank orbit's frames are all identical."""
     from data_builders import render
+    from data_builders.objects import list_objects
     from lvm.eval.tasks.episodes import MIN_VISIBLE_PIXELS, _orbit
 
-    objs = render.list_objects("heldout")
+    objs = list_objects("heldout")
     broken = [o for o in objs if o.name == "random_168"]
     assert broken, "the catalog's broken mesh moved: pick another blank object"
     blank = render.render_orbit(broken[0], size=32, seed=0, views=2)

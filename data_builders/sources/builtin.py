@@ -43,12 +43,13 @@ class BuiltinSource(Source):
         return list(range(self.cfg.count or 1000))
 
     def _objects(self):
-        from .. import render
+        from ..objects import list_objects
 
-        return render.list_objects(self.cfg.split)
+        return list_objects(self.cfg.split)
 
     def make(self, unit, rng, seed):
         from .. import render
+        from ..objects import random_color
 
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self.p))]
         objs = self._objects()
@@ -81,7 +82,7 @@ class BuiltinSource(Source):
             images, names = [], []
             # colorization: one object in one colour drawn for the sequence, so its earlier pairs show the
             # answer's colour (a colour tied to the object's name could not be read from a held-out prompt)
-            same = (pick(), render.random_color(rng)) if task == "colorization" else None
+            same = (pick(), random_color(rng)) if task == "colorization" else None
             for j in range(self.cfg.pairs_per_sequence):
                 obj, color = same or (pick(), None)
                 v = render.render_object_view(obj, seed=int(rng.integers(2**31)), size=sz, color=color)

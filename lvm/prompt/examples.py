@@ -43,11 +43,12 @@ def _sequential(root, name, frames, description, context, n_new):
 
 def _analogy(root, name, task, objects, description, seed, size, shots):
     from data_builders import render
+    from data_builders.objects import random_color
 
     rng = np.random.default_rng(seed)
     imgs, pairs = {}, []
     # colorization shows one object in one colour, so the examples carry the answer's colour (docs/tasks.md)
-    same = (objects[0], render.random_color(rng)) if task == "colorization" else None
+    same = (objects[0], random_color(rng)) if task == "colorization" else None
     for k in range(shots + 1):
         obj, color = same or (objects[k % len(objects)], None)
         view = render.render_object_view(obj, seed=seed + k, size=size, color=color)
@@ -70,12 +71,13 @@ def make_example_prompts(root: str | Path = "prompts", size: int = SIZE, context
     to generate (sequential), `shots` example pairs (analogies), images of `size` px. The defaults make the
     prompts shipped in prompts/."""
     from data_builders import render
+    from data_builders.objects import list_objects
 
     root = Path(root)
     names = set(NAMES if names is None else names)
     if names - set(NAMES):
         raise ValueError(f"unknown example prompts {sorted(names - set(NAMES))} (known: {NAMES})")
-    held = render.list_objects("heldout")
+    held = list_objects("heldout")
     if not held:
         raise RuntimeError("the renderer has no held-out objects")
     named = [o for o in held if not o.name.startswith("random_")]

@@ -1,5 +1,5 @@
 """Held-out episodes: each task's images, rendered by the built-in renderer from objects never trained on
-(`render.list_objects("heldout")`), deterministic in the suite's seed so every model sees the same data.
+(`objects.list_objects("heldout")`), deterministic in the suite's seed so every model sees the same data.
 
     next_view     frames of an orbit (15 deg steps)            -> the next view
     next_frame    frames of a physics video                    -> the next frame
@@ -66,10 +66,11 @@ def _analogy(task: str, objs, size: int, rng) -> Episode:
     all on one, in a colour drawn for the episode)."""
     from data_builders import annotations as ann
     from data_builders import render
+    from data_builders.objects import random_color
 
     images, names, hole = [], [], None
     # colorization shows one object in one colour drawn for the episode: the examples carry its colour
-    same = (objs[int(rng.integers(len(objs)))], render.random_color(rng)) if task == "colorization" else None
+    same = (objs[int(rng.integers(len(objs)))], random_color(rng)) if task == "colorization" else None
     for j in range(MAX_SHOTS + 1):
         for _ in range(REDRAWS):
             obj, color = same or (objs[int(rng.integers(len(objs)))], None)
@@ -107,8 +108,9 @@ def _orbit(objs, size: int, seed: int, views: int, rng) -> Episode:
 def make_episodes(cfg: SuiteConfig, size: int) -> dict[str, list[Episode]]:
     """Render the suite's episodes (deterministic in cfg.seed) from held-out objects at `size` px."""
     from data_builders import render
+    from data_builders.objects import list_objects
 
-    objs = render.list_objects("heldout")
+    objs = list_objects("heldout")
     if not objs:
         raise InputError("the renderer has no held-out objects")
     out = {}
