@@ -25,7 +25,11 @@ _why_not: str | None = None
 
 
 def _cpu_tag() -> str:
-    """A short hash of the CPU's feature flags: a binary built with -march=native is only good for them."""
+    """A short hash of the CPU's feature flags (a binary built with -march=native is only good for them) and
+    of torch's version (an extension is built against one torch's ABI; torch names the build directory by
+    Python and CUDA only, so two venvs with other torch versions would share it, and its lock)."""
+    import torch
+
     flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -34,7 +38,7 @@ def _cpu_tag() -> str:
                 break
     except OSError:
         pass
-    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:8]
+    return hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__}".encode()).hexdigest()[:8]
 
 
 def march() -> str:
