@@ -213,8 +213,16 @@ def test_numeric_flag_out_of_range(case, d, tmp_path, capsys):
 
 # ---- item 8: --candidates past the memory the KV cache may take (the CPU had no check) ----
 
-def test_candidates_past_the_memory_are_one_line_before_generating(d, tmp_path, capsys):
+def test_candidates_past_the_memory_are_one_line_before_generating(d, tmp_path, capsys, monkeypatch):
     import torch
+
+    from lvm.generate import kernels
+
+    # the refusal, not the decode kernels: on a machine without their build, compiling them prints a line first
+    # (the module's load state is put back after, so later tests still get the kernels)
+    monkeypatch.setenv("LVM_KERNELS", "0")
+    monkeypatch.setattr(kernels, "_tried", kernels._tried)
+    monkeypatch.setattr(kernels, "_why_not", kernels._why_not)
 
     from lvm.model import ModelConfig
     from tests.tiny import save_tiny_tokenizer
