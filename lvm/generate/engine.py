@@ -137,9 +137,7 @@ class Engine:
         self.cache = KVCache(len(self.layers), self.n_kv, self.capacity, self.head_dim, cache_dtype, dev)
         self.cuda_graphs = bool(cuda_graphs) and dev.type == "cuda" and self.static
         # The most tokens a pass drafts (0 = plain decoding), and a drafted token's share of a pass's cost.
-        self.draft = DRAFT.get(dev.type, 0) if speculative is None or speculative is True else int(speculative)
-        if not 0 <= self.draft <= MAX_DRAFT:
-            raise InputError(f"speculative decoding drafts 0..{MAX_DRAFT} tokens per pass, got {self.draft}")
+        self.draft = self._draft_of(speculative)
         self.draft_cost = DRAFT_COST.get(dev.type, 1.0)
         self.notes: list[str] = list(self.plan.notes)
         self._graphs: dict = {}
@@ -256,9 +254,7 @@ class Engine:
         s = sampling or Sampling()
         tpi = self.layout.tokens_per_image
         prompt = self._check_prompt(prompt, n_new, candidates)
-        draft = self.draft if speculative is None else (DRAFT.get(self.device.type, 0) if speculative is True
-                                                        else int(speculative))
-        draft = min(max(draft, 0), MAX_DRAFT) if use_cache else 0
+        draft = (self.draft if speculative is None else self._draft_of(speculative)) if use_cache else 0
         B = candidates
         self._alloc(B)  # the cache's memory check comes before any per-candidate work
         gens = self._generators(s, candidates, seeds)
@@ -286,6 +282,13 @@ class Engine:
         return Generation(images=new, dropped_images=dropped, seconds=time.perf_counter() - run.t0,
                           new_tokens=run.done, notes=notes, prefill_seconds=run.prefill, passes=run.passes,
                           row_passes=run.row_passes, draft=draft)
+
+    def _draft_of(self, speculative: bool | int | None) -> int:
+        """Tokens a pass drafts for a `speculative` setting: None or True = this device's default, False = 0."""
+        draft = DRAFT.get(self.device.type, 0) if speculative is None or speculative is True else int(speculative)
+        if not 0 <= draft <= MAX_DRAFT:
+            raise InputError(f"speculative decoding drafts 0..{MAX_DRAFT} tokens per pass, got {draft}")
+        return draft
 
     def _check_prompt(self, prompt, n_new: int, candidates: int) -> torch.Tensor:
         """The prompt as flat CPU tokens, after the token contract's checks (whole images, image codes)."""

@@ -88,15 +88,14 @@ def generate_frames(s: Session, codes, n_new: int, candidates: int, context: int
     import torch
 
     eng = s.engine
-    keep = context
-    codes = codes[-keep:]
+    codes = codes[-context:]
     if context + 1 >= eng.context_images:  # the engine slides its window the same way
         return eng.generate(codes, n_new=n_new, candidates=candidates, sampling=s.sampling).images
     out = torch.empty(candidates, n_new, codes.shape[1], dtype=torch.long)
     for c in range(candidates):
         seq = codes
         for j in range(n_new):  # a shorter window than the engine's: one frame at a time
-            g = eng.generate(seq[-keep:], n_new=1, candidates=1, sampling=s.sampling,
+            g = eng.generate(seq[-context:], n_new=1, candidates=1, sampling=s.sampling,
                              seeds=[s.sampling.seed + c + 7919 * j])
             out[c, j] = g.images[0, 0]
             seq = torch.cat([seq, g.images[0]])
