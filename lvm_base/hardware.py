@@ -315,8 +315,10 @@ def synchronize(device) -> None:
     import torch
 
     kind = str(device).split(":")[0]
-    if kind in ("cuda", "mps"):
-        torch.cuda.synchronize(device) if kind == "cuda" else torch.mps.synchronize()
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 # ---- training ----
@@ -342,23 +344,10 @@ def make_accelerator(plan: Plan, **kwargs):
     return accelerator, plan.autocast() if cpu_fp16 else contextlib.nullcontext()
 
 
-# ---- the same two flags on every computing command ----
-
-def add_arguments(parser, device_help: str = "", precision_help: str = "", many: bool = False) -> None:
-    """`--device` and `--precision` (both default auto, resolved by `resolve`). `many=True` (benchmarks)
-    makes --precision a comma list of precisions compared side by side; read it with `parse_precisions`."""
-    parser.add_argument("--device", default="auto",
-                        help=device_help or "auto (this rank's GPU, else MPS, else CPU), cpu, cuda, cuda:N or mps")
-    choices = "{" + ",".join(PRECISIONS) + "}"
-    parser.add_argument("--precision", default="auto", choices=None if many else list(PRECISIONS),
-                        metavar=choices + "[,...]" if many else None,
-                        help=precision_help or "compute precision; auto = bf16 where the hardware computes it "
-                                               "natively and, on a CPU, measures faster (AMX/AVX512-BF16 CPUs, GPUs "
-                                               "from Ampere), fp16 on older GPUs, else fp32 (see `lvm env`)")
-
+# ---- reading the two flags of every computing command (lvm/commands/hardware_args.py) ----
 
 def parse_precisions(text: str) -> list[str]:
-    """A benchmark's comma list of precisions (`add_arguments(many=True)`): each checked, duplicates dropped."""
+    """A benchmark's comma list of precisions (--precision with many=True): each checked, duplicates dropped."""
     out = [p.strip().lower() for p in (text or "").split(",") if p.strip()] or ["auto"]
     if any(p not in PRECISIONS for p in out):
         raise InputError(f"--precision {text}: expected a comma list of {', '.join(PRECISIONS)}")

@@ -71,7 +71,7 @@ def test_user_errors_are_one_line_and_debug_shows_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-# Commands that compute with torch; each takes the policy's two flags (lvm_base.hardware.add_arguments).
+# Commands that compute with torch; each takes the policy's two flags (lvm/commands/hardware_args.py).
 # `lvm bench data` renders with pybullet and `lvm data build/stats/preview/export-jsonl` only move files.
 COMPUTING = [("tokenizer", "train"), ("tokenizer", "eval"), ("tokenizer", "recon"), ("tokenizer", "encode"),
              ("tokenizer", "decode"), ("data", "tokenize"), ("train",), ("prompt",), ("eval", "perplexity"),

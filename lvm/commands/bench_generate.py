@@ -35,7 +35,7 @@ from lvm.generate.sampling import DEFAULTS
 
 
 def add_arguments(p):
-    from lvm_base.hardware import add_arguments as device_arguments
+    from lvm.commands.hardware_args import add_hardware_arguments as device_arguments
 
     p.add_argument("--model", default="tiny",
                    help="config name in configs/model (tiny, 100m, ...), a model YAML, or an HF model directory")

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from lvm.commands.arg_types import NON_NEGATIVE_INT, POSITIVE_INT, SEED_INT
-from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm.commands.hardware_args import add_hardware_arguments
 
 
 def add_arguments(p):

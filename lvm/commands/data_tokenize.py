@@ -21,7 +21,7 @@ example:
 
 from lvm.commands.arg_types import NON_NEGATIVE_INT, POSITIVE_INT
 from lvm.commands.data_build import add_engine_arguments
-from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm.commands.hardware_args import add_hardware_arguments
 
 
 def add_arguments(p):

@@ -29,7 +29,7 @@ examples:
 """
 
 from lvm.commands.config_args import add_config_arguments
-from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm.commands.hardware_args import add_hardware_arguments
 
 
 def add_arguments(p):

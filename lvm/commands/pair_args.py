@@ -7,7 +7,7 @@ HUB = "local directory or hub id (owner/name[@revision][/sub/folder]) from the H
 def add_pair_arguments(p, default_model: bool = False) -> None:
     """--model (required, or defaulting to the shipped lvm-small) / --tokenizer (default: the one the model
     records) and the hardware flags."""
-    from lvm_base.hardware import add_arguments as device_arguments
+    from lvm.commands.hardware_args import add_hardware_arguments as device_arguments
 
     model_default = " (default: assets/lvm-small, else the demo's runs/demo/model)" if default_model else ""
     p.add_argument("--model", required=not default_model, default=None,

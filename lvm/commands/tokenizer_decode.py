@@ -5,7 +5,8 @@ Example:
   lvm tokenizer decode runs/tok codes/ --out decoded/
 """
 
-from lvm_base.hardware import add_arguments as add_hardware_arguments, from_args
+from lvm.commands.hardware_args import add_hardware_arguments
+from lvm_base.hardware import from_args
 
 
 def add_arguments(p):

@@ -10,7 +10,8 @@ Example:
 """
 
 from lvm.commands.arg_types import POSITIVE_INT
-from lvm_base.hardware import add_arguments as add_hardware_arguments, from_args
+from lvm.commands.hardware_args import add_hardware_arguments
+from lvm_base.hardware import from_args
 
 
 def add_arguments(p):

@@ -19,7 +19,7 @@ Example:
 """
 
 from lvm.commands.config_args import add_config_arguments, resolve_config
-from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm.commands.hardware_args import add_hardware_arguments
 from lvm_base.hardware import apply_args
 
 

@@ -21,7 +21,7 @@ examples:
 
 from lvm.commands.config_args import add_config_arguments, config_from_args
 from lvm_base.config import config_to_yaml
-from lvm_base.hardware import add_arguments as add_hardware_arguments
+from lvm.commands.hardware_args import add_hardware_arguments
 from lvm_base.hardware import apply_args, launch_env
 
 
