@@ -279,13 +279,13 @@ def save_hf(model, out, progress: bool = False, **kw) -> None:
 
 def model_config_from_hf(hf) -> ModelConfig:
     """The ModelConfig describing an existing HF Llama config (for --init-from and saved runs)."""
-    rope = dict(getattr(hf, "rope_parameters", None) or {})
+    rope, grid = dict(getattr(hf, "rope_parameters", None) or {}), is_grid_rope(hf)
     return ModelConfig(hidden_size=hf.hidden_size, intermediate_size=hf.intermediate_size,
                        num_hidden_layers=hf.num_hidden_layers, num_attention_heads=hf.num_attention_heads,
                        num_key_value_heads=hf.num_key_value_heads, codebook_size=TokenLayout.from_vocab_size(hf.vocab_size).codebook_size,
                        max_position_embeddings=hf.max_position_embeddings, rms_norm_eps=hf.rms_norm_eps,
-                       rope_theta=ROPE_THETA if is_grid_rope(hf) else
+                       rope_theta=ROPE_THETA if grid else
                        float(rope.get("rope_theta") or getattr(hf, "rope_theta", None) or ROPE_THETA),
-                       grid_rope=is_grid_rope(hf),
+                       grid_rope=grid,
                        attention_bias=bool(getattr(hf, "attention_bias", False)),
                        initializer_range=hf.initializer_range, tie_word_embeddings=hf.tie_word_embeddings)
