@@ -2,6 +2,7 @@
 directory whose record still points at that tokenizer, with a model card and the run's log."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,12 +54,17 @@ def test_export_writes_half_precision_weights_that_still_find_their_tokenizer(ru
     from safetensors import safe_open
 
     root, tok = run
-    out = export_model(root / "run", root / "shipped" / "small", recipe=["configs/model/small.yaml"])
+    recipe = ["configs/train/lvm-small.yaml", "configs/model/small.yaml", "configs/data/lvm-small.yaml"]
+    out = export_model(root / "run", root / "shipped" / "small", recipe=recipe)
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     assert recorded_tokenizer(out) == str(tok.resolve())  # the relative record was rewritten for OUT
     card = (out / "README.md").read_text()
-    assert "2 optimizer steps" in card and "recipe/small.yaml" in card and "figures/loss.png" in card
+    assert "2 optimizer steps" in card and "recipe/model/small.yaml" in card and "figures/loss.png" in card
+    # two configs named lvm-small.yaml both kept, and the train config's ../model/ include resolves in recipe/
+    assert [(out / "recipe" / n).read_text() for n in ("train/lvm-small.yaml", "data/lvm-small.yaml")] == \
+        [Path(f).read_text() for f in (recipe[0], recipe[2])]
+    assert load_config(TrainConfig, out / "recipe" / "train" / "lvm-small.yaml").model.num_hidden_layers == 6
     assert (out / "figures" / "heldout_ppl.png").is_file() and (out / "generation_config.json").is_file()
     assert sorted(p.name for p in (out / "heldout_tokens").iterdir()) == ["tokens-000000.tar", "tokens_info.json"]
     assert (out / "train_log.jsonl").read_text() == (root / "run" / "metrics.jsonl").read_text()
@@ -73,6 +79,16 @@ def test_export_never_writes_into_a_folder_of_something_else(run, tmp_path):
     with pytest.raises(InputError, match="not an earlier export"):
         export_model(root / "run", other)
     assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_export_refuses_two_recipe_files_of_one_name(run, tmp_path):
+    root, _ = run
+    twin = tmp_path / "data" / "lvm-small.yaml"
+    twin.parent.mkdir()
+    twin.write_text("a: 1\n")
+    with pytest.raises(InputError, match="two files data/lvm-small.yaml"):
+        export_model(root / "run", tmp_path / "out", recipe=["configs/data/lvm-small.yaml", twin])
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_model_without_a_record_asks_for_the_tokenizer(tmp_path):

@@ -4,7 +4,8 @@ a model card (README.md) with the recipe, the hardware and wall time of the run,
 perplexity curves, its whole log and, given `--tasks`, the task table of `lvm eval tasks`.
 
     lvm export runs/lvm-small --out assets/lvm-small --tasks runs/lvm-small-eval \\
-        --recipe configs/train/lvm-small.yaml configs/model/small.yaml configs/data/lvm-small.yaml
+        --recipe configs/train/lvm-small.yaml configs/model/small.yaml configs/data/lvm-small.yaml \\
+        configs/data/lvm-small-heldout.yaml
 """
 
 
@@ -17,7 +18,7 @@ def add_arguments(p):
     p.add_argument("--tokenizer", default=None,
                    help="the tokenizer to record (default: the one the checkpoint records)")
     p.add_argument("--tasks", default=None, help="an `lvm eval tasks --out` folder whose report the card carries")
-    p.add_argument("--recipe", nargs="*", default=[], help="config files of the recipe, copied to OUT/recipe/")
+    p.add_argument("--recipe", nargs="*", default=[], help="config files of the recipe, copied to OUT/recipe/FOLDER/FILE")
     p.add_argument("--name", default=None, help="the model's name in the card (default: OUT's folder name)")
 
 

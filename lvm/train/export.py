@@ -4,7 +4,7 @@
                                                                  the tokenizer recorded relative to OUT
     OUT/README.md                                               model card: recipe, run, curves, task table
     OUT/train_config.yaml train_log.jsonl                       the run's resolved config and its whole log
-    OUT/recipe/                                                 the config files given with --recipe
+    OUT/recipe/FOLDER/FILE                                      the config files given with --recipe
     OUT/figures/loss.png heldout_ppl.png                        curves against training tokens
     OUT/tasks.md (+ tasks.png, ppl.png)                         a `lvm eval tasks` report, given --tasks
     OUT/heldout_tokens/                                         the held-out token shards the run scored
@@ -54,6 +54,20 @@ def _heldout_dir(cfg_file: Path) -> Path | None:
     return Path(spec) if isinstance(spec, str) and Path(spec).is_dir() else None
 
 
+def _recipe_names(files) -> dict[Path, str]:
+    """{recipe file: its name under OUT/recipe/}: folder/file (train/lvm-small.yaml, model/small.yaml), so that
+    a config's include of a sibling folder (`model: ../model/small.yaml`) resolves inside recipe/ too."""
+    names = {}
+    for f in map(Path, files):
+        if not f.is_file():
+            raise InputError(f"{f}: --recipe file not found")
+        name = f"{f.resolve().parent.name}/{f.name}"
+        if name in names.values():
+            raise InputError(f"{f}: --recipe names two files {name}")
+        names[f] = name
+    return names
+
+
 def _tokenizer_of(ckpt: Path, tokenizer) -> str | None:
     from lvm.checkpoints import recorded_tokenizer
 
@@ -100,6 +114,7 @@ def export_model(run_dir, out, checkpoint=None, dtype: str = "bf16", tokenizer=N
         if not f.is_file():
             raise InputError(f"{f}: missing; export needs an lvm train run folder")
     _target(out)
+    recipe = _recipe_names(recipe)
     tasks = Path(tasks) if tasks else None
     if tasks is not None and not (tasks / "tasks.md").is_file():
         raise InputError(f"{tasks}: no tasks.md (give the --out folder of lvm eval tasks)")
@@ -115,11 +130,9 @@ def export_model(run_dir, out, checkpoint=None, dtype: str = "bf16", tokenizer=N
     save_hf(model, tmp, progress=True, safe_serialization=True)
     shutil.copyfile(cfg_file, tmp / "train_config.yaml")
     shutil.copyfile(log, tmp / "train_log.jsonl")
-    for f in recipe:
-        if not Path(f).is_file():
-            raise InputError(f"{f}: --recipe file not found")
-        (tmp / "recipe").mkdir(exist_ok=True)
-        shutil.copyfile(f, tmp / "recipe" / Path(f).name)
+    for f, name in recipe.items():
+        (tmp / "recipe" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, tmp / "recipe" / name)
     held = _heldout_dir(cfg_file)
     if held is not None:  # the tokens its logged held-out curve scored: another run can score the same ones
         shutil.copytree(held, tmp / "heldout_tokens")
@@ -132,7 +145,7 @@ def export_model(run_dir, out, checkpoint=None, dtype: str = "bf16", tokenizer=N
     state = json.loads((ckpt / "trainer_state.json").read_text())
     n_params = sum(p.numel() for p in model.parameters())
     atomic_write_text(tmp / "README.md", model_card(name or out.name, model.config, state, n_params, recs, figs,
-                                                   [Path(f).name for f in recipe],
+                                                   list(recipe.values()),
                                                    (tmp / "tasks.md").read_text() if tasks else None, dtype,
                                                    held is not None))
     atomic_write_text(tmp / MARK, json.dumps({"run": str(run), "checkpoint": str(ckpt), "dtype": dtype,
