@@ -1,6 +1,7 @@
-"""Regenerate the `lvm serve` screenshots in docs/ (serve-before.png, serve-after.png) with the demo's model.
+"""Regenerate the `lvm serve` screenshots in docs/ (serve-before.png, serve-after.png) with the model `lvm serve`
+uses by default (assets/lvm-small, else the demo's).
 
-    python docs/screenshots.py [--model runs/demo/model --tokenizer runs/demo/tokenizer --example rotation]
+    python docs/screenshots.py [--model DIR --tokenizer DIR --example rotation]
 
 Needs the serve extra and the system Chromium + chromedriver (apt-get install chromium chromium-driver).
 The browser steps are the ones tests/test_serve.py checks.
@@ -22,30 +23,31 @@ def shot(browser, path):
 
 
 def main():
-    from lvm.checkpoints import demo_checkpoints
+    from lvm.checkpoints import resolve_pair
     from lvm.serve.app import launch, make_service
     from test_serve import _browser, _css, _free_port, _wait, generate, load_example
 
-    model, tok = demo_checkpoints()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(model))
-    ap.add_argument("--tokenizer", default=str(tok))
-    ap.add_argument("--example", default="rotation")
+    ap.add_argument("--model", default=None, help="default: assets/lvm-small, else the demo's model")
+    ap.add_argument("--tokenizer", default=None, help="default: the one the model records")
+    ap.add_argument("--example", default="rotation", help="a prompt of prompts/ (its file name without .yaml)")
+    ap.add_argument("--out", default=str(ROOT / "docs"), help="folder of the two pictures")
     args = ap.parse_args()
-    svc = make_service(args.model, args.tokenizer, "auto", "auto", "out/serve", ROOT / "prompts")
+    model, tok = resolve_pair(args.model, args.tokenizer)
+    svc = make_service(str(model), str(tok), "auto", "auto", "out/serve", ROOT / "prompts")
     app = launch(svc, port=_free_port(), block=False)
     b = _browser()
     try:
         b.get(app.local_url)
         load_example(b, args.example)
-        shot(b, ROOT / "docs" / "serve-before.png")
+        shot(b, Path(args.out) / "serve-before.png")
         generate(b, 2)  # the page's default: 2 candidates
         _wait(b, lambda d: _css(d, "#grid img") or None)
-        shot(b, ROOT / "docs" / "serve-after.png")
+        shot(b, Path(args.out) / "serve-after.png")
     finally:
         b.quit()
         app.close()
-    print("wrote docs/serve-before.png, docs/serve-after.png")
+    print(f"wrote {args.out}/serve-before.png, serve-after.png")
 
 
 if __name__ == "__main__":
