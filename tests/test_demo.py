@@ -211,7 +211,9 @@ def test_train_minutes_shrink_only_when_the_budget_needs_it(tmp_path):
 
     from lvm.demo import Demo, DemoConfig
 
-    demo = Demo(DemoConfig(out=str(tmp_path), budget_minutes=20, train_minutes=10), log=lambda *a: None)
+    # without the shipped lvm-small, whose prompts and eval would take their own share of the budget
+    demo = Demo(DemoConfig(out=str(tmp_path), budget_minutes=20, train_minutes=10, shipped_model=None),
+                log=lambda *a: None)
     (demo.work).mkdir(parents=True)
     (demo.work / "plan-tokenizer.json").write_text(json.dumps({"seconds_per_step": 0.3}))
 
@@ -231,8 +233,8 @@ def test_train_minutes_shrink_only_when_the_budget_needs_it(tmp_path):
     assert 1 < demo.train_minutes() < 10 and abs(demo.train_minutes() - expected) < 1e-6
     at_table = demo.estimate("eval", probe=False)
     for probe_s in (0.15, 0.6):  # a probe that reads the CPU twice as fast or slow as the table
-        other = Demo(DemoConfig(out=str(tmp_path), budget_minutes=20, train_minutes=10, device="cpu"),
-                     log=lambda *a: None)
+        other = Demo(DemoConfig(out=str(tmp_path), budget_minutes=20, train_minutes=10, device="cpu",
+                                shipped_model=None), log=lambda *a: None)
         (other.work / "plan-tokenizer.json").write_text(json.dumps({"seconds_per_step": probe_s}))
         assert other.estimate("eval", probe=False) != at_table  # the estimate follows the probe
         assert abs(other.train_minutes() - expected) < 1e-6  # the plan does not
