@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs"), help="folder of the two pictures")
     args = ap.parse_args()
     model, tok = resolve_pair(args.model, args.tokenizer)
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # Chrome's save_screenshot returns False into a missing folder
     svc = make_service(str(model), str(tok), "auto", "auto", "out/serve", ROOT / "prompts")
     app = launch(svc, port=_free_port(), block=False)
     b = _browser()
