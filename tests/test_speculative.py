@@ -77,7 +77,8 @@ def test_verification_scores_each_token_as_a_step_does(model):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_kernels_are_batch_invariant(dtype):
+@pytest.mark.parametrize("hd", [16, 20, 64])  # one vector (AVX-512), a partial one, lvm-small's heads
+def test_kernels_are_batch_invariant(dtype, hd):
     """A row's product and a query's attention have the same bits whatever comes with them in the call."""
     from lvm.generate import kernels, weights
 
@@ -88,14 +89,38 @@ def test_kernels_are_batch_invariant(dtype):
     w, x = torch.randn(37, 70, generator=g).to(dtype), torch.randn(9, 70, generator=g)
     full = kn.linear(x, w)
     assert all(torch.equal(full[b:b + 1], kn.linear(x[b:b + 1].contiguous(), w)) for b in range(9))
-    kc, vc = (torch.randn(3, 2, 300, 16, generator=g).to(dtype) for _ in range(2))
-    q, lengths = torch.randn(3, 5, 4, 16, generator=g), torch.tensor([1, 130, 290])
-    out = kn.attend_rows(q, kc, vc, lengths, 0.25)
-    for b, j in itertools.product(range(3), range(5)):
-        one = kn.attend(q[b:b + 1, j].contiguous(), kc[b:b + 1], vc[b:b + 1], int(lengths[b]) + j, 0.25)
-        assert torch.equal(out[b, j], one[0])
-    ref = weights.attend_rows(q.double(), kc.double(), vc.double(), lengths, 0.25)  # the PyTorch twin
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # 300 positions: blocks of keys and their remainders; 5 queries: widened (scratch) and in-place caches.
+    kc, vc = (torch.randn(3, 2, 300, hd, generator=g).to(dtype) for _ in range(2))
+    q, lengths = torch.randn(3, 5, 4, hd, generator=g), torch.tensor([1, 130, 290])
+    for Q in (5, 2):
+        out = kn.attend_rows(q[:, :Q].contiguous(), kc, vc, lengths, 0.25)
+        for b, j in itertools.product(range(3), range(Q)):
+            one = kn.attend(q[b:b + 1, j].contiguous(), kc[b:b + 1], vc[b:b + 1], int(lengths[b]) + j, 0.25)
+            assert torch.equal(out[b, j], one[0])
+    # The PyTorch twin, with the query rounded to bf16 where the kernels score a bf16 cache in bf16.
+    qr = q.bfloat16() if dtype == torch.bfloat16 and kn.dot_bf16 and hd % 32 == 0 else q
+    ref = weights.attend_rows(qr.double(), kc.double(), vc.double(), lengths, 0.25)
+    torch.testing.assert_close(out.double(), ref[:, :2], rtol=1e-5, atol=1e-5)
+
+
+def test_elementwise_kernels_match_pytorch():
+    """The fused norm, rope and SiLU-gate steps equal their PyTorch forms, row by row."""
+    from lvm.generate import kernels, layers
+
+    kn = kernels.load()
+    if kn is None:
+        pytest.skip(f"no compiled kernels: {kernels.why_not()}")
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 2, 40, generator=g), torch.randn(40, generator=g)
+    torch.testing.assert_close(kn.rms_norm(x, w, 1e-6), layers.rms(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+    qkv = torch.randn(2, 3, 5, 8, generator=g)  # rope the first 3 heads of 5, as the layer loop does
+    cos, sin = torch.randn(2, 3, 8, generator=g), torch.randn(2, 3, 8, generator=g)
+    for c, s in ((cos, sin), (cos[:1], sin[:1])):  # per row, and one set of positions for every row
+        want = layers.rope(qkv[:, :, :3], c[:, :, None], s[:, :, None])
+        torch.testing.assert_close(kn.rope(qkv[:, :, :3], c, s), want)
+    gu = torch.randn(4, 2, 30, generator=g)
+    torch.testing.assert_close(kn.silu_mul(gu), layers.glu(gu), rtol=1e-5, atol=1e-6)
+    assert torch.equal(kn.silu_mul(gu)[1:2], kn.silu_mul(gu[1:2].contiguous()))
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -284,20 +309,36 @@ def test_the_distribution_test_rejects_wrong_acceptance_rules(four, monkeypatch)
 # ---- the draft schedule and storage precision ----
 
 def test_draft_schedule_follows_acceptance():
-    assert speculative.best_draft(0.99, 15, 0.3) >= 7 and speculative.best_draft(0.99, 15, 0.03) == 15
-    assert speculative.best_draft(0.3, 15, 0.3) == 0  # plain passes pay more
-    sched = speculative.Schedule(most=15, cost=0.3)
-    assert sched.next() > 0
+    J, S, C = speculative.JACOBI, speculative.SAME, speculative.CHANGED
+    best = speculative.best_draft
+    assert best([0.99] * 15, (0.3, 0.25)) >= 7 and best([0.99] * 15, (0.0, 0.03)) == 15
+    assert best([0.1] * 15, (0.0, 0.15)) == 0  # plain passes pay more
+    assert best([0.45] * 15, (0.0, 0.05)) > 0 and best([0.45] * 15, (0.3, 0.25)) == 0  # a pass's fixed cost counts
+    assert best([0.99] * 5 + [0.1] * 10, (0.3, 0.25)) == 5  # drafts stop before the guesses that fail
+    rates = [0.99] * 10 + [0.05] * 2
+    assert best(rates, (0.3, 0.25)) == 10 and best(rates, (0.3, 0.25), lengths=(1, 3, 7)) == 7  # graph shapes
+    sched = speculative.Schedule(most=15, cost=(0.3, 0.25))
+    assert sched.next([S] * 15) > 0  # optimistic start
     for _ in range(20):
-        sched.saw(0, 8)  # nothing accepted
+        sched.saw([C] * 8, 0, 1)  # changed cells: rejected
+        sched.saw([S] * 8, 8, 8)  # cells as they were: kept
+    assert sched.rates[C] < 0.3 and sched.rates[S] > 0.95 and sched.rates[J] == 0.9
+    assert sched.next([S] * 6 + [C] * 9) == 6 and sched.next([C] * 15) == 0
     # Plain passes, then a short speculative one to look again; still nothing accepted: plain again.
-    assert [sched.next() for _ in range(speculative.PROBE_EVERY + 1)] == [0] * speculative.PROBE_EVERY + [3]
-    sched.saw(0, 3)
-    assert sched.next() == 0 and sched.plain_left == speculative.PROBE_EVERY
-    for _ in range(20):
-        sched.saw(8, 8)
-    assert [sched.next() for _ in range(speculative.PROBE_EVERY)][-1] == 3 and sched.next() >= 7
-    assert speculative.Schedule(most=0, cost=0.3).next() == 0
+    assert [sched.next([C] * 15) for _ in range(speculative.PROBE_EVERY)] == [0] * (speculative.PROBE_EVERY - 1) + [3]
+    sched.saw([C] * 3, 0, 1)
+    assert sched.next([C] * 15) == 0 and sched.plain_left == speculative.PROBE_EVERY
+    assert sched.next([]) == 0 and speculative.Schedule(most=0, cost=(0.0, 0.1)).next([S] * 4) == 0
+    assert speculative.guess_kinds([True, False, True, True], 0, 1, 15) == [J, C, S]  # the last cell: no guess
+
+
+def test_bf16_greedy_speculative_equals_plain(copier):
+    """A bf16 cache (scored with bf16 dot products where the CPU has them) keeps greedy output exact."""
+    layout = TokenLayout(codebook_size=K, images_per_context=4)
+    e = _engine(copier, layout, precision="bf16")
+    prompt = torch.randint(0, K, (3, 256), generator=torch.Generator().manual_seed(4))
+    plain = e.generate(prompt, n_new=1, candidates=2, sampling=GREEDY, speculative=0)
+    assert torch.equal(e.generate(prompt, n_new=1, candidates=2, sampling=GREEDY, speculative=15).images, plain.images)
 
 
 def test_storage_apart_from_compute(model):

@@ -1,4 +1,4 @@
-"""The CPU decode kernels (lvm/generate/csrc/decode.cpp), compiled once per machine and cached.
+"""The CPU decode kernels (lvm/generate/csrc/: decode.cpp, attend.cpp), compiled once per machine and cached.
 
 `load()` returns the compiled module, or None when it cannot be had (no C++ compiler, a failed build, or
 LVM_KERNELS=0), in which case the engine decodes with plain PyTorch ops (slower, same results up to
@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-_SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = [_CSRC / "decode.cpp", _CSRC / "attend.cpp"]  # and the header they share, vec.h
 _module = None
 _tried = False
 _why_not: str | None = None
@@ -105,8 +106,9 @@ def load(verbose: bool = True):
         print("lvm: compiling the CPU decode kernels (once per machine, ~40 s) ...", file=sys.stderr, flush=True)
     try:
         _module = cpp_extension.load(
-            name=name, sources=[str(_SOURCE)], extra_cflags=["-O3", f"-march={march()}", "-ffast-math", "-fopenmp"],
-            extra_ldflags=["-fopenmp"], verbose=False)
+            name=name, sources=[str(f) for f in _SOURCES],
+            extra_cflags=["-O3", f"-march={march()}", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+            verbose=False)
     except Exception as e:  # no compiler, no ninja, a compile error: decode without them
         lines = str(e).strip().splitlines()
         _why_not = f"build failed ({lines[-1] if lines else type(e).__name__})"

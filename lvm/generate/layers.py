@@ -44,6 +44,12 @@ class Ops:
     attend: Callable        # (layer, q, k, v) -> (B, Q, heads * head dim)
     norm: torch.Tensor      # the final norm's weight
     last_only: bool = False
+    rms: Callable = None    # (x, weight, eps) -> RMS-normed x; None = `rms`
+    rope: Callable = None   # (x (B, Q, n, hd), cos, sin) -> x rotated; None = `rope`
+    glu: Callable = None    # ([g | u] (..., 2I)) -> silu(g) * u; None = `glu`
+
+    def __post_init__(self):
+        self.rms, self.rope, self.glu = self.rms or rms, self.rope or rope, self.glu or glu
 
 
 def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -62,6 +68,11 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def glu(gu: torch.Tensor) -> torch.Tensor:
+    g, u = gu.chunk(2, dim=-1)
+    return F.silu(g) * u
+
+
 def run(e, tokens: torch.Tensor, ops: Ops) -> torch.Tensor:
     """The forward pass of `tokens` (B, Q) as `ops` says: float32 logits (B, Q, vocab), or (B, vocab) of the
     last position with `ops.last_only`."""
@@ -69,16 +80,15 @@ def run(e, tokens: torch.Tensor, ops: Ops) -> torch.Tensor:
     H, Hkv, hd, eps = e.n_heads, e.n_kv, e.head_dim, e.eps
     x = F.embedding(tokens, e.embed).to(ops.act)
     for i, w in enumerate(ops.layers):
-        qkv = ops.linear(rms(x, w["attn_norm"], eps), w["wqkv"], w.get("bqkv")).view(B, Q, H + 2 * Hkv, hd)
-        qk = rope(qkv[:, :, : H + Hkv], ops.cos, ops.sin)  # q and k share one rope call
+        qkv = ops.linear(ops.rms(x, w["attn_norm"], eps), w["wqkv"], w.get("bqkv")).view(B, Q, H + 2 * Hkv, hd)
+        qk = ops.rope(qkv[:, :, : H + Hkv], ops.cos, ops.sin)  # q and k share one rope call
         k, v = qk[:, :, H:], qkv[:, :, H + Hkv:]
         ops.store(i, k, v)
         x = x + ops.linear(ops.attend(i, qk[:, :, :H], k, v), w["wo"], w.get("bo"))
-        g, u = ops.linear(rms(x, w["mlp_norm"], eps), w["w13"], None).chunk(2, dim=-1)
-        x = x + ops.linear(F.silu(g) * u, w["w2"], None)
+        x = x + ops.linear(ops.glu(ops.linear(ops.rms(x, w["mlp_norm"], eps), w["w13"], None)), w["w2"], None)
     if ops.last_only:
         x = x[:, -1]
-    return ops.linear(rms(x, ops.norm, eps), e.lm_head, None).float()
+    return ops.linear(ops.rms(x, ops.norm, eps), e.lm_head, None).float()
 
 
 def torch_linear(x, w, b=None):
@@ -143,7 +153,11 @@ def decode(e, B: int, starts: list[int], Q: int) -> Ops:
         # reshape: SDPA's output layout differs across torch versions, so the transposed result may not be a view
         return attend_rows(q.contiguous(), kc, vc, lengths, scale).reshape(B, Q, -1)
 
-    return Ops(e.dec_layers, torch.float32, linear, cos, sin, store, attend, e.dec_norm)
+    if kn is None:
+        return Ops(e.dec_layers, torch.float32, linear, cos, sin, store, attend, e.dec_norm)
+    cos, sin = (t.view(-1, Q, t.shape[-1]) for t in (cos, sin))  # the rope kernel's (1 or B, Q, hd)
+    return Ops(e.dec_layers, torch.float32, linear, cos, sin, store, attend, e.dec_norm,
+               rms=kn.rms_norm, rope=kn.rope, glu=kn.silu_mul)
 
 
 def static(e, pos: torch.Tensor, span: int) -> Ops:

@@ -5,58 +5,17 @@
 // bandwidth and its bf16 attention for one query is slower still (`lvm bench generate` shows both); these loops stream bf16 or fp32 weights
 // and caches with fp32 arithmetic and approach the memory bandwidth. Plain C++ written for the compiler's
 // auto-vectoriser (-O3 and -march for the ISA torch dispatches to): portable across AVX2 / AVX-512 / NEON,
-// no intrinsics. Each kernel is a template on the stored element type (uint16_t = bf16 bits, or float).
+// no intrinsics but the bf16 dot products of CPUs that have them (vec.h). Each kernel is a template on the
+// stored element type (uint16_t = bf16 bits, or float); attention is in attend.cpp.
 //
-// Both kernels are batch-invariant: a row's result has the same bits whatever other rows (or queries) come
+// The kernels are batch-invariant: a row's result has the same bits whatever other rows (or queries) come
 // with it, so a k-token verification pass of speculative decoding scores each token exactly as a one-token
 // step would, and greedy speculative decoding equals plain greedy decoding token for token.
 
-#include <torch/extension.h>
+#include "vec.h"
 
-#include <ATen/Parallel.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <vector>
-
+namespace lvm_kernels {
 namespace {
-
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;  // fp32 lanes of one native vector register (512-bit)
-#else
-constexpr int kLanes = 8;  // 256-bit (AVX2); on 128-bit ISAs the compiler splits it in two
-#endif
-
-inline float to_float(uint16_t b) {  // bf16 bits -> fp32: the upper half of the fp32 pattern
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline float to_float(float f) { return f; }
-
-// One register of kLanes fp32 values (GCC/Clang vector extensions): the accumulators stay in registers,
-// where plain arrays of floats are spilled to memory by the auto-vectoriser on AVX2.
-typedef float vfl __attribute__((vector_size(4 * kLanes)));
-typedef uint16_t vbf __attribute__((vector_size(2 * kLanes)));
-typedef uint32_t vu32 __attribute__((vector_size(4 * kLanes)));
-
-inline vfl load_lanes(const float* p) {
-  vfl v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline vfl load_lanes(const uint16_t* p) {  // kLanes bf16 -> fp32
-  vbf b;
-  std::memcpy(&b, p, sizeof b);
-  const vu32 u = __builtin_convertvector(b, vu32) << 16;
-  vfl f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 // Accumulators per row: enough independent FMA chains that their latency does not bound the loop. Fixed for
 // every row count, so that a row's sum is formed in the same order in every batch (batch invariance).
@@ -112,92 +71,6 @@ void linear_dispatch(const float* x, int64_t ldx, int64_t B, const W* w, int64_t
   });
 }
 
-template <typename W>
-const W* data_as(const torch::Tensor& t);
-template <>
-const uint16_t* data_as<uint16_t>(const torch::Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-template <>
-const float* data_as<float>(const torch::Tensor& t) { return t.data_ptr<float>(); }
-
-bool stored_type(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat32;
-}
-
-// softmax(q k^T * scale) v for one query over the first T positions of one kv head, with fp32 scores and an
-// online (running-max) softmax in one pass. The same code serves every query of every call, so a query's
-// result does not depend on the other queries it comes with.
-template <typename C>
-void attend_one(const float* qh, const C* kh, const C* vh, int64_t st, int64_t T, int64_t D, float scale,
-                float* qs, float* acc, float* p, float* oh) {
-  constexpr int64_t kChunk = 128;  // keys scored before their values are accumulated
-  for (int64_t d = 0; d < D; ++d) qs[d] = qh[d] * scale;
-  std::fill(acc, acc + D, 0.f);
-  // Finite start values: the file is built with -ffast-math (vectorised exp), which assumes no infs.
-  float m = -1e30f, l = 0.f;
-  for (int64_t c0 = 0; c0 < T; c0 += kChunk) {
-    const int64_t n = std::min(kChunk, T - c0);
-    for (int64_t t = 0; t < n; ++t) {
-      const C* kt = kh + (c0 + t) * st;
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t d = 0; d < D; ++d) s += qs[d] * to_float(kt[d]);
-      p[t] = s;
-    }
-    float m_new = m;
-    for (int64_t t = 0; t < n; ++t) m_new = std::max(m_new, p[t]);
-    float psum = 0.f;
-#pragma omp simd reduction(+ : psum)
-    for (int64_t t = 0; t < n; ++t) {
-      p[t] = std::exp(p[t] - m_new);
-      psum += p[t];
-    }
-    const float corr = std::exp(m - m_new);
-    l = l * corr + psum;
-    for (int64_t d = 0; d < D; ++d) acc[d] *= corr;
-    for (int64_t t = 0; t < n; ++t) {
-      const float e = p[t];
-      const C* vt = vh + (c0 + t) * st;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) acc[d] += e * to_float(vt[d]);
-    }
-    m = m_new;
-  }
-  const float inv = 1.f / l;
-  for (int64_t d = 0; d < D; ++d) oh[d] = acc[d] * inv;
-}
-
-// Q queries per row and head against the row's cache: query j of row b sees its first lengths[b] + j
-// positions (a verification pass: the row's tokens at consecutive positions, causal among themselves).
-// q: float32 (B, Q, H, D) contiguous; k, v: bfloat16 or float32 (B, Hkv, Tmax, D) with unit stride in D (a
-// view into the cache); H a multiple of Hkv (grouped-query heads share their kv head). One task per (row,
-// head) runs its Q queries back to back, so the head's keys and values come from memory once.
-template <typename C>
-void attend_impl(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const int64_t* lengths,
-                 double scale, torch::Tensor& out) {
-  const int64_t B = q.size(0), Q = q.size(1), H = q.size(2), D = q.size(3), Hkv = k.size(1);
-  const int64_t group = H / Hkv;
-  const int64_t sb = k.stride(0), sh = k.stride(1), st = k.stride(2);
-  const float* qp = q.data_ptr<float>();
-  const C* kp = data_as<C>(k);
-  const C* vp = data_as<C>(v);
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> qs(D), acc(D), p(128);
-    for (int64_t task = t0; task < t1; ++task) {
-      const int64_t b = task / H, h = task % H;
-      const C* kh = kp + b * sb + (h / group) * sh;
-      const C* vh = vp + b * sb + (h / group) * sh;
-      for (int64_t j = 0; j < Q; ++j) {
-        const int64_t at = ((b * Q + j) * H + h) * D;
-        attend_one<C>(qp + at, kh, vh, st, lengths[b] + j, D, static_cast<float>(scale), qs.data(), acc.data(),
-                      p.data(), op + at);
-      }
-    }
-  });
-}
-
 }  // namespace
 
 // x: float32 (B, I), rows contiguous; w: bfloat16 or float32 (O, I) contiguous. Returns float32 (B, O).
@@ -214,39 +87,88 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
   return y;
 }
 
-void check_cache(const torch::Tensor& k, const torch::Tensor& v) {
-  TORCH_CHECK(k.dim() == 4 && stored_type(k) && k.stride(3) == 1, "k: bfloat16 or float32 (B, Hkv, T, D)");
-  TORCH_CHECK(v.sizes() == k.sizes() && v.strides() == k.strides() && v.scalar_type() == k.scalar_type(),
-              "v must match k");
+// The elementwise steps of a decoding layer, one call each where PyTorch takes several small ops (a few
+// microseconds apiece, which add up to a quarter of a 100m model's step). Each row runs the same loop
+// whatever the number of rows, so these are batch-invariant too.
+
+// x * rsqrt(mean(x^2) + eps) * w over the last dimension: x float32 (..., D) contiguous, w float32 (D).
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: float32, contiguous");
+  TORCH_CHECK(w.dim() == 1 && w.scalar_type() == torch::kFloat32 && w.size(0) == x.size(-1), "w: float32 (D,)");
+  const int64_t D = x.size(-1), N = x.numel() / D;
+  auto y = torch::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < N; ++r) {
+    const float* xr = xp + r * D;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t d = 0; d < D; ++d) ss += xr[d] * xr[d];
+    const float inv = 1.f / std::sqrt(ss / D + static_cast<float>(eps));
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) yp[r * D + d] = xr[d] * inv * wp[d];
+  }
+  return y;
 }
 
-torch::Tensor attend_rows(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor lengths, double scale) {
-  TORCH_CHECK(q.dim() == 4 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(), "q: float32 (B, Q, H, D)");
-  check_cache(k, v);
-  const int64_t B = q.size(0), Q = q.size(1), H = q.size(2), D = q.size(3), Hkv = k.size(1);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == D && H % Hkv == 0, "q and the cache disagree in shape");
-  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == B && lengths.scalar_type() == torch::kInt64 &&
-              lengths.device().is_cpu() && lengths.is_contiguous(), "lengths: int64 (B,) on the CPU");
-  const int64_t* len = lengths.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(len[b] >= 1 && len[b] + Q - 1 <= k.size(2), "T out of range");
-  auto out = torch::empty({B, Q, H, D}, q.options());
-  if (k.scalar_type() == torch::kBFloat16)
-    attend_impl<uint16_t>(q, k, v, len, scale, out);
-  else
-    attend_impl<float>(q, k, v, len, scale, out);
-  return out;
+// HF Llama's rotate-half rope: x float32 (B, Q, n, hd) with unit stride in hd (e.g. the q and k heads of a
+// fused qkv product), cos/sin float32 (C, Q, hd) contiguous with C = 1 (shared positions) or B (per row).
+// Returns a new contiguous (B, Q, n, hd).
+torch::Tensor rope(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32 && x.stride(3) == 1, "x: float32 (B, Q, n, hd)");
+  const int64_t B = x.size(0), Q = x.size(1), n = x.size(2), hd = x.size(3), h = hd / 2;
+  TORCH_CHECK(cos.dim() == 3 && cos.sizes() == sin.sizes() && cos.is_contiguous() && sin.is_contiguous() &&
+              cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 &&
+              (cos.size(0) == 1 || cos.size(0) == B) && cos.size(1) == Q && cos.size(2) == hd && hd % 2 == 0,
+              "cos, sin: float32 (1 or B, Q, hd)");
+  auto y = torch::empty({B, Q, n, hd}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t q = 0; q < Q; ++q) {
+      const int64_t cb = cos.size(0) == 1 ? 0 : b;
+      const float* c = cos.data_ptr<float>() + (cb * Q + q) * hd;
+      const float* s = sin.data_ptr<float>() + (cb * Q + q) * hd;
+      for (int64_t j = 0; j < n; ++j) {
+        const float* xr = xp + b * x.stride(0) + q * x.stride(1) + j * x.stride(2);
+        float* yr = yp + ((b * Q + q) * n + j) * hd;
+#pragma omp simd
+        for (int64_t d = 0; d < h; ++d) {
+          yr[d] = xr[d] * c[d] - xr[d + h] * s[d];
+          yr[d + h] = xr[d + h] * c[d + h] + xr[d] * s[d + h];
+        }
+      }
+    }
+  return y;
 }
 
-// One query per (row, head) against the first T cached positions: q float32 (B, H, D) -> (B, H, D).
-torch::Tensor attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, int64_t T, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == torch::kFloat32 && q.is_contiguous(), "q: float32 (B, H, D)");
-  check_cache(k, v);
-  auto lengths = torch::full({q.size(0)}, T, torch::dtype(torch::kInt64));
-  return attend_rows(q.unsqueeze(1), k, v, lengths, scale).squeeze(1);
+// silu(g) * u of gu = [g | u]: float32 (..., 2I) contiguous -> (..., I).
+torch::Tensor silu_mul(torch::Tensor gu) {
+  TORCH_CHECK(gu.scalar_type() == torch::kFloat32 && gu.is_contiguous() && gu.size(-1) % 2 == 0,
+              "gu: float32 (..., 2I), contiguous");
+  const int64_t I = gu.size(-1) / 2, N = gu.numel() / (2 * I);
+  auto sizes = gu.sizes().vec();
+  sizes.back() = I;
+  auto y = torch::empty(sizes, gu.options());
+  const float* gp = gu.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < N; ++r) {
+    const float *g = gp + r * 2 * I, *u = g + I;
+#pragma omp simd
+    for (int64_t i = 0; i < I; ++i) yp[r * I + i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  }
+  return y;
 }
+
+}  // namespace lvm_kernels
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear", &linear, "x (B, I) fp32 @ w (O, I) bf16|fp32 ^T -> (B, O) fp32");
-  m.def("attend", &attend, "one-query attention over a bf16|fp32 KV cache, fp32 math");
-  m.def("attend_rows", &attend_rows, "Q causal queries per row at per-row cache lengths, fp32 math");
+  m.def("linear", &lvm_kernels::linear, "x (B, I) fp32 @ w (O, I) bf16|fp32 ^T -> (B, O) fp32");
+  m.def("attend", &lvm_kernels::attend, "one-query attention over a bf16|fp32 KV cache, fp32 math");
+  m.def("attend_rows", &lvm_kernels::attend_rows, "Q causal queries per row at per-row cache lengths, fp32 math");
+  m.def("rms_norm", &lvm_kernels::rms_norm, "RMS norm of fp32 rows times w");
+  m.def("rope", &lvm_kernels::rope, "rotate-half rope of fp32 (B, Q, n, hd) heads");
+  m.def("silu_mul", &lvm_kernels::silu_mul, "silu(g) * u of fp32 [g | u] rows");
+  // Whether a bf16 cache's attention scores use bf16 dot products (the query rounded to bf16).
+  m.attr("dot_bf16") = lvm_kernels::kDotBf16;
 }
