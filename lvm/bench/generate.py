@@ -225,7 +225,8 @@ def measure_generate(model: str = "tiny", candidates: str = "1,4", context: int 
     if hf_static:
         hf_kw, hf_ctx = _hf_static_call(model, device)
     hf_cols = f" {'HF static tok/s':>15} {'ratio':>6}" if hf_static else ""
-    spec_cols = f" {'spec tok/s':>10} {'passes/img':>10} {'kept/pass':>9} {'spec/ours':>9}" if speculative else ""
+    spec_cols = (f" {'spec tok/s':>10} {'passes/img':>10} {'kept/pass':>9} {'spec/ours':>9} {'decode':>7}"
+                 if speculative else "")
     echo(f"{'precision':>12} {'batch':>5} {'ours s':>8} {'ours tok/s':>10} {'HF s':>8} {'HF tok/s':>9} {'ratio':>6}"
          + hf_cols + spec_cols)
     decode = {}  # precision asked -> median decoding seconds per step at batch 1
@@ -271,10 +272,14 @@ def measure_generate(model: str = "tiny", candidates: str = "1,4", context: int 
             sp = {}
             if speculative:  # the median run's figures
                 o = sorted(tsp[p], key=lambda o: o.seconds)[len(tsp[p]) // 2]
+                # The same ratio without the prompt's prefill, which both decodings share.
+                dec = (statistics.median(x.seconds - x.prefill_seconds for x in to[p]) /
+                       statistics.median(x.seconds - x.prefill_seconds for x in tsp[p]))
                 sp = {"spec_s": o.seconds, "spec_tok_s": tok / o.seconds, "spec_draft": o.draft,
-                      "spec_passes_per_image": o.passes_per_image, "spec_acceptance": o.acceptance_length}
+                      "spec_passes_per_image": o.passes_per_image, "spec_acceptance": o.acceptance_length,
+                      "spec_decode_speedup": dec}
                 extra += (f" {tok / o.seconds:>10.1f} {o.passes_per_image:>10.1f} {o.acceptance_length:>9.2f} "
-                          f"{mo / o.seconds:>8.2f}x")
+                          f"{mo / o.seconds:>8.2f}x {dec:>6.2f}x")
             echo(f"{names[p]:>12} {b:>5} {mo:>8.2f} {tok / mo:>10.1f} {mh:>8.2f} {tok / mh:>9.1f} "
                  f"{mh / mo:>5.2f}x" + extra, flush=True)
             rows.append({"precision": names[p], "engine_precision": eng[p].plan.precision, "batch": b,

@@ -12,7 +12,9 @@ one-time build; LVM_KERNELS=0 shows the plain-PyTorch engine); on CUDA with a ca
 
 Each engine also runs speculatively (lvm/generate/speculative.py: tokens drafted from the previous image and
 the model's own earlier guesses, verified in one forward pass): its tokens/s, forward passes per image (plain:
-256), tokens kept per pass per candidate, and its speed over the plain engine's ("spec/ours"). How much is
+256), tokens kept per pass per candidate, its speed over the plain engine's ("spec/ours", prefill included)
+and the same ratio of the decoding alone ("decode": the time after the first token, which carries the
+prompt's prefill that both share). How much is
 kept depends on the model and the prompt: on random weights it says little (an untrained model with the
 copy prior copies whatever it is shown); `--prompt FILE` (a prompt YAML, with `--model DIR`: a trained
 model and its recorded tokenizer, or --tokenizer) measures it on real images.

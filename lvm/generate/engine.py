@@ -43,7 +43,7 @@ from lvm.generate import layers
 from lvm.generate.cache import KVCache
 from lvm.generate.cuda_graphs import capture_step
 from lvm.generate.sampling import Generation, ProgressFn, Sampling, sample_next
-from lvm.generate.speculative import DRAFT, DRAFT_COST, MAX_DRAFT, Run, Schedule, decode_image
+from lvm.generate.speculative import DRAFT, DRAFT_COST, GRAPH_LENGTHS, MAX_DRAFT, Run, Schedule, decode_image
 from lvm.generate.weights import decode_weight, layer_weights
 from lvm.tokens import TOKENS_PER_IMAGE, TokenLayout
 from lvm_base.errors import InputError
@@ -138,7 +138,10 @@ class Engine:
         self.cuda_graphs = bool(cuda_graphs) and dev.type == "cuda" and self.static
         # The most tokens a pass drafts (0 = plain decoding), and a drafted token's share of a pass's cost.
         self.draft = self._draft_of(speculative)
-        self.draft_cost = DRAFT_COST.get(dev.type, 1.0)
+        # What a speculative pass costs (speculative.DRAFT_COST): fp32 weights make a CPU's one-token step dearer.
+        fp32 = f"{dev.type}-fp32"
+        self.draft_cost = DRAFT_COST.get(fp32 if self.dtype == torch.float32 and fp32 in DRAFT_COST else dev.type,
+                                         (0.0, 1.0))
         self.notes: list[str] = list(self.plan.notes)
         self._graphs: dict = {}
         self._pool = None
@@ -269,7 +272,9 @@ class Engine:
         n = prompt.numel()
         seq[:, :n] = prompt
         new = torch.empty(B, n_new, tpi, dtype=torch.long, device=self.device)
-        run = Run(t0=time.perf_counter(), shared=True, schedules=[Schedule(draft, self.draft_cost) for _ in range(B)])
+        lengths = GRAPH_LENGTHS if self.cuda_graphs else None  # each pass shape of a graph is captured once
+        run = Run(t0=time.perf_counter(), shared=True,
+                  schedules=[Schedule(draft, self.draft_cost, lengths) for _ in range(B)])
         for j in range(n_new):
             if n + tpi > self.context:
                 n, d = self._crop(seq, n)

@@ -4,7 +4,8 @@ A plain pass feeds every candidate row its last token and samples the next one. 
 each row its last token and some guessed tokens after it, scores them all in one forward pass (scored as
 one-token steps would score them, Engine.forward(verify=True)), and keeps the accepted prefix plus one token
 of the model's own. How many tokens a row guesses is its `Schedule`'s choice: as many as pay for their cost
-at the acceptance rate the row has seen, none (plain passes) where guessing does not pay. A guess for a position is the model's guess from the previous pass where it made one (a
+at the acceptance rates the row has seen for each kind of guess, none (plain passes) where guessing does not
+pay. A guess for a position is the model's guess from the previous pass where it made one (a
 Jacobi iterate: that pass saw a slightly different prefix; Teng et al., Speculative Jacobi Decoding) and
 otherwise the token in the same grid cell of the previous image, which a video's next frame or an orbit's
 next view largely repeats, and which costs nothing.
@@ -29,7 +30,7 @@ candidate's image does not depend on its batch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,53 +39,76 @@ from lvm_base.hardware import synchronize
 
 MAX_DRAFT = 32  # tokens a pass may draft per row: the cache's room past the context (cache.py)
 # Most tokens drafted per pass by default, per device type (elsewhere, MPS, decoding stays plain), and what a
-# drafted token adds to a pass's cost, as a share of a one-token pass. A GPU's pass is bound by reading the
-# weights or by launch overhead, so more tokens are nearly free; a CPU's small-model pass is partly bound
-# by arithmetic (attention over the cache and the products grow with the tokens).
+# speculative pass costs beside a one-token step (its pass and its sampling): (a fixed part, a part per
+# drafted token). A GPU's pass is bound by reading the weights or by launch overhead, so more tokens are nearly
+# free. A CPU's pass of a small model is partly bound by arithmetic (attention over the cache and the products
+# grow with the tokens), the more so where weights are read as bf16 (a cheap step): `lvm bench generate
+# --prompt` on lvm-small puts a bf16 pass of 1 + d tokens near 1.3 + 0.25 d steps, an fp32 one near 1 + 0.17 d.
 DRAFT = {"cuda": 15, "cpu": 15}
-DRAFT_COST = {"cuda": 0.03, "cpu": 0.3}
+DRAFT_COST = {"cuda": (0.0, 0.03), "cpu": (0.3, 0.25), "cpu-fp32": (0.0, 0.17)}
 PROBE_EVERY = 32  # passes, once speculation stops paying, until a short speculative one looks again
 
 
-def best_draft(alpha: float, most: int, cost: float) -> int:
-    """The draft length (0 = a plain pass) with the most expected tokens per unit of pass cost, when each
-    guess is accepted with probability `alpha` given the ones before it were."""
-    best, pick = 1.0, 0
-    for d in sorted({x for x in (1, 3, 7, 15, 31) if x <= most} | {most}):
-        tokens = d + 1.0 if alpha >= 1 else (1 - alpha ** (d + 1)) / (1 - alpha)
-        if tokens / (1 + cost * d) > best:
-            best, pick = tokens / (1 + cost * d), d
+# What a guess is, for the acceptance rates a schedule keeps apart: the model's own guess from the previous
+# pass (Jacobi), or the previous image's token in the same cell where that cell held the same token in the
+# image before (a still part of a video or an orbit: nearly always right), or where it changed (often wrong).
+JACOBI, SAME, CHANGED = 0, 1, 2
+# Draft lengths a pass may use where each pass shape is a captured CUDA graph (besides the schedule's most).
+GRAPH_LENGTHS = (1, 3, 7, 15, 31)
+
+
+def best_draft(rates: list[float], cost: tuple[float, float], lengths=None) -> int:
+    """The draft length (0 = a plain pass; among `lengths` and len(rates), or any) with the most expected
+    tokens per unit of pass cost (a speculative pass drafting d tokens costs 1 + cost[0] + cost[1] * d
+    one-token steps), when guess j (of len(rates) possible) is accepted with probability rates[j] given the
+    ones before it were."""
+    best, pick, tokens, p = 1.0, 0, 1.0, 1.0
+    for d, r in enumerate(rates, 1):
+        p *= r
+        tokens += p
+        value = tokens / (1 + cost[0] + cost[1] * d)
+        if (lengths is None or d in lengths or d == len(rates)) and value > best:
+            best, pick = value, d
     return pick
 
 
 @dataclass
 class Schedule:
-    """How many tokens each pass drafts: `best_draft` for the acceptance rate seen so far (a running mean
-    over the passes' accept/reject outcomes); while plain passes pay more, plain passes with an occasional
-    speculative one to look again. Decided from the tokens alone, never from timings, so a seeded sampled
-    generation is reproducible."""
+    """How many tokens each pass drafts: `best_draft` for the kinds of guesses on offer and each kind's
+    acceptance rate so far (a running mean over the passes' accept/reject outcomes); while plain passes pay
+    more, plain passes with an occasional speculative one to look again. Decided from the tokens alone,
+    never from timings, so a seeded sampled generation is reproducible."""
 
     most: int  # 0 = always plain
-    cost: float
-    alpha: float = 0.9  # optimistic start: the first pass drafts
+    cost: tuple[float, float]  # best_draft's
+    lengths: tuple | None = None  # best_draft's
+    rates: list = field(default_factory=lambda: [0.9, 0.9, 0.9])  # per kind; optimistic: the first pass drafts
+    seen: list = field(default_factory=lambda: [0, 0, 0])  # guesses judged, per kind
     plain_left: int = 0
 
-    def next(self) -> int:
-        if self.most == 0:
+    def next(self, kinds: list[int]) -> int:
+        """Tokens to draft, given the kinds of the guesses for the next slots (as many as may be drafted)."""
+        kinds = kinds[:self.most]
+        if not kinds:
             return 0
         if self.plain_left > 0:
             self.plain_left -= 1
-            return 0 if self.plain_left else min(self.most, 3)  # a cheap speculative pass to look again
-        d = best_draft(self.alpha, self.most, self.cost)
+            return 0 if self.plain_left else min(len(kinds), 3)  # a cheap speculative pass to look again
+        d = best_draft([self.rates[k] for k in kinds], self.cost, self.lengths)
         if d == 0:
             self.plain_left = PROBE_EVERY
         return d
 
-    def saw(self, accepted: int, trials: int) -> None:
-        """`trials` guesses were judged in a pass and `accepted` of them kept."""
-        if trials:
-            w = min(0.5, trials / 64)  # a pass with many judged guesses counts for more
-            self.alpha = (1 - w) * self.alpha + w * accepted / trials
+    def saw(self, kinds: list[int], accepted: int, judged: int) -> None:
+        """The guesses of `kinds` were judged up to slot `judged` and the first `accepted` of them kept."""
+        for k in set(kinds[:judged]):
+            trials = sum(1 for x in kinds[:judged] if x == k)
+            kept = sum(1 for x in kinds[:accepted] if x == k)
+            # The mean of the kind's judged guesses, the start value counting as 8 of them, and later of
+            # about the last 64: quick to learn, then steady through a stretch of changed cells.
+            w = min(1.0, trials / min(64, 8 + self.seen[k]))
+            self.rates[k] = (1 - w) * self.rates[k] + w * kept / trials
+            self.seen[k] += trials
 
 
 @dataclass
@@ -116,9 +140,14 @@ def decode_image(e, seq, n: int, out, s, gens, run: Run, use_cache: bool, progre
     B, tpi = seq.shape[0], e.layout.tokens_per_image
     lens, done = [n] * B, [0] * B
     guesses = None
+    # Whether each cell of the previous image holds the token it held in the image before (SAME or CHANGED).
+    same = (seq[:, n - tpi:n] == seq[:, n - 2 * tpi:n - tpi]).tolist() if n >= 2 * tpi else [[True] * tpi] * B
     while min(done) < tpi:
         catch_up = not use_cache or run.cached < lens[0] - 1  # (rows are in lockstep then)
-        drafts = [0 if catch_up or done[b] == tpi else run.schedules[b].next() for b in range(B)]
+        kinds = [[] if catch_up or done[b] == tpi else
+                 guess_kinds(same[b], done[b], guesses.count[b] if guesses else 0, run.schedules[b].most)
+                 for b in range(B)]
+        drafts = [run.schedules[b].next(kinds[b]) if kinds[b] else 0 for b in range(B)]
         if catch_up or (max(drafts) == 0 and min(lens) == max(lens)):
             # Rows in lockstep: the prompt's (or a crop's) prefill, or a plain step; one token per row.
             tok = e.sample(_lockstep_logits(e, seq, lens[0], run, use_cache), s, gens)
@@ -134,7 +163,7 @@ def decode_image(e, seq, n: int, out, s, gens, run: Run, use_cache: bool, progre
             new, guesses, judged = speculate(e, seq, lens, done, n, s, gens, drafts, guesses)
             for b, toks in enumerate(new):
                 if len(toks):
-                    run.schedules[b].saw(*judged[b])
+                    run.schedules[b].saw(kinds[b], *judged[b])
                 k = len(toks)
                 seq[b, lens[b]:lens[b] + k] = toks
                 out[b, done[b]:done[b] + k] = toks
@@ -146,6 +175,13 @@ def decode_image(e, seq, n: int, out, s, gens, run: Run, use_cache: bool, progre
         if progress is not None:
             progress(min(done), run.done / max(time.perf_counter() - run.t0, 1e-9))
     return n + tpi
+
+
+def guess_kinds(same: list[bool], done: int, jacobi: int, most: int) -> list[int]:
+    """The kinds of a row's guesses for its next slots (those that land inside the image, at most `most`),
+    when it has made `done` tokens of the image and holds `jacobi` guesses of the last pass."""
+    tpi = len(same)
+    return [JACOBI if j < jacobi else SAME if same[done + j] else CHANGED for j in range(min(most, tpi - done - 1))]
 
 
 def _lockstep_logits(e, seq, n: int, run: Run, use_cache: bool) -> torch.Tensor:
