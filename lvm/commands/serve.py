@@ -46,13 +46,21 @@ def run(args):
 
     from lvm.serve.app import serve
 
+    stopped = []
+
     def stop(signum, frame):
+        stopped.append(signum)
         raise KeyboardInterrupt  # Gradio's wait loop ends on it, and launch then removes the temporary files
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
         serve(args.model, args.tokenizer, args.device, args.precision, args.host, args.port, args.out,
               args.examples, max_disk_mb=args.max_disk_mb, max_age_h=args.max_age_hours)
+    except KeyboardInterrupt:
+        # A SIGTERM that comes while launch is still starting up passes its wait loop by (the files go all
+        # the same): a stop asked for, not an interruption. Ctrl-C stays one (exit 130).
+        if not stopped:
+            raise
     finally:
         signal.signal(signal.SIGTERM, before)
     return 0
