@@ -318,17 +318,17 @@ def test_draft_schedule_follows_acceptance():
     rates = [0.99] * 10 + [0.05] * 2
     assert best(rates, (0.3, 0.25)) == 10 and best(rates, (0.3, 0.25), lengths=(1, 3, 7)) == 7  # graph shapes
     sched = speculative.Schedule(most=15, cost=(0.3, 0.25))
-    assert sched.next([S] * 15) > 0  # optimistic start
+    assert sched.next(lambda: [S] * 15) > 0  # optimistic start
     for _ in range(20):
         sched.saw([C] * 8, 0, 1)  # changed cells: rejected
         sched.saw([S] * 8, 8, 8)  # cells as they were: kept
     assert sched.rates[C] < 0.3 and sched.rates[S] > 0.95 and sched.rates[J] == 0.9
-    assert sched.next([S] * 6 + [C] * 9) == 6 and sched.next([C] * 15) == 0
+    assert sched.next(lambda: [S] * 6 + [C] * 9) == 6 and sched.next(lambda: [C] * 15) == 0
     # Plain passes, then a short speculative one to look again; still nothing accepted: plain again.
-    assert [sched.next([C] * 15) for _ in range(speculative.PROBE_EVERY)] == [0] * (speculative.PROBE_EVERY - 1) + [3]
+    assert [sched.next(lambda: [C] * 15) for _ in range(speculative.PROBE_EVERY)] == [0] * (speculative.PROBE_EVERY - 1) + [3]
     sched.saw([C] * 3, 0, 1)
-    assert sched.next([C] * 15) == 0 and sched.plain_left == speculative.PROBE_EVERY
-    assert sched.next([]) == 0 and speculative.Schedule(most=0, cost=(0.0, 0.1)).next([S] * 4) == 0
+    assert sched.next(lambda: [C] * 15) == 0 and sched.plain_left == speculative.PROBE_EVERY
+    assert sched.next(lambda: []) == 0 and speculative.Schedule(most=0, cost=(0.0, 0.1)).next(lambda: [S] * 4) == 0
     assert speculative.guess_kinds([True, False, True, True], 0, 1, 15) == [J, C, S]  # the last cell: no guess
 
 

@@ -31,27 +31,6 @@ import torch.nn.functional as F
 from lvm.generate import weights as W
 
 
-@dataclass
-class Ops:
-    """What one kind of forward pass does differently (module doc)."""
-
-    layers: list            # per-layer weight dicts
-    act: torch.dtype        # activations' dtype
-    linear: Callable        # (x (..., I), w (O, I), bias or None) -> (..., O) in x's dtype
-    cos: torch.Tensor       # rope rows, broadcasting against (B, Q, heads, head dim)
-    sin: torch.Tensor
-    store: Callable         # (layer, k, v): k, v (B, Q, kv heads, head dim) into the cache
-    attend: Callable        # (layer, q, k, v) -> (B, Q, heads * head dim)
-    norm: torch.Tensor      # the final norm's weight
-    last_only: bool = False
-    rms: Callable = None    # (x, weight, eps) -> RMS-normed x; None = `rms`
-    rope: Callable = None   # (x (B, Q, n, hd), cos, sin) -> x rotated; None = `rope`
-    glu: Callable = None    # ([g | u] (..., 2I)) -> silu(g) * u; None = `glu`
-
-    def __post_init__(self):
-        self.rms, self.rope, self.glu = self.rms or rms, self.rope or rope, self.glu or glu
-
-
 def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and x.device.type == "cpu"):
         # Written out: F.rms_norm's bf16 path costs several times these four ops on one CPU row.
@@ -71,6 +50,24 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 def glu(gu: torch.Tensor) -> torch.Tensor:
     g, u = gu.chunk(2, dim=-1)
     return F.silu(g) * u
+
+
+@dataclass
+class Ops:
+    """What one kind of forward pass does differently (module doc)."""
+
+    layers: list            # per-layer weight dicts
+    act: torch.dtype        # activations' dtype
+    linear: Callable        # (x (..., I), w (O, I), bias or None) -> (..., O) in x's dtype
+    cos: torch.Tensor       # rope rows, broadcasting against (B, Q, heads, head dim)
+    sin: torch.Tensor
+    store: Callable         # (layer, k, v): k, v (B, Q, kv heads, head dim) into the cache
+    attend: Callable        # (layer, q, k, v) -> (B, Q, heads * head dim)
+    norm: torch.Tensor      # the final norm's weight
+    last_only: bool = False
+    rms: Callable = rms     # (x, weight, eps) -> RMS-normed x
+    rope: Callable = rope   # (x (B, Q, n, hd), cos, sin) -> x rotated
+    glu: Callable = glu     # ([g | u] (..., 2I)) -> silu(g) * u
 
 
 def run(e, tokens: torch.Tensor, ops: Ops) -> torch.Tensor:

@@ -86,9 +86,13 @@ class Schedule:
     seen: list = field(default_factory=lambda: [0, 0, 0])  # guesses judged, per kind
     plain_left: int = 0
 
-    def next(self, kinds: list[int]) -> int:
-        """Tokens to draft, given the kinds of the guesses for the next slots (as many as may be drafted)."""
-        kinds = kinds[:self.most]
+    def next(self, kinds_of) -> int:
+        """Tokens to draft, given `kinds_of()`: the kinds of the guesses for the next slots (as many as may
+        be drafted; asked for only when a pass may draft)."""
+        if self.most == 0 or self.plain_left > 1:
+            self.plain_left = max(0, self.plain_left - 1)
+            return 0
+        kinds = kinds_of()[:self.most]
         if not kinds:
             return 0
         if self.plain_left > 0:
@@ -144,10 +148,14 @@ def decode_image(e, seq, n: int, out, s, gens, run: Run, use_cache: bool, progre
     same = (seq[:, n - tpi:n] == seq[:, n - 2 * tpi:n - tpi]).tolist() if n >= 2 * tpi else [[True] * tpi] * B
     while min(done) < tpi:
         catch_up = not use_cache or run.cached < lens[0] - 1  # (rows are in lockstep then)
-        kinds = [[] if catch_up or done[b] == tpi else
-                 guess_kinds(same[b], done[b], guesses.count[b] if guesses else 0, run.schedules[b].most)
-                 for b in range(B)]
-        drafts = [run.schedules[b].next(kinds[b]) if kinds[b] else 0 for b in range(B)]
+        kinds = [[] for _ in range(B)]  # of the guesses each row drafts, filled where a row may draft
+
+        def kinds_of(b):
+            kinds[b] = guess_kinds(same[b], done[b], guesses.count[b] if guesses else 0, run.schedules[b].most)
+            return kinds[b]
+
+        drafts = [0 if catch_up or done[b] == tpi else run.schedules[b].next(lambda b=b: kinds_of(b))
+                  for b in range(B)]
         if catch_up or (max(drafts) == 0 and min(lens) == max(lens)):
             # Rows in lockstep: the prompt's (or a crop's) prefill, or a plain step; one token per row.
             tok = e.sample(_lockstep_logits(e, seq, lens[0], run, use_cache), s, gens)

@@ -58,10 +58,11 @@ struct Query {
   vbh h[NV / 2 > 0 ? NV / 2 : 1];
 };
 
-// Scores q.k of keys c0 .. c0 + n - 1 (rows `st` apart, NV * kLanes values stored as C) into p.
-template <typename C, int NV>
-inline vfl dot_lanes(const Query<C, NV>& q, const C* kt) {
-  if constexpr (Query<C, NV>::bf16) {
+// The lane products of q and one key of type CK (bf16 dot products where the query holds bf16 pairs and the
+// key is bf16; fp32 otherwise).
+template <typename CK, typename C, int NV>
+inline vfl dot_lanes(const Query<C, NV>& q, const CK* kt) {
+  if constexpr (Query<C, NV>::bf16 && std::is_same<CK, uint16_t>::value) {
 #if defined(__AVX512BF16__)
     __m512 x = _mm512_dpbf16_ps(_mm512_setzero_ps(), q.h[0], (vbh)_mm512_loadu_si512(kt));
     for (int u = 1; u < NV / 2; ++u) x = _mm512_dpbf16_ps(x, q.h[u], (vbh)_mm512_loadu_si512(kt + 32 * u));
@@ -73,8 +74,9 @@ inline vfl dot_lanes(const Query<C, NV>& q, const C* kt) {
   return x;
 }
 
-template <typename C, int NV>
-void score_block(const Query<C, NV>& q, const C* kc, int64_t st, int64_t n, float* p) {
+// Scores q.k of n keys (rows `st` apart, NV * kLanes values stored as CK) into p.
+template <typename CK, typename C, int NV>
+void score_block(const Query<C, NV>& q, const CK* kc, int64_t st, int64_t n, float* p) {
   int64_t t = 0;
   for (; t + kLanes <= n; t += kLanes) {
     vfl part[kLanes];
@@ -165,8 +167,7 @@ void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::T
   float* op = out.data_ptr<float>();
   at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
     std::vector<Query<C, NV>> qs(Q);
-    std::vector<Query<float, NV>> qf(Q);
-    std::vector<float> acc(Q * W), p(kChunk), row(W), kw(in_place ? 0 : kChunk * W), vw(kw.size());
+    std::vector<float> acc(Q * W), p(kChunk), row(W), kw(keys_in_place ? 0 : kChunk * W), vw(in_place ? 0 : kChunk * W);
     std::vector<QueryState> state(Q);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / H, h = task % H;
@@ -174,7 +175,7 @@ void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::T
       const C* vh = vp + b * sb + (h / group) * sh;
       for (int64_t j = 0; j < Q; ++j) {
         widen_rows(qp + ((b * Q + j) * H + h) * D, D, 1, D, W, row.data());
-        for (int u = 0; u < NV; ++u) qs[j].f[u] = qf[j].f[u] = load_lanes(row.data() + u * kLanes) * scale;
+        for (int u = 0; u < NV; ++u) qs[j].f[u] = load_lanes(row.data() + u * kLanes) * scale;
 #if defined(__AVX512BF16__)
         if constexpr (Query<C, NV>::bf16)
           for (int u = 0; u < NV / 2; ++u)
@@ -192,9 +193,9 @@ void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::T
           const int64_t n = std::min(kChunk, lengths[b] + j - c0);
           if (n <= 0) continue;
           if (keys_in_place)
-            score_block<C, NV>(qs[j], kh + c0 * st, st, n, p.data());
+            score_block(qs[j], kh + c0 * st, st, n, p.data());
           else
-            score_block<float, NV>(qf[j], kw.data(), W, n, p.data());
+            score_block(qs[j], kw.data(), W, n, p.data());
           if (in_place)
             fold_block<C, NV>(vh + c0 * st, st, n, p.data(), &acc[j * W], state[j]);
           else
