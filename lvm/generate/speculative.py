@@ -39,13 +39,14 @@ from lvm_base.hardware import synchronize
 
 MAX_DRAFT = 32  # tokens a pass may draft per row: the cache's room past the context (cache.py)
 # Most tokens drafted per pass by default, per device type (elsewhere, MPS, decoding stays plain), and what a
-# speculative pass costs beside a one-token step (its pass and its sampling): (a fixed part, a part per
+# speculative pass costs beside a one-token step (its pass and its acceptance): (a fixed part, a part per
 # drafted token). A GPU's pass is bound by reading the weights or by launch overhead, so more tokens are nearly
 # free. A CPU's pass of a small model is partly bound by arithmetic (attention over the cache and the products
-# grow with the tokens), the more so where weights are read as bf16 (a cheap step): `lvm bench generate
-# --prompt` on lvm-small puts a bf16 pass of 1 + d tokens near 1.3 + 0.25 d steps, an fp32 one near 1 + 0.17 d.
+# grow with the tokens), the more so where weights are read as bf16 (a cheap step): timings of lvm-small's
+# passes of 1 + d tokens (runs/ scripts, docs/results.md) put a bf16 one near 1.45 + 0.155 d steps, an fp32 one
+# near 1.45 + 0.125 d, the fixed part mostly the pass's acceptance in Python.
 DRAFT = {"cuda": 15, "cpu": 15}
-DRAFT_COST = {"cuda": (0.0, 0.03), "cpu": (0.3, 0.25), "cpu-fp32": (0.0, 0.17)}
+DRAFT_COST = {"cuda": (0.0, 0.03), "cpu": (0.45, 0.155), "cpu-fp32": (0.45, 0.125)}
 PROBE_EVERY = 32  # passes, once speculation stops paying, until a short speculative one looks again
 
 

@@ -7,41 +7,6 @@
 namespace lvm_kernels {
 namespace {
 
-// The lane sums of kLanes vectors in one vector, `part[i]` summed into lane bitrev(i): a tree of halving
-// shuffles and adds (about 2 operations a vector) where a horizontal sum per vector costs ~2 log2(kLanes).
-#if defined(__AVX512F__)
-inline vfl sum_lanes(const vfl* part) {
-  vfl a[8], b[4], c[2];
-  for (int i = 0; i < 8; ++i)
-    a[i] = __builtin_shufflevector(part[2 * i], part[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22,
-                                   23) +
-           __builtin_shufflevector(part[2 * i], part[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28,
-                                   29, 30, 31);
-  for (int i = 0; i < 4; ++i)
-    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
-           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-  for (int i = 0; i < 2; ++i)
-    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
-           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-  return __builtin_shufflevector(c[0], c[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
-         __builtin_shufflevector(c[0], c[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-}
-constexpr int kRev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-#else
-inline vfl sum_lanes(const vfl* part) {
-  vfl a[4], b[2];
-  for (int i = 0; i < 4; ++i)
-    a[i] = __builtin_shufflevector(part[2 * i], part[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
-           __builtin_shufflevector(part[2 * i], part[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
-  for (int i = 0; i < 2; ++i)
-    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
-           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
-  return __builtin_shufflevector(b[0], b[1], 0, 8, 2, 10, 4, 12, 6, 14) +
-         __builtin_shufflevector(b[0], b[1], 1, 9, 3, 11, 5, 13, 7, 15);
-}
-constexpr int kRev[8] = {0, 4, 2, 6, 1, 5, 3, 7};
-#endif
-
 constexpr int64_t kChunk = 64;  // keys per block, scored, then their values accumulated: K and V blocks stay in L1
 
 // One query's online (running-max) softmax state: its accumulated values and the scores' max and sum.
@@ -130,6 +95,78 @@ void fold_block(const C* vc, int64_t st, int64_t n, float* p, float* acc, QueryS
   std::memcpy(acc, o, sizeof o);
 }
 
+#if defined(__AVX512BF16__)
+// Values for bf16 dot products: keys 2r and 2r + 1 of a block interleaved, 32 bf16 [v(2r)[d], v(2r+1)[d]] for 16
+// dims d a vector, NV vectors (D = 16 NV values) a pair (zeros for a key past n - 1), so that one instruction
+// adds two keys' weighted values to 16 lanes.
+template <int NV>
+void pair_rows(const uint16_t* src, int64_t st, int64_t n, uint16_t* dst) {
+  for (int64_t r = 0; 2 * r < n; ++r) {
+    const uint16_t* a = src + 2 * r * st;
+    const bool odd = 2 * r + 1 < n;
+    for (int u = 0; u < NV; ++u) {
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 16 * u)));
+      const __m512i hi = odd ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                                     reinterpret_cast<const __m256i*>(a + st + 16 * u))), 16)
+                             : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + (r * NV + u) * 32, _mm512_or_si512(lo, hi));
+    }
+  }
+}
+
+// fold_block for a bf16 cache with bf16 dot products: the block's weights exp(p - max) rounded to bf16 (as a bf16
+// model's attention rounds them before the product with the values; the sum is of the rounded weights), two
+// keys an instruction against `pair_rows`' values.
+template <int NV>
+void fold_block_bf16(const uint16_t* vpairs, int64_t n, float* p, float* acc, QueryState& qs) {
+  float m_new = qs.m;
+  for (int64_t i = 0; i < n; ++i) m_new = std::max(m_new, p[i]);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) p[i] = std::exp(p[i] - m_new);
+  uint16_t pb[kChunk + 16];
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p + i)));
+  for (; i < n; ++i) {  // round to nearest even, as the instruction does
+    uint32_t u;
+    std::memcpy(&u, p + i, sizeof u);
+    pb[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+  pb[n] = 0;
+  float psum = 0.f;
+#pragma omp simd reduction(+ : psum)
+  for (int64_t j = 0; j < n; ++j) psum += to_float(pb[j]);
+  const float corr = std::exp(qs.m - m_new);
+  qs.l = qs.l * corr + psum;
+  qs.m = m_new;
+  // Two sets of accumulators (even and odd pairs): NV chains alone would wait on the instruction's latency.
+  __m512 o[NV], o2[NV];
+  for (int u = 0; u < NV; ++u) {
+    o[u] = _mm512_mul_ps(_mm512_loadu_ps(acc + u * 16), _mm512_set1_ps(corr));
+    o2[u] = _mm512_setzero_ps();
+  }
+  const int64_t pairs = (n + 1) / 2;
+  int64_t r = 0;
+  for (; r + 2 <= pairs; r += 2) {
+    uint32_t w0, w1;
+    std::memcpy(&w0, pb + 2 * r, 4);
+    std::memcpy(&w1, pb + 2 * r + 2, 4);
+    const vbh p0 = (vbh)_mm512_set1_epi32(static_cast<int>(w0)), p1 = (vbh)_mm512_set1_epi32(static_cast<int>(w1));
+    for (int u = 0; u < NV; ++u) {
+      o[u] = _mm512_dpbf16_ps(o[u], p0, (vbh)_mm512_loadu_si512(vpairs + (r * NV + u) * 32));
+      o2[u] = _mm512_dpbf16_ps(o2[u], p1, (vbh)_mm512_loadu_si512(vpairs + ((r + 1) * NV + u) * 32));
+    }
+  }
+  if (r < pairs) {
+    uint32_t w0;
+    std::memcpy(&w0, pb + 2 * r, 4);
+    const vbh p0 = (vbh)_mm512_set1_epi32(static_cast<int>(w0));
+    for (int u = 0; u < NV; ++u) o[u] = _mm512_dpbf16_ps(o[u], p0, (vbh)_mm512_loadu_si512(vpairs + (r * NV + u) * 32));
+  }
+  for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + u * 16, _mm512_add_ps(o[u], o2[u]));
+}
+#endif
+
 // Rows r0 .. r0 + n - 1 of a head (D values each, `st` apart) as fp32 rows of W >= D values, zero-padded.
 template <typename C>
 void widen_rows(const C* src, int64_t st, int64_t n, int64_t D, int64_t W, float* dst) {
@@ -159,15 +196,20 @@ void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::T
   const int64_t sb = k.stride(0), sh = k.stride(1), st = k.stride(2);
   // Rows that fill whole vectors are read in place where widening them once gains nothing: a fp32 cache, or
   // one or two queries; anything else goes through fp32 scratch.
+  // A bf16 cache of whole vectors is scored with bf16 dot products (Query::bf16), keys read in place, and its
+  // values are summed with them too, as `pair_rows`.
+  const bool dot = Query<C, NV>::bf16 && D == W;
   const bool in_place = D == W && (std::is_same<C, float>::value || Q <= 2);
-  const bool keys_in_place = in_place || (Query<C, NV>::bf16 && D == W);
+  const bool keys_in_place = in_place || dot;
   const float* qp = q.data_ptr<float>();
   const C* kp = data_as<C>(k);
   const C* vp = data_as<C>(v);
   float* op = out.data_ptr<float>();
   at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
     std::vector<Query<C, NV>> qs(Q);
-    std::vector<float> acc(Q * W), p(kChunk), row(W), kw(keys_in_place ? 0 : kChunk * W), vw(in_place ? 0 : kChunk * W);
+    std::vector<float> acc(Q * W), p(kChunk), row(W), kw(keys_in_place ? 0 : kChunk * W),
+        vw(in_place || dot ? 0 : kChunk * W);
+    std::vector<uint16_t> vp2(dot ? (kChunk + 1) * W : 0);
     std::vector<QueryState> state(Q);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t b = task / H, h = task % H;
@@ -188,7 +230,11 @@ void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::T
       for (int64_t c0 = 0; c0 < T_last; c0 += kChunk) {
         const int64_t n_max = std::min(kChunk, T_last - c0);
         if (!keys_in_place) widen_rows(kh + c0 * st, st, n_max, D, W, kw.data());
-        if (!in_place) widen_rows(vh + c0 * st, st, n_max, D, W, vw.data());
+#if defined(__AVX512BF16__)
+        if constexpr (Query<C, NV>::bf16)
+          if (dot) pair_rows<NV>(reinterpret_cast<const uint16_t*>(vh + c0 * st), st, n_max, vp2.data());
+#endif
+        if (!in_place && !dot) widen_rows(vh + c0 * st, st, n_max, D, W, vw.data());
         for (int64_t j = 0; j < Q; ++j) {
           const int64_t n = std::min(kChunk, lengths[b] + j - c0);
           if (n <= 0) continue;
@@ -196,6 +242,13 @@ void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::T
             score_block(qs[j], kh + c0 * st, st, n, p.data());
           else
             score_block(qs[j], kw.data(), W, n, p.data());
+#if defined(__AVX512BF16__)
+          if constexpr (Query<C, NV>::bf16)
+            if (dot) {
+              fold_block_bf16<NV>(vp2.data(), n, p.data(), &acc[j * W], state[j]);
+              continue;
+            }
+#endif
           if (in_place)
             fold_block<C, NV>(vh + c0 * st, st, n, p.data(), &acc[j * W], state[j]);
           else

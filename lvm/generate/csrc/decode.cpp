@@ -17,56 +17,140 @@
 namespace lvm_kernels {
 namespace {
 
-// Accumulators per row: enough independent FMA chains that their latency does not bound the loop. Fixed for
-// every row count, so that a row's sum is formed in the same order in every batch (batch invariance).
-constexpr int kU = 4;
-// Rows sharing one pass over a weight row: NB * kU accumulators must stay in registers (16 on AVX2, 32 on AVX-512).
+// Accumulators per output and row: with MO outputs and NB rows at once there are enough independent FMA chains
+// that their latency does not bound the loop. Fixed for every row count, so that a row's sum is formed in the
+// same order in every batch (batch invariance); two add in one order whatever the compiler does with them.
+constexpr int kU = 2;
+// Outputs (weight rows) and input rows sharing one pass over the inputs: each loaded weight vector serves NB
+// rows and each input vector MO outputs; MO * NB * kU accumulators stay in registers (16 on AVX2, 32 on AVX-512).
+// MO = 2 only for several rows of fp32 products (where loads bound the loop): one row streams its weight rows
+// from memory faster one at a time (measured: two at once read 100m's matrices at half the bandwidth).
 constexpr int kMaxNB = kLanes == 16 ? 4 : 2;
 
-// The horizontal sum of a row's accumulators, out of line: one instance of code for every NB, so the
-// compiler cannot reassociate it differently per NB under -ffast-math.
-template <typename W>
-__attribute__((noinline)) float finish_row(const vfl* acc, const W* wr, const float* x, int64_t I16, int64_t I) {
-  vfl t = acc[0];
-  for (int u = 1; u < kU; ++u) t += acc[u];
-  float s = 0.f;
-  for (int j = 0; j < kLanes; ++j) s += t[j];
-  for (int64_t i = I16; i < I; ++i) s += to_float(wr[i]) * x[i];
-  return s;
-}
-
-// y[b, o] = sum_i x[b, i] * w[o, i] for NB rows of x at once: the weight row is loaded once for all NB inputs.
-template <int NB, typename W>
-void linear_row(const float* x, int64_t ldx, const W* wr, int64_t I, float* y, int64_t ldy) {
-  vfl acc[NB][kU];
-  for (int b = 0; b < NB; ++b)
-    for (int u = 0; u < kU; ++u) acc[b][u] = vfl{};
-  const int64_t IU = I - I % (kLanes * kU), I16 = I - I % kLanes;
-  for (int64_t i = 0; i < IU; i += kLanes * kU) {
-    for (int u = 0; u < kU; ++u) {
-      const vfl wv = load_lanes(wr + i + u * kLanes);
-      for (int b = 0; b < NB; ++b) acc[b][u] += wv * load_lanes(x + b * ldx + i + u * kLanes);
+// The products of NB input rows with weight rows j .. j + MO - 1 of a tile (`ldw` apart from `wr`) over the
+// first IV inputs, each output's accumulators added into one vector: each weight vector is loaded once for all
+// NB inputs and each input vector once for all MO outputs. Row b's output j + m goes to
+// part[b * kLanes + kRev[j + m]], where the tile's shuffle tree sums it into lane j + m.
+// Fp32 inputs against bf16 or fp32 weights widened to fp32: E = kLanes inputs a vector.
+template <int MO, int NB, typename W>
+struct Fp32Tile {
+  static constexpr int E = kLanes;
+  typedef float X;
+  static void run(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, vfl* part, int64_t j) {
+    vfl acc[MO][NB][kU] = {};
+    int64_t i = 0;
+    for (; i + E * kU <= IV; i += E * kU)
+      for (int u = 0; u < kU; ++u) step(x, ldx, wr, ldw, i + u * E, acc, u);
+    if (i < IV) step(x, ldx, wr, ldw, i, acc, 0);
+    for (int m = 0; m < MO; ++m)
+      for (int b = 0; b < NB; ++b) part[b * kLanes + kRev[j + m]] = acc[m][b][0] + acc[m][b][1];
+  }
+  static inline void step(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t i, vfl (&acc)[MO][NB][kU],
+                          int u) {
+    vfl wv[MO];
+    for (int m = 0; m < MO; ++m) wv[m] = load_lanes(wr + m * ldw + i);
+    for (int b = 0; b < NB; ++b) {
+      const vfl xv = load_lanes(x + b * ldx + i);
+      for (int m = 0; m < MO; ++m) acc[m][b][u] += wv[m] * xv;
     }
   }
-  for (int64_t i = IU; i < I16; i += kLanes) {
-    const vfl wv = load_lanes(wr + i);
-    for (int b = 0; b < NB; ++b) acc[b][0] += wv * load_lanes(x + b * ldx + i);
+};
+
+#if defined(__AVX512BF16__)
+// Bf16 weights on CPUs with bf16 dot products: the inputs rounded to bf16 (as a bf16 model's products take
+// them, PyTorch's included), E = 32 inputs an instruction and no widening of the weights.
+template <int MO, int NB, typename W>
+struct Bf16Tile {
+  static constexpr int E = 32;
+  typedef uint16_t X;
+  static void run(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, vfl* part, int64_t j) {
+    __m512 acc[MO][NB][kU];
+    for (int m = 0; m < MO; ++m)
+      for (int b = 0; b < NB; ++b)
+        for (int u = 0; u < kU; ++u) acc[m][b][u] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + E * kU <= IV; i += E * kU)
+      for (int u = 0; u < kU; ++u) step(x, ldx, wr, ldw, i + u * E, acc, u);
+    if (i < IV) step(x, ldx, wr, ldw, i, acc, 0);
+    for (int m = 0; m < MO; ++m)
+      for (int b = 0; b < NB; ++b) part[b * kLanes + kRev[j + m]] = (vfl)_mm512_add_ps(acc[m][b][0], acc[m][b][1]);
   }
-  for (int b = 0; b < NB; ++b) y[b * ldy] = finish_row<W>(acc[b], wr, x + b * ldx, I16, I);
+  static inline void step(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t i, __m512 (&acc)[MO][NB][kU],
+                          int u) {
+    vbh wv[MO];
+    for (int m = 0; m < MO; ++m) wv[m] = (vbh)_mm512_loadu_si512(wr + m * ldw + i);
+    for (int b = 0; b < NB; ++b) {
+      const vbh xv = (vbh)_mm512_loadu_si512(x + b * ldx + i);
+      for (int m = 0; m < MO; ++m) acc[m][b][u] = _mm512_dpbf16_ps(acc[m][b][u], wv[m], xv);
+    }
+  }
+};
+
+// Rows of fp32 x rounded to bf16 (the first IV values of each: a multiple of 32).
+std::vector<uint16_t> to_bf16_rows(const float* x, int64_t ldx, int64_t B, int64_t IV) {
+  std::vector<uint16_t> out(B * IV);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < IV; i += 32)
+      _mm512_storeu_si512(out.data() + b * IV + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + b * ldx + i + 16),
+                                                                               _mm512_loadu_ps(x + b * ldx + i)));
+  return out;
+}
+#endif
+
+// y[b, o0 + j] for j < n <= kLanes outputs of one tile: the lanes of part[i] summed (one shuffle tree for the
+// whole tile, vec.h) plus the products of the inputs from IV on (fewer than a vector: fp32 arithmetic). Out of
+// line: one instance of code for every NB, so the compiler cannot reassociate it differently per NB under
+// -ffast-math.
+template <typename W>
+__attribute__((noinline)) void finish_tile(const vfl* part, const W* w, int64_t o0, int64_t n, const float* x,
+                                           int64_t IV, int64_t I, float* y) {
+  const vfl sums = sum_lanes(part);
+  if (n == kLanes && IV == I) {  // a whole tile, no inputs left over
+    std::memcpy(y, &sums, sizeof sums);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float s = sums[j];
+    const W* wr = w + (o0 + j) * I;
+    for (int64_t i = IV; i < I; ++i) s += to_float(wr[i]) * x[i];
+    y[j] = s;
+  }
 }
 
-// Each thread streams its weight rows from memory once; the groups of input rows after the first read the
-// weight row again from L1.
-template <typename W>
-void linear_dispatch(const float* x, int64_t ldx, int64_t B, const W* w, int64_t O, int64_t I, float* y,
-                     int64_t ldy) {
-  at::parallel_for(0, O, 16, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const W* wr = w + o * I;
-      int64_t b = 0;
-      for (; b + kMaxNB <= B; b += kMaxNB) linear_row<kMaxNB, W>(x + b * ldx, ldx, wr, I, y + b * ldy + o, ldy);
-      for (; b + 2 <= B; b += 2) linear_row<2, W>(x + b * ldx, ldx, wr, I, y + b * ldy + o, ldy);
-      for (; b < B; ++b) linear_row<1, W>(x + b * ldx, ldx, wr, I, y + b * ldy + o, ldy);
+template <template <int, int, typename> class Tile, int NB, typename W>
+void tile_rows(const typename Tile<1, 1, W>::X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, int64_t mo,
+               vfl* part, int64_t j) {
+  if (mo == 2) Tile<2, NB, W>::run(x, ldx, wr, ldw, IV, part, j);
+  else Tile<1, NB, W>::run(x, ldx, wr, ldw, IV, part, j);
+}
+
+// Outputs in tiles of kLanes (one task each): per group of NB input rows, each output's products are summed into
+// one vector and the tile's kLanes vectors by one shuffle tree, where a horizontal sum per output would cost
+// more than the products themselves at small input sizes. The tile's weight rows are streamed from memory
+// once; later groups read them from cache. `xt`: x as the Tile takes it (`ldt` apart), x: as fp32.
+template <template <int, int, typename> class Tile, typename W>
+void linear_dispatch(const typename Tile<1, 1, W>::X* xt, int64_t ldt, const float* x, int64_t ldx, int64_t B,
+                     const W* w, int64_t O, int64_t I, float* y, int64_t ldy, int mo_many) {
+  const int64_t IV = I - I % Tile<1, 1, W>::E;
+  at::parallel_for(0, (O + kLanes - 1) / kLanes, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<vfl> part(kMaxNB * kLanes);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t o0 = t * kLanes, n = std::min<int64_t>(kLanes, O - o0);
+      for (int64_t b = 0; b < B;) {
+        const int nb = B - b >= kMaxNB ? kMaxNB : B - b >= 2 ? 2 : 1;
+        if (n < kLanes) std::fill(part.begin(), part.end(), vfl{});
+        for (int64_t j = 0, mo = 1; j < n; j += mo) {
+          mo = nb >= 2 && n - j >= mo_many ? mo_many : 1;
+          const W* wr = w + (o0 + j) * I;
+          const auto* xb = xt + b * ldt;
+          if (nb == kMaxNB) tile_rows<Tile, kMaxNB, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
+          else if (nb == 2) tile_rows<Tile, 2, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
+          else tile_rows<Tile, 1, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
+        }
+        for (int g = 0; g < nb; ++g)
+          finish_tile<W>(part.data() + g * kLanes, w, o0, n, x + (b + g) * ldx, IV, I, y + (b + g) * ldy + o0);
+        b += nb;
+      }
     }
   });
 }
@@ -80,10 +164,19 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(x.size(1) == w.size(1), "x and w disagree on the input size");
   const int64_t B = x.size(0), O = w.size(0), I = w.size(1);
   auto y = torch::empty({B, O}, x.options());
-  if (w.scalar_type() == torch::kBFloat16)
-    linear_dispatch(x.data_ptr<float>(), x.stride(0), B, data_as<uint16_t>(w), O, I, y.data_ptr<float>(), O);
-  else
-    linear_dispatch(x.data_ptr<float>(), x.stride(0), B, data_as<float>(w), O, I, y.data_ptr<float>(), O);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  if (w.scalar_type() == torch::kFloat32) {
+    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<float>(w), O, I, yp, O, 2);
+  } else if (kDotBf16) {
+#if defined(__AVX512BF16__)
+    const int64_t IV = I - I % 32;
+    const std::vector<uint16_t> xb = to_bf16_rows(xp, x.stride(0), B, IV);
+    linear_dispatch<Bf16Tile>(xb.data(), IV, xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
+#endif
+  } else {
+    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 2);
+  }
   return y;
 }
 
