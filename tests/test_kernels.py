@@ -87,6 +87,23 @@ def test_engine_with_kernels_close_to_without(kn):
     assert out.images.shape == (3, 1, 16) and int(out.images.max()) < K
 
 
+def test_prefill_with_the_kernels_attention_close_to_sdpa(kn):
+    """Where a bf16 cache has bf16 dot products the prompt's attention runs in the kernels: a whole prompt and
+    a chunk after cached tokens (a crop's prefill) give SDPA's logits up to bf16 rounding."""
+    if not kn.dot_bf16:
+        pytest.skip("this CPU has no bf16 dot products: the prefill uses SDPA")
+    torch.manual_seed(3)
+    m = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                    codebook_size=K, max_position_embeddings=256).build().eval()  # head size 32: the dot path
+    layout = TokenLayout(codebook_size=K, tokens_per_image=16, images_per_context=4)
+    fast = Engine(m, layout=layout, precision="bf16", max_context=64)
+    plain = Engine(m, layout=layout, precision="bf16", max_context=64, kernels=False)
+    prompt = torch.randint(0, K, (2, 40), generator=torch.Generator().manual_seed(4))
+    for start, end in ((0, 40), (0, 24), (24, 40)):
+        a, b = fast.forward(prompt[:, start:end], start), plain.forward(prompt[:, start:end], start)
+        assert (a - b).abs().max() <= 0.03 * b.abs().max(), (start, end)
+
+
 def test_other_dtypes_are_refused(kn):
     with pytest.raises(RuntimeError, match="bfloat16 or float32"):
         kn.linear(torch.randn(1, 16), torch.randn(4, 16).half())

@@ -7,8 +7,8 @@ from, how keys and values enter the cache, how attention reads it, and whether o
 logits are wanted.
 
 - `prefill`: T tokens of every row at common positions start..start+T-1 (a prompt, or the context after a
-  crop): the plan's compute dtype, PyTorch matmuls and SDPA (causal; masked after cached tokens); logits of
-  the last position only.
+  crop): the plan's compute dtype, PyTorch matmuls and SDPA (causal; masked after cached tokens), or the
+  kernels' attention over a bf16 cache where the CPU has bf16 dot products; logits of the last position only.
 - `decode` (CPU): Q tokens per row at per-row positions, fp32 activations, the compiled kernels (or their
   PyTorch twins in lvm.generate.weights) reading weights and cache in their storage dtype: one-row products
   are bandwidth-bound, so fewer stored bytes are less time. Q = 1 is one plain decoding step; Q > 1
@@ -105,11 +105,20 @@ def _sdpa(q, k, v, mask, causal: bool = False):
 
 def prefill(e, B: int, start: int, T: int) -> Ops:
     end = start + T
+    kn = e.kernels
+    # A bf16 cache on a CPU with bf16 dot products: the decode kernels' attention over the cache (every query of
+    # the chunk against its key blocks at once) beats PyTorch's flash kernel there (docs/results.md).
+    own = kn is not None and kn.dot_bf16 and e.cache.k.dtype == torch.bfloat16 and e.head_dim % 32 == 0
+    lengths = torch.full((B,), start + 1)  # query j sees the first start + 1 + j positions
+    scale = 1.0 / e.head_dim ** 0.5
 
     def store(i, k, v):
         e.cache.write(i, k, v, start)
 
     def attend(i, q, k, v):
+        if own:
+            kc, vc = e.cache.layer(i, B)
+            return kn.attend_rows(q.float().contiguous(), kc, vc, lengths, scale).reshape(B, T, -1).to(q.dtype)
         if not start:
             return _sdpa(q, k.transpose(1, 2), v.transpose(1, 2), None, causal=True)
         kc, vc = e.cache.layer(i, B)
