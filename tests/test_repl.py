@@ -134,24 +134,25 @@ def test_prompt_errors(dirs):
         command(s, "/pair a")
 
 
-def test_one_shot_and_batch_cli(dirs, tmp_path):
+def test_one_shot_and_batch_cli(dirs, tmp_path, capsys, one_thread):
+    from tests.hostile.cli_util import cli
+
     r = dirs["root"]
-    base = [sys.executable, "-m", "lvm", "prompt", "--model", str(dirs["model"]), "--tokenizer", str(dirs["tok"]),
-            "--precision", "fp32", "--no-display", "--threads", "1"]
+    # In this process (the executable's own start and exit are checked by the bad-model run below).
+    base = ["prompt", "--model", dirs["model"], "--tokenizer", dirs["tok"], "--precision", "fp32", "--no-display",
+            "--threads", "1"]
     out = tmp_path / "one"
-    p = subprocess.run(base + ["--prompt", str(r / "p.yaml"), "--out", str(out), "--candidates", "2"],
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
+    rc, _, err = cli(capsys, *base, "--prompt", r / "p.yaml", "--out", out, "--candidates", "2")
+    assert rc == 0, err
     assert (out / "grid.png").is_file() and len(list(out.glob("candidate*.png"))) == 2
     jl = tmp_path / "b.jsonl"
     rows = [{"input": [str(x) for x in dirs["imgs"][:2]], "output": str(tmp_path / "o1.png"),
              "target": str(dirs["imgs"][2])},  # a single path: read as a one-item list
             {"input": [str(r / "notes.txt")], "output": str(tmp_path / "o2.png"), "target": [str(dirs["imgs"][2])]}]
     jl.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
-    p = subprocess.run(base + ["--batch", str(jl), "--temperature", "0", "--evaluate-mse", "--out", str(tmp_path)],
-                       capture_output=True, text=True)
-    assert p.returncode == 1, p.stderr  # one line skipped
-    assert "MSE" in p.stdout and "skipped" in p.stdout and "notes.txt" in p.stdout
+    rc, stdout, err = cli(capsys, *base, "--batch", jl, "--temperature", "0", "--evaluate-mse", "--out", tmp_path)
+    assert rc == 1, err  # one line skipped
+    assert "MSE" in stdout and "skipped" in stdout and "notes.txt" in stdout
     assert Image.open(tmp_path / "o1.png").size == (32, 2 * 32)  # 2 candidates (the release's default) x 1 frame
     assert not (tmp_path / "o2.png").exists()
     # Bad model path: one line, exit 2.

@@ -139,7 +139,8 @@ def test_lpips_from_local_files(tmp_path):
         LPIPS.from_files(tmp_path / "lin.pth", tmp_path / "lin.pth")
 
 
-def test_cli_eval_recon_encode_decode(tmp_path):
+def test_cli_eval_recon_encode_decode(tmp_path, capsys):
+    from tests.hostile.cli_util import cli
     from tokenizer import VQGAN, VQGANConfig
 
     torch.manual_seed(0)
@@ -149,10 +150,10 @@ def test_cli_eval_recon_encode_decode(tmp_path):
     imgs = _make_images(tmp_path / "imgs", 4, bad=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def lvm(*a):
-        r = subprocess.run([sys.executable, "-m", "lvm", *a], capture_output=True, text=True, env=env)
-        assert r.returncode == 0, r.stderr
-        return r.stdout
+    def lvm(*a):  # in this process (the executable's own exit is checked by the last run, below)
+        rc, out, err = cli(capsys, *a)
+        assert rc == 0, err
+        return out
 
     out = lvm("tokenizer", "eval", str(tmp_path / "tok"), "--images", str(imgs), "--out", str(tmp_path / "e.json"))
     r = json.loads((tmp_path / "e.json").read_text())
