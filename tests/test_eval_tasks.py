@@ -336,13 +336,14 @@ def test_predict_modes(tmp_path):
     greedy = te.predict(engine, tok, prompt, "greedy", 4, s)
     ref = tok.decode_to_pil(engine.generate(prompt, sampling=Sampling(temperature=0)).images[:, 0])[0]
     assert np.array_equal(np.asarray(greedy), np.asarray(ref))
-    cands = tok.decode_to_pil(engine.generate(prompt, candidates=4, sampling=s).images[:, 0])
+    codes = engine.generate(prompt, candidates=4, sampling=s).images[:, 0]
+    cands = tok.decode_to_pil(codes)
     assert len({np.asarray(c).tobytes() for c in cands}) > 1
     mean = np.asarray(te.predict(engine, tok, prompt, "mean", 4, s)).astype(float)
     assert np.abs(mean - np.mean([np.asarray(c, float) for c in cands], 0)).max() <= 0.5
     one = te.predict(engine, tok, prompt, "sample", 4, s)
-    # the first candidate's codes (the decoder's batch of 1 vs 4 may round a pixel differently)
-    assert np.abs(np.asarray(one, int) - np.asarray(cands[0], int)).max() <= 1
+    # the first candidate's codes, decoded alone (a bf16 decoder's batch of 1 vs 4 rounds pixels differently)
+    assert np.array_equal(np.asarray(one), np.asarray(tok.decode_to_pil(codes[:1])[0]))
     with pytest.raises(InputError, match="decoding"):
         te.SuiteConfig(decoding={"depth": "blurry"})
 
