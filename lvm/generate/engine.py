@@ -8,8 +8,9 @@ runs every pass; what differs between them:
 - the prompt (prefill, many tokens at once) runs in the plan's compute dtype: big matrix products;
 - on a CPU, decoding passes run fp32 activations and read the weight matrices and the KV cache in the plan's
   storage dtype with the compiled kernels of `lvm.generate.kernels` (one-row products are bandwidth-bound:
-  half the bytes is nearly half the time). Where the CPU computes fp32 (bf16 emulated) big models keep bf16
-  storage all the same (`hardware.with_storage`). Without the kernels (no compiler, LVM_KERNELS=0) decoding
+  half the bytes is nearly half the time; where the CPU has bf16 dot products, a bf16 model's products and
+  attention use them on inputs rounded to bf16). Where the CPU computes fp32 (bf16 emulated) big models keep
+  bf16 storage all the same (`hardware.with_storage`). Without the kernels (no compiler, LVM_KERNELS=0) decoding
   uses PyTorch ops over an fp32 KV cache: PyTorch's one-query attention over a bf16 cache is several times
   slower than over an fp32 one;
 - on CUDA (and MPS), decoding passes run PyTorch ops (SDPA) in the plan's dtype as a graph-safe pass with a
