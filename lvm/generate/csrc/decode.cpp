@@ -23,8 +23,10 @@ namespace {
 constexpr int kU = 2;
 // Outputs (weight rows) and input rows sharing one pass over the inputs: each loaded weight vector serves NB
 // rows and each input vector MO outputs; MO * NB * kU accumulators stay in registers (16 on AVX2, 32 on AVX-512).
-// MO = 2 only for several rows of fp32 products (where loads bound the loop): one row streams its weight rows
-// from memory faster one at a time (measured: two at once read 100m's matrices at half the bandwidth).
+// MO = 2 only for several rows against a small fp32 matrix (loads bound that loop, and the cache holds such a
+// model's weights between passes); matrices streamed from memory read faster one row at a time (measured: two at
+// once read 100m's bf16 matrices at half the bandwidth, 1 or 2 input rows alike).
+constexpr int64_t kTwoRowsMaxBytes = 3 << 19;  // 1.5 MB: every matrix of lvm-small in fp32
 constexpr int kMaxNB = kLanes == 16 ? 4 : 2;
 
 // The products of NB input rows with weight rows j .. j + MO - 1 of a tile (`ldw` apart from `wr`) over the
@@ -167,7 +169,8 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   if (w.scalar_type() == torch::kFloat32) {
-    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<float>(w), O, I, yp, O, 2);
+    const int mo = O * I * 4 <= kTwoRowsMaxBytes ? 2 : 1;
+    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<float>(w), O, I, yp, O, mo);
   } else if (kDotBf16) {
 #if defined(__AVX512BF16__)
     const int64_t IV = I - I % 32;
@@ -175,7 +178,7 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
     linear_dispatch<Bf16Tile>(xb.data(), IV, xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
 #endif
   } else {
-    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 2);
+    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
   }
   return y;
 }
