@@ -100,7 +100,7 @@ def test_kernels_are_batch_invariant(dtype, hd):
     # The PyTorch twin, with the query rounded to bf16 where the kernels take a bf16 cache with bf16 dot
     # products; they round the softmax weights too (each block's, against its running max), which the twin
     # does not: there, 1e-3 of values of size 1 (a mistake in the products costs far more).
-    dot = dtype == torch.bfloat16 and kn.dot_bf16 and hd % 32 == 0
+    dot = kernels.bf16_dots(kn, dtype, hd)
     ref = weights.attend_rows((q.bfloat16() if dot else q).double(), kc.double(), vc.double(), lengths, 0.25)
     torch.testing.assert_close(out.double(), ref[:, :2], rtol=1e-5, atol=4e-3 if dot else 1e-5)
 

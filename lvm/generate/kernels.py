@@ -125,6 +125,15 @@ def built_path() -> str | None:
     return str(found[0]) if found else None
 
 
+def bf16_dots(kn, cache_dtype, head_dim: int) -> bool:
+    """Whether the kernels `kn` read a KV cache of `cache_dtype` and `head_dim` with bf16 dot products (the query
+    and the softmax weights rounded to bf16): a bf16 cache of whole pairs of 16-lane vectors on a CPU that has
+    them (attend.cpp, `dot`)."""
+    import torch
+
+    return kn is not None and bool(kn.dot_bf16) and cache_dtype == torch.bfloat16 and head_dim % 32 == 0
+
+
 def why_not() -> str | None:
     """Why `load()` returned None (None if it has not been called or succeeded)."""
     return _why_not

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lvm.generate import weights as W
+from lvm.generate.kernels import bf16_dots
 
 
 def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -108,7 +109,7 @@ def prefill(e, B: int, start: int, T: int) -> Ops:
     kn = e.kernels
     # A bf16 cache on a CPU with bf16 dot products: the decode kernels' attention over the cache (every query of
     # the chunk against its key blocks at once) beats PyTorch's flash kernel there (docs/results.md).
-    own = kn is not None and kn.dot_bf16 and e.cache.k.dtype == torch.bfloat16 and e.head_dim % 32 == 0
+    own = bf16_dots(kn, e.cache.k.dtype, e.head_dim)
     lengths = torch.full((B,), start + 1)  # query j sees the first start + 1 + j positions
     scale = 1.0 / e.head_dim ** 0.5
 

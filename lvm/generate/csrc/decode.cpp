@@ -29,65 +29,64 @@ constexpr int kU = 2;
 constexpr int64_t kTwoRowsMaxBytes = 3 << 19;  // 1.5 MB: every matrix of lvm-small in fp32
 constexpr int kMaxNB = kLanes == 16 ? 4 : 2;
 
+// How a tile forms its products. Fp32Math: fp32 inputs against bf16 or fp32 weights widened to fp32, E = kLanes
+// inputs a vector.
+struct Fp32Math {
+  static constexpr int E = kLanes;
+  typedef float X;
+  typedef vfl Acc;
+  typedef vfl WV;
+  static Acc zero() { return vfl{}; }
+  template <typename W>
+  static WV load_w(const W* p) { return load_lanes(p); }
+  static vfl load_x(const float* p) { return load_lanes(p); }
+  static Acc fma(Acc a, WV w, vfl x) { return a + w * x; }
+  static vfl sum(Acc a, Acc b) { return a + b; }
+};
+
+#if defined(__AVX512BF16__)
+// Bf16Math: bf16 weights on CPUs with bf16 dot products, the inputs rounded to bf16 (as a bf16 model's products
+// take them, PyTorch's included), E = 32 inputs an instruction and no widening of the weights.
+struct Bf16Math {
+  static constexpr int E = 32;
+  typedef uint16_t X;
+  typedef __m512 Acc;
+  typedef vbh WV;
+  static Acc zero() { return _mm512_setzero_ps(); }
+  static WV load_w(const uint16_t* p) { return (vbh)_mm512_loadu_si512(p); }
+  static vbh load_x(const uint16_t* p) { return (vbh)_mm512_loadu_si512(p); }
+  static Acc fma(Acc a, WV w, vbh x) { return _mm512_dpbf16_ps(a, w, x); }
+  static vfl sum(Acc a, Acc b) { return (vfl)_mm512_add_ps(a, b); }
+};
+#endif
+
 // The products of NB input rows with weight rows j .. j + MO - 1 of a tile (`ldw` apart from `wr`) over the
 // first IV inputs, each output's accumulators added into one vector: each weight vector is loaded once for all
 // NB inputs and each input vector once for all MO outputs. Row b's output j + m goes to
 // part[b * kLanes + kRev[j + m]], where the tile's shuffle tree sums it into lane j + m.
-// Fp32 inputs against bf16 or fp32 weights widened to fp32: E = kLanes inputs a vector.
-template <int MO, int NB, typename W>
-struct Fp32Tile {
-  static constexpr int E = kLanes;
-  typedef float X;
-  static void run(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, vfl* part, int64_t j) {
-    vfl acc[MO][NB][kU] = {};
-    int64_t i = 0;
-    for (; i + E * kU <= IV; i += E * kU)
-      for (int u = 0; u < kU; ++u) step(x, ldx, wr, ldw, i + u * E, acc, u);
-    if (i < IV) step(x, ldx, wr, ldw, i, acc, 0);
-    for (int m = 0; m < MO; ++m)
-      for (int b = 0; b < NB; ++b) part[b * kLanes + kRev[j + m]] = acc[m][b][0] + acc[m][b][1];
-  }
-  static inline void step(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t i, vfl (&acc)[MO][NB][kU],
-                          int u) {
-    vfl wv[MO];
-    for (int m = 0; m < MO; ++m) wv[m] = load_lanes(wr + m * ldw + i);
+template <class M, int MO, int NB, typename W>
+void tile(const typename M::X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, vfl* part, int64_t j) {
+  typename M::Acc acc[MO][NB][kU];
+  for (int m = 0; m < MO; ++m)
+    for (int b = 0; b < NB; ++b)
+      for (int u = 0; u < kU; ++u) acc[m][b][u] = M::zero();
+  auto step = [&](int64_t i, int u) {
+    typename M::WV wv[MO];
+    for (int m = 0; m < MO; ++m) wv[m] = M::load_w(wr + m * ldw + i);
     for (int b = 0; b < NB; ++b) {
-      const vfl xv = load_lanes(x + b * ldx + i);
-      for (int m = 0; m < MO; ++m) acc[m][b][u] += wv[m] * xv;
+      const auto xv = M::load_x(x + b * ldx + i);
+      for (int m = 0; m < MO; ++m) acc[m][b][u] = M::fma(acc[m][b][u], wv[m], xv);
     }
-  }
-};
+  };
+  int64_t i = 0;
+  for (; i + M::E * kU <= IV; i += M::E * kU)
+    for (int u = 0; u < kU; ++u) step(i + u * M::E, u);
+  if (i < IV) step(i, 0);
+  for (int m = 0; m < MO; ++m)
+    for (int b = 0; b < NB; ++b) part[b * kLanes + kRev[j + m]] = M::sum(acc[m][b][0], acc[m][b][1]);
+}
 
 #if defined(__AVX512BF16__)
-// Bf16 weights on CPUs with bf16 dot products: the inputs rounded to bf16 (as a bf16 model's products take
-// them, PyTorch's included), E = 32 inputs an instruction and no widening of the weights.
-template <int MO, int NB, typename W>
-struct Bf16Tile {
-  static constexpr int E = 32;
-  typedef uint16_t X;
-  static void run(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, vfl* part, int64_t j) {
-    __m512 acc[MO][NB][kU];
-    for (int m = 0; m < MO; ++m)
-      for (int b = 0; b < NB; ++b)
-        for (int u = 0; u < kU; ++u) acc[m][b][u] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + E * kU <= IV; i += E * kU)
-      for (int u = 0; u < kU; ++u) step(x, ldx, wr, ldw, i + u * E, acc, u);
-    if (i < IV) step(x, ldx, wr, ldw, i, acc, 0);
-    for (int m = 0; m < MO; ++m)
-      for (int b = 0; b < NB; ++b) part[b * kLanes + kRev[j + m]] = (vfl)_mm512_add_ps(acc[m][b][0], acc[m][b][1]);
-  }
-  static inline void step(const X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t i, __m512 (&acc)[MO][NB][kU],
-                          int u) {
-    vbh wv[MO];
-    for (int m = 0; m < MO; ++m) wv[m] = (vbh)_mm512_loadu_si512(wr + m * ldw + i);
-    for (int b = 0; b < NB; ++b) {
-      const vbh xv = (vbh)_mm512_loadu_si512(x + b * ldx + i);
-      for (int m = 0; m < MO; ++m) acc[m][b][u] = _mm512_dpbf16_ps(acc[m][b][u], wv[m], xv);
-    }
-  }
-};
-
 // Rows of fp32 x rounded to bf16 (the first IV values of each: a multiple of 32).
 std::vector<uint16_t> to_bf16_rows(const float* x, int64_t ldx, int64_t B, int64_t IV) {
   std::vector<uint16_t> out(B * IV);
@@ -119,21 +118,21 @@ __attribute__((noinline)) void finish_tile(const vfl* part, const W* w, int64_t 
   }
 }
 
-template <template <int, int, typename> class Tile, int NB, typename W>
-void tile_rows(const typename Tile<1, 1, W>::X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, int64_t mo,
-               vfl* part, int64_t j) {
-  if (mo == 2) Tile<2, NB, W>::run(x, ldx, wr, ldw, IV, part, j);
-  else Tile<1, NB, W>::run(x, ldx, wr, ldw, IV, part, j);
+template <class M, int NB, typename W>
+void tile_rows(const typename M::X* x, int64_t ldx, const W* wr, int64_t ldw, int64_t IV, int64_t mo, vfl* part,
+               int64_t j) {
+  if (mo == 2) tile<M, 2, NB, W>(x, ldx, wr, ldw, IV, part, j);
+  else tile<M, 1, NB, W>(x, ldx, wr, ldw, IV, part, j);
 }
 
 // Outputs in tiles of kLanes (one task each): per group of NB input rows, each output's products are summed into
 // one vector and the tile's kLanes vectors by one shuffle tree, where a horizontal sum per output would cost
 // more than the products themselves at small input sizes. The tile's weight rows are streamed from memory
-// once; later groups read them from cache. `xt`: x as the Tile takes it (`ldt` apart), x: as fp32.
-template <template <int, int, typename> class Tile, typename W>
-void linear_dispatch(const typename Tile<1, 1, W>::X* xt, int64_t ldt, const float* x, int64_t ldx, int64_t B,
-                     const W* w, int64_t O, int64_t I, float* y, int64_t ldy, int mo_many) {
-  const int64_t IV = I - I % Tile<1, 1, W>::E;
+// once; later groups read them from cache. `xt`: x as M takes it (`ldt` apart), x: as fp32.
+template <class M, typename W>
+void linear_dispatch(const typename M::X* xt, int64_t ldt, const float* x, int64_t ldx, int64_t B, const W* w,
+                     int64_t O, int64_t I, float* y, int64_t ldy, int mo_many) {
+  const int64_t IV = I - I % M::E;
   at::parallel_for(0, (O + kLanes - 1) / kLanes, 1, [&](int64_t t0, int64_t t1) {
     std::vector<vfl> part(kMaxNB * kLanes);
     for (int64_t t = t0; t < t1; ++t) {
@@ -145,9 +144,9 @@ void linear_dispatch(const typename Tile<1, 1, W>::X* xt, int64_t ldt, const flo
           mo = nb >= 2 && n - j >= mo_many ? mo_many : 1;
           const W* wr = w + (o0 + j) * I;
           const auto* xb = xt + b * ldt;
-          if (nb == kMaxNB) tile_rows<Tile, kMaxNB, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
-          else if (nb == 2) tile_rows<Tile, 2, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
-          else tile_rows<Tile, 1, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
+          if (nb == kMaxNB) tile_rows<M, kMaxNB, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
+          else if (nb == 2) tile_rows<M, 2, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
+          else tile_rows<M, 1, W>(xb, ldt, wr, I, IV, mo, part.data(), j);
         }
         for (int g = 0; g < nb; ++g)
           finish_tile<W>(part.data() + g * kLanes, w, o0, n, x + (b + g) * ldx, IV, I, y + (b + g) * ldy + o0);
@@ -170,15 +169,15 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor w) {
   float* yp = y.data_ptr<float>();
   if (w.scalar_type() == torch::kFloat32) {
     const int mo = O * I * 4 <= kTwoRowsMaxBytes ? 2 : 1;
-    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<float>(w), O, I, yp, O, mo);
+    linear_dispatch<Fp32Math>(xp, x.stride(0), xp, x.stride(0), B, data_as<float>(w), O, I, yp, O, mo);
   } else if (kDotBf16) {
 #if defined(__AVX512BF16__)
     const int64_t IV = I - I % 32;
     const std::vector<uint16_t> xb = to_bf16_rows(xp, x.stride(0), B, IV);
-    linear_dispatch<Bf16Tile>(xb.data(), IV, xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
+    linear_dispatch<Bf16Math>(xb.data(), IV, xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
 #endif
   } else {
-    linear_dispatch<Fp32Tile>(xp, x.stride(0), xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
+    linear_dispatch<Fp32Math>(xp, x.stride(0), xp, x.stride(0), B, data_as<uint16_t>(w), O, I, yp, O, 1);
   }
   return y;
 }
