@@ -43,8 +43,9 @@ MAX_DRAFT = 32  # tokens a pass may draft per row: the cache's room past the con
 # drafted token). A GPU's pass is bound by reading the weights or by launch overhead, so more tokens are nearly
 # free. A CPU's pass of a small model is partly bound by arithmetic (attention over the cache and the products
 # grow with the tokens), the more so where weights are read as bf16 (a cheap step): timings of lvm-small's
-# passes of 1 + d tokens (runs/ scripts, docs/results.md) put a bf16 one near 1.45 + 0.155 d steps, an fp32 one
-# near 1.45 + 0.125 d, the fixed part mostly the pass's acceptance in Python.
+# passes of 1 + d tokens (docs/results.md) put a bf16 one near 1.45 + 0.155 d steps, an fp32 one near
+# 1.45 + 0.125 d, the fixed part mostly the pass's acceptance in Python. Fit on lvm-small: a bigger model's
+# extra tokens cost more (100m's under AVX2 fp32 arithmetic nearly twice these).
 DRAFT = {"cuda": 15, "cpu": 15}
 DRAFT_COST = {"cuda": (0.0, 0.03), "cpu": (0.45, 0.155), "cpu-fp32": (0.45, 0.125)}
 PROBE_EVERY = 32  # passes, once speculation stops paying, until a short speculative one looks again
